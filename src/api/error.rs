@@ -1,0 +1,91 @@
+//! The error responses every operation can give, always a JSON body that names the problem.
+
+use poem::{IntoResponse, Response, http::StatusCode};
+use poem_openapi::{ApiResponse, Object, payload::Json};
+
+use crate::error::Error;
+
+/// The body of every error response.
+#[derive(Debug, Object)]
+pub struct ErrorBody {
+    /// Machine-readable kind: `bad_request`, `not_found`, `conflict`, `unavailable`, `internal`, ...
+    pub error: String,
+    /// What went wrong, for humans.
+    pub message: String,
+    /// The export's current status, when the error is about it (409).
+    #[oai(skip_serializing_if_is_none)]
+    pub status: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(error: &str, message: impl Into<String>) -> Json<Self> {
+        Json(Self { error: error.to_owned(), message: message.into(), status: None })
+    }
+}
+
+/// Errors, by status.
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The request is invalid; the message names the offending field or parameter.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No export with that id.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The export is not in a state that allows this (e.g. downloading before it completed);
+    /// `status` gives its current status.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The database is unavailable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+    /// An unexpected error; its cause is logged, never sent.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let message = e.public_message();
+        match e {
+            Error::BadRequest(_) => ApiError::BadRequest(ErrorBody::new("bad_request", message)),
+            Error::NotFound(_) => ApiError::NotFound(ErrorBody::new("not_found", message)),
+            Error::Conflict { status, .. } => ApiError::Conflict(Json(ErrorBody {
+                error: "conflict".into(),
+                message,
+                status: Some(status),
+            })),
+            Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),
+            Error::Database(_) | Error::Io(_) | Error::Other(_) => ApiError::Internal(ErrorBody::new("internal", message)),
+        }
+    }
+}
+
+/// Last line of defence for errors raised outside our handlers (unknown route, wrong method,
+/// unparsable path or body): the same JSON shape, with poem's message.
+pub async fn render_any_error(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let status = err.status();
+    let kind = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let message = if status.is_server_error() {
+        tracing::error!(error = %err, "unhandled error");
+        "internal error; the cause has been logged".to_owned()
+    } else if status == StatusCode::NOT_FOUND && err.to_string().is_empty() {
+        "no such route".to_owned()
+    } else {
+        err.to_string()
+    };
+    let mut resp = poem::web::Json(serde_json::json!({ "error": kind, "message": message })).into_response();
+    resp.set_status(status);
+    resp
+}

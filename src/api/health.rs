@@ -1,0 +1,46 @@
+//! `GET /healthz`: is the service up and does its database answer?
+
+use std::{sync::Arc, time::Duration};
+
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+
+use crate::api::{ApiTags, AppState};
+
+/// Health endpoint.
+pub struct HealthApi {
+    pub state: Arc<AppState>,
+}
+
+/// Health report.
+#[derive(Debug, Object)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    /// `ok`, or why the database check failed.
+    pub database: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, ApiResponse)]
+pub enum HealthResponse {
+    /// The service and its database answer.
+    #[oai(status = 200)]
+    Ok(Json<Health>),
+    /// The database does not answer (within 2 s).
+    #[oai(status = 503)]
+    Unavailable(Json<Health>),
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Health check
+    #[oai(path = "/healthz", method = "get", operation_id = "health")]
+    async fn health(&self) -> HealthResponse {
+        let check = tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&self.state.pool)).await;
+        match check {
+            Ok(Ok(())) => HealthResponse::Ok(Json(Health { status: "ok".into(), database: "ok".into() })),
+            Ok(Err(e)) => HealthResponse::Unavailable(Json(Health { status: "unavailable".into(), database: e.to_string() })),
+            Err(_) => HealthResponse::Unavailable(Json(Health { status: "unavailable".into(), database: "timed out".into() })),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The HTTP API (poem-openapi): routes, the OpenAPI spec, Swagger UI, and error rendering.
+
+pub mod body;
+pub mod error;
+pub mod export;
+pub mod health;
+
+use std::sync::Arc;
+
+use poem::{EndpointExt, Route};
+use poem_openapi::{OpenApiService, Tags};
+use sqlx::PgPool;
+
+use crate::storage::Storage;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub storage: Storage,
+    /// Chunk size of exports that do not ask for one.
+    pub default_chunk_size: u32,
+    /// Prefix of the links we return ("" = relative links).
+    pub public_url: String,
+}
+
+impl AppState {
+    /// A link to `path` on this service.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url)
+    }
+}
+
+/// Operation groups in the spec.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Create exports, follow them, download their files.
+    Exports,
+    /// Liveness of the service and its database.
+    Health,
+}
+
+type Apis = (export::ExportApi, health::HealthApi);
+
+/// The OpenAPI service (also used to print the spec).
+pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (export::ExportApi { state: state.clone() }, health::HealthApi { state }),
+        "exportd",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Exports large PostgreSQL tables to CSV files as durable, resumable background jobs.")
+}
+
+/// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, JSON errors.
+pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
+    let api = service(state);
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .catch_all_error(error::render_any_error)
+}
+
+/// The spec as committed under `openapi/` (stable JSON, no server entry).
+pub fn spec_json(state: Arc<AppState>) -> String {
+    service(state).spec()
+}

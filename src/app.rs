@@ -1,0 +1,160 @@
+//! Start-up and wiring: `App::build` then `run()` for `serve`, `run_worker` for `worker`.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use poem::{
+    Server,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+};
+use sqlx::PgPool;
+
+use crate::{
+    api::{self, AppState},
+    config::{DbArgs, ServeArgs, WorkerSettings},
+    db,
+    export::{
+        engine::{Engine, EngineSettings},
+        queue,
+    },
+    shutdown::Shutdown,
+    storage::Storage,
+};
+
+/// How often unfinished exports without a live queue job are looked for.
+const REQUEUE_EVERY: Duration = Duration::from_secs(10);
+
+/// A built `serve` process: listening, migrated, not yet running.
+pub struct App {
+    acceptor: TcpAcceptor,
+    port: u16,
+    state: Arc<AppState>,
+    workers: Workers,
+    shutdown: Shutdown,
+}
+
+impl App {
+    /// Connects, migrates, binds the listener (port 0 picks a free one).
+    pub async fn build(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let pool = connect_and_migrate(&args.db).await?;
+        let workers = Workers::new(&pool, &args.worker, shutdown.clone())?;
+        let acceptor = TcpListener::bind(args.listen.to_string())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let port = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
+            .context("listener has no address")?;
+        let public_url = args.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
+        let state = Arc::new(AppState {
+            pool,
+            storage: workers.engine.storage().clone(),
+            default_chunk_size: args.worker.chunk_size,
+            public_url,
+        });
+        Ok(Self { acceptor, port, state, workers, shutdown })
+    }
+
+    /// The port the API listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (pool, storage), for tests.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// The export engine, for tests that drive runs directly.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.workers.engine
+    }
+
+    /// Serves HTTP and runs the workers until the shutdown signal, then stops both gracefully.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        let http = Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
+            api::routes(self.state.clone()),
+            async move { shutdown.wait().await },
+            Some(Duration::from_secs(5)),
+        );
+        tracing::info!(port = self.port, "exportd serving: API at /api, Swagger UI at /docs");
+        let (http, workers) = tokio::join!(http, self.workers.run());
+        http.context("HTTP server")?;
+        workers
+    }
+}
+
+/// `exportd worker`: workers only, until the shutdown signal.
+pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
+    let pool = connect_and_migrate(db_args).await?;
+    Workers::new(&pool, settings, shutdown)?.run().await
+}
+
+/// Connects (waiting up to 30 s for the database) and applies migrations.
+pub async fn connect_and_migrate(args: &DbArgs) -> anyhow::Result<PgPool> {
+    let pool = db::connect(args).await?;
+    db::wait_until_ready(&pool, Duration::from_secs(30)).await?;
+    db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// The export workers of one process and their housekeeping.
+struct Workers {
+    pool: PgPool,
+    engine: Arc<Engine>,
+    settings: WorkerSettings,
+    shutdown: Shutdown,
+}
+
+impl Workers {
+    fn new(pool: &PgPool, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let storage = Storage::new(&settings.storage_dir)
+            .with_context(|| format!("creating storage directory {}", settings.storage_dir.display()))?;
+        let engine = Engine::new(
+            pool.clone(),
+            storage,
+            EngineSettings { max_stalled_attempts: settings.max_stalled_attempts, retry_backoff: settings.retry_backoff },
+            shutdown.clone(),
+        );
+        Ok(Self { pool: pool.clone(), engine: Arc::new(engine), settings: settings.clone(), shutdown })
+    }
+
+    async fn run(self) -> anyhow::Result<()> {
+        if self.settings.worker_concurrency == 0 {
+            self.shutdown.wait().await;
+            return Ok(());
+        }
+        let monitor = queue::monitor(
+            &self.pool,
+            self.engine.clone(),
+            self.settings.worker_concurrency,
+            self.settings.heartbeat,
+            self.settings.shutdown_timeout,
+        );
+        let shutdown = self.shutdown.clone();
+        let signal = async move {
+            shutdown.wait().await;
+            Ok(())
+        };
+        let housekeeping = housekeeping(self.pool.clone(), self.shutdown.clone());
+        let (monitor, ()) = tokio::join!(monitor.run_with_signal(signal), housekeeping);
+        monitor.context("queue workers")?;
+        Ok(())
+    }
+}
+
+/// Periodic repair: unfinished exports whose queue job is gone get a new one.
+async fn housekeeping(pool: PgPool, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REQUEUE_EVERY) => {}
+            _ = shutdown.wait() => return,
+        }
+        if let Err(e) = queue::requeue_orphans(&pool).await {
+            tracing::warn!(error = %e, "housekeeping failed; will retry");
+        }
+    }
+}

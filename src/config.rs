@@ -1,0 +1,184 @@
+//! Command line and environment settings: every knob has a flag, an env var and a local default.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// exportd: exports large PostgreSQL tables to CSV files as durable, resumable background jobs.
+#[derive(Debug, Parser)]
+#[command(name = "exportd", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does; `serve` when none is given.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// HTTP API and export workers in one process (the default deployment).
+    Serve(ServeArgs),
+    /// Export workers only: run more of them, on other machines, against the same database.
+    Worker(WorkerArgs),
+    /// Apply database migrations (serve and worker also do this at start).
+    Migrate(DbArgs),
+    /// Create and fill the demo `orders` dataset, deterministically for a given row count.
+    Seed(SeedArgs),
+    /// Print the OpenAPI spec (JSON) to stdout; `make openapi` commits it under openapi/.
+    Openapi,
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection string.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub database_url: String,
+
+    /// Connections in the pool shared by the API and the workers (each running export uses two).
+    #[arg(long, env = "EXPORTD_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// Upper bound on any single statement (every chunk query included), e.g. "60s".
+    #[arg(long, env = "EXPORTD_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+}
+
+/// Settings of the export workers.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSettings {
+    /// Directory the CSV files are written to (created if missing).
+    #[arg(long, env = "EXPORTD_STORAGE_DIR", default_value = "exports")]
+    pub storage_dir: PathBuf,
+
+    /// Rows per chunk when a request does not say (each chunk ends with a durable checkpoint).
+    #[arg(long, env = "EXPORTD_CHUNK_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(100..=100_000))]
+    pub chunk_size: u32,
+
+    /// Exports this process runs at the same time (0 = no workers, API only).
+    #[arg(long, env = "EXPORTD_WORKER_CONCURRENCY", default_value_t = 2)]
+    pub worker_concurrency: u32,
+
+    /// Consecutive runs of one export that may end without progress (errors or crashes)
+    /// before the export is marked failed.
+    #[arg(long, env = "EXPORTD_MAX_STALLED_ATTEMPTS", default_value_t = 5)]
+    pub max_stalled_attempts: u32,
+
+    /// First delay between retries of a failing export; doubles each time, capped at 30 s.
+    #[arg(long, env = "EXPORTD_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Heartbeat of the queue workers; a worker silent for three of these is presumed dead
+    /// and its export resumed elsewhere.
+    #[arg(long, env = "EXPORTD_HEARTBEAT", default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// How long a stopping process waits for running exports to reach a chunk boundary.
+    #[arg(long, env = "EXPORTD_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// `exportd serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    #[arg(long, env = "EXPORTD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Base URL used in links returned to clients (defaults to http://<listen>).
+    #[arg(long, env = "EXPORTD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+}
+
+/// `exportd worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+}
+
+/// `exportd seed`.
+#[derive(Debug, Clone, Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Rows to create (the table is emptied first, so the result depends only on this).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: i64,
+
+    /// Only seed when the table is missing or empty (used by `make run`).
+    #[arg(long)]
+    pub if_empty: bool,
+}
+
+impl ServeArgs {
+    /// `serve` with its defaults (and the environment), as when no subcommand is given.
+    pub fn parse_defaults() -> Self {
+        match Cli::parse_from(["exportd", "serve"]).command {
+            Some(Command::Serve(s)) => s,
+            _ => unreachable!("parsed a serve command"),
+        }
+    }
+
+    /// Settings for tests: a free port, the given database and storage directory.
+    pub fn for_test(database_url: &str, storage_dir: PathBuf) -> Self {
+        let mut s = Self::parse_defaults();
+        s.listen = "127.0.0.1:0".parse().expect("valid address");
+        s.db.database_url = database_url.to_owned();
+        s.worker.storage_dir = storage_dir;
+        s
+    }
+}
+
+impl DbArgs {
+    /// Database settings from the environment and defaults.
+    pub fn parse_defaults() -> Self {
+        match Cli::parse_from(["exportd", "migrate"]).command {
+            Some(Command::Migrate(d)) => d,
+            _ => unreachable!("parsed a migrate command"),
+        }
+    }
+}
+
+/// Parses "500ms", "2s", "1m", "1h" or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}

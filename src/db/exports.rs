@@ -1,0 +1,321 @@
+//! Every statement on `exports` and `export_runs`: creation, claim, fenced checkpoints, outcomes.
+//!
+//! Fencing: a run owns an export while `exports.owner` equals its token. Every write a run
+//! makes (checkpoint, completion, release) is guarded by `owner = $token` in the same
+//! statement, so a runner that lost ownership (paused, partitioned, presumed dead) changes
+//! nothing: its update matches no row and it stops.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, types::Json};
+use uuid::Uuid;
+
+use crate::{
+    db::dataset,
+    error::Result,
+    export::{ExportSpec, ExportStatus, dataset::Dataset},
+};
+
+/// An export as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExportRecord {
+    pub id: Uuid,
+    pub dataset: String,
+    pub spec: Json<ExportSpec>,
+    #[sqlx(try_from = "String")]
+    pub status: ExportStatus,
+    pub upper_bound_id: Option<i64>,
+    pub owner: Option<Uuid>,
+    pub last_processed_id: Option<i64>,
+    pub rows_written: i64,
+    pub bytes_written: i64,
+    pub file_name: Option<String>,
+    pub total_rows: Option<i64>,
+    pub attempts: i32,
+    pub stalled_attempts: i32,
+    pub last_error: Option<String>,
+    pub error: Option<String>,
+    pub job_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One run (attempt) of an export, from `export_runs`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunRecord {
+    pub token: Uuid,
+    pub attempt: i32,
+    pub worker: String,
+    pub start_id: Option<i64>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A new export, as the API creates it.
+#[derive(Debug)]
+pub struct NewExport<'a> {
+    pub id: Uuid,
+    pub dataset: &'a Dataset,
+    pub spec: &'a ExportSpec,
+    pub upper_bound_id: Option<i64>,
+    pub total_rows: Option<i64>,
+    pub job_id: &'a str,
+}
+
+/// Where a run has got to: everything up to `last_id` is in `file_name`, `bytes` long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub last_id: Option<i64>,
+    pub rows: i64,
+    pub bytes: i64,
+    pub file_name: String,
+}
+
+/// Result of trying to claim an export for a new run.
+#[derive(Debug)]
+pub enum Claim {
+    /// The run owns the export. `adopt_file` is true when the previous run released it cleanly,
+    /// so its file can be continued in place; otherwise that runner may still be alive
+    /// somewhere and its file must not be touched.
+    Owned { export: Box<ExportRecord>, adopt_file: bool },
+    /// Nothing to do: the export is finished (or was never there).
+    Finished,
+    /// Too many runs in a row made no progress: the export is now `failed`.
+    GaveUp,
+}
+
+/// The columns of [`ExportRecord`], as a macro so queries stay `&'static str`.
+macro_rules! columns {
+    () => {
+        "id, dataset, spec, status, upper_bound_id, owner, last_processed_id, rows_written, \
+         bytes_written, file_name, total_rows, attempts, stalled_attempts, last_error, error, \
+         job_id, created_at, started_at, finished_at"
+    };
+}
+
+/// The high-water mark (largest key now) and the planner's row estimate of a dataset.
+pub async fn dataset_bounds(conn: &mut PgConnection, ds: &Dataset) -> Result<(Option<i64>, Option<i64>)> {
+    let upper: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::max_key_query(ds))).fetch_one(&mut *conn).await?;
+    let estimate: Option<i64> = sqlx::query_scalar(dataset::estimate_rows_query())
+        .bind(ds.table)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
+    Ok((upper, estimate))
+}
+
+/// Inserts a new export in the `queued` state (call inside the transaction that enqueues its job).
+pub async fn insert_export(conn: &mut PgConnection, new: &NewExport<'_>) -> Result<ExportRecord> {
+    let row = sqlx::query_as(concat!(
+        "insert into exports (id, dataset, spec, upper_bound_id, total_rows, job_id) \
+         values ($1, $2, $3, $4, $5, $6) returning ",
+        columns!()
+    ))
+    .bind(new.id)
+    .bind(new.dataset.name)
+    .bind(Json(new.spec))
+    .bind(new.upper_bound_id)
+    .bind(new.total_rows)
+    .bind(new.job_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(row)
+}
+
+/// Reads one export.
+pub async fn find_export(pool: &PgPool, id: Uuid) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(concat!("select ", columns!(), " from exports where id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// The runs of an export, oldest first (its ownership history).
+pub async fn list_runs(pool: &PgPool, id: Uuid) -> Result<Vec<RunRecord>> {
+    Ok(sqlx::query_as(
+        "select token, attempt, worker, start_id, started_at, ended_at, outcome, error \
+         from export_runs where export_id = $1 order by started_at, attempt",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Makes `token` the owner of an unfinished export and records the run. Any run still marked
+/// open is ended as `superseded`. When `max_stalled` runs in a row made no progress the
+/// export fails instead, with the last error met.
+pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, max_stalled: u32) -> Result<Claim> {
+    let mut tx = pool.begin().await?;
+    let current: Option<ExportRecord> =
+        sqlx::query_as(concat!("select ", columns!(), " from exports where id = $1 for update"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(current) = current else { return Ok(Claim::Finished) };
+    if current.status.is_terminal() {
+        return Ok(Claim::Finished);
+    }
+    let adopt_file = current.owner.is_none();
+    sqlx::query("update export_runs set ended_at = now(), outcome = 'superseded' where export_id = $1 and ended_at is null")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if current.stalled_attempts >= max_stalled as i32 {
+        let cause = current.last_error.as_deref().unwrap_or("the worker process stopped (crash or kill) before its first checkpoint");
+        let message = format!("gave up after {} attempts in a row without progress; last error: {cause}", current.stalled_attempts);
+        sqlx::query("update exports set status = 'failed', error = $2, owner = null, finished_at = now() where id = $1")
+            .bind(id)
+            .bind(&message)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(Claim::GaveUp);
+    }
+    let export: ExportRecord = sqlx::query_as(concat!(
+        "update exports set owner = $2, status = 'running', attempts = attempts + 1, \
+         stalled_attempts = stalled_attempts + 1, started_at = coalesce(started_at, now()) \
+         where id = $1 returning ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(token)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("insert into export_runs (token, export_id, attempt, worker, start_id) values ($1, $2, $3, $4, $5)")
+        .bind(token)
+        .bind(id)
+        .bind(export.attempts)
+        .bind(worker)
+        .bind(export.last_processed_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Claim::Owned { export: Box::new(export), adopt_file })
+}
+
+/// Saves a checkpoint, fenced by the run's token. Progress resets the stalled-run count.
+/// Returns false when the run no longer owns the export.
+pub async fn save_checkpoint(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
+    let done = sqlx::query(
+        "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
+         file_name = $6, stalled_attempts = 0 \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(cp.last_id)
+    .bind(cp.rows)
+    .bind(cp.bytes)
+    .bind(&cp.file_name)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks the export completed with its final checkpoint, fenced by the run's token.
+pub async fn complete_export(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
+         bytes_written = $5, file_name = $6, owner = null, stalled_attempts = 0, \
+         finished_at = now(), error = null \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(cp.last_id)
+    .bind(cp.rows)
+    .bind(cp.bytes)
+    .bind(&cp.file_name)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    end_run(&mut tx, token, "completed", None).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Gives the export up without finishing it, fenced by the run's token: at shutdown
+/// (`give_back`: the attempt does not count) or after an error (recorded as `last_error`).
+/// The export stays `running` with no owner until the queue hands it to the next run.
+pub async fn release_export(pool: &PgPool, id: Uuid, token: Uuid, error: Option<&str>, give_back: bool) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "update exports set owner = null, last_error = coalesce($3, last_error), \
+         attempts = attempts - $4, stalled_attempts = greatest(stalled_attempts - $4, 0) \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(error)
+    .bind(if give_back { 1 } else { 0 })
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    end_run(&mut tx, token, if give_back { "released" } else { "failed" }, error).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Forgets the checkpoint (its file is gone): the run starts the export over, fenced.
+pub async fn reset_checkpoint(pool: &PgPool, id: Uuid, token: Uuid) -> Result<bool> {
+    let done = sqlx::query(
+        "update exports set last_processed_id = null, rows_written = 0, bytes_written = 0, file_name = null \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a run that found it had lost ownership.
+pub async fn mark_run_lost(pool: &PgPool, token: Uuid) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    end_run(&mut conn, token, "lost", None).await
+}
+
+async fn end_run(conn: &mut PgConnection, token: Uuid, outcome: &str, error: Option<&str>) -> Result<()> {
+    sqlx::query("update export_runs set ended_at = coalesce(ended_at, now()), outcome = coalesce(outcome, $2), error = coalesce(error, $3) where token = $1")
+        .bind(token)
+        .bind(outcome)
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Unfinished exports whose queue job is gone or finished (e.g. the queue gave up on it):
+/// they need a new job. Exports younger than `min_age_secs` are left alone.
+pub async fn exports_without_live_job(pool: &PgPool, queue: &str, min_age_secs: f64) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "select e.id from exports e \
+         left join apalis.jobs j on j.id = e.job_id and j.job_type = $1 \
+         where e.status in ('queued', 'running') \
+           and e.updated_at < now() - make_interval(secs => $2) \
+           and (j.id is null or j.status in ('Done', 'Killed') \
+                or (j.status = 'Failed' and j.attempts >= j.max_attempts)) \
+         order by e.created_at limit 100",
+    )
+    .bind(queue)
+    .bind(min_age_secs)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Points an unfinished export at a new queue job (same transaction as the job's insert).
+pub async fn set_job(conn: &mut PgConnection, id: Uuid, job_id: &str) -> Result<bool> {
+    let done = sqlx::query("update exports set job_id = $2 where id = $1 and status in ('queued', 'running')")
+        .bind(id)
+        .bind(job_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

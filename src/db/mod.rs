@@ -1,0 +1,72 @@
+//! The database: connection pool, migrations, and (in submodules) every SQL statement exportd runs.
+
+pub mod dataset;
+pub mod exports;
+pub mod seed;
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context as _;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::DbArgs;
+
+/// Opens the pool. Every connection runs in UTC (so timestamps come out as PostgreSQL's own
+/// `COPY` prints them with `TimeZone = 'UTC'`) with a statement timeout, so that no query, a
+/// chunk query included, can hold the database or a request for longer than that.
+pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
+    let timeout_ms = args.statement_timeout.as_millis().max(1).to_string();
+    let options = PgConnectOptions::from_str(&args.database_url)
+        .with_context(|| format!("invalid DATABASE_URL {:?}", args.database_url))?
+        .application_name("exportd")
+        .options([
+            ("TimeZone", "UTC"),
+            ("DateStyle", "ISO, MDY"),
+            ("IntervalStyle", "postgres"),
+            ("extra_float_digits", "1"),
+            ("statement_timeout", timeout_ms.as_str()),
+        ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(args.db_pool_size.max(4))
+        // A request waits at most this long for a connection: with the database down, the API
+        // answers 503 quickly instead of hanging.
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy_with(options))
+}
+
+/// Applies exportd's migrations and the job queue's own (schema `apalis`).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("./migrations")
+        .run(pool)
+        .await
+        .context("applying exportd migrations")?;
+    apalis_postgres::PostgresStorage::setup(pool)
+        .await
+        .context("applying the job queue's migrations (schema apalis)")?;
+    Ok(())
+}
+
+/// Waits until the database answers, for at most `patience` (start-up may race the database).
+pub async fn wait_until_ready(pool: &PgPool, patience: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match ping(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e).context("the database did not answer");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for the database");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// A round trip to the database (health check).
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select 1").execute(pool).await.map(|_| ())
+}

@@ -1,0 +1,77 @@
+//! The crate's error type, and how each kind maps onto an HTTP status.
+
+use poem::http::StatusCode;
+
+/// Everything that can go wrong in a request or an export run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client sent something we cannot accept (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No export with that id (404).
+    #[error("no export with id {0}")]
+    NotFound(uuid::Uuid),
+    /// The export is in the wrong state for the request (409), e.g. downloading a running export.
+    #[error("{message}")]
+    Conflict { message: String, status: String },
+    /// The database cannot be reached or timed out (503): the client may retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A file could not be read or written.
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else, with its cause chain.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        if is_connection_error(&e) { Error::Unavailable(e) } else { Error::Database(e) }
+    }
+}
+
+impl Error {
+    /// The HTTP status this error is answered with.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(_) | Error::Io(_) | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message shown to clients: the error itself for 4xx/503, a generic text for 500s
+    /// (whose cause is logged instead, never sent).
+    pub fn public_message(&self) -> String {
+        match self.status_code() {
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(error = ?anyhow::Error::msg(format!("{self:#}")), "internal error");
+                "internal error; the cause has been logged".to_owned()
+            }
+            StatusCode::SERVICE_UNAVAILABLE => "the database is unavailable; retry later".to_owned(),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// Errors that mean "the database is not there right now" rather than "the query is wrong".
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection
+            // exceptions, 57014 query_canceled (statement timeout while the server is struggling).
+            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
+        }
+        _ => false,
+    }
+}

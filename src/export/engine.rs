@@ -1,0 +1,382 @@
+//! The export run: claim, resume from the checkpoint, keyset chunks streamed to the file with
+//! backpressure, and after each chunk fsync then a fenced checkpoint.
+//!
+//! Two halves joined by a small bounded channel: the *producer* reads chunks (`WHERE key >
+//! last ORDER BY key LIMIT n`) and encodes CSV into pieces; the *writer* appends the pieces,
+//! and at each chunk's end syncs the file and saves the checkpoint. The next chunk is read
+//! while the previous one is synced, and memory is bounded by the channel whatever the size.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::TryStreamExt;
+use sqlx::{PgPool, Row};
+use tokio::{io::AsyncWriteExt, sync::mpsc, time::Instant};
+use uuid::Uuid;
+
+use crate::{
+    db::{
+        self,
+        exports::{Checkpoint, Claim, ExportRecord},
+    },
+    export::{csv::CsvEncoder, dataset},
+    shutdown::Shutdown,
+    storage::{PrepareError, Storage},
+};
+
+/// Encoded CSV is handed to the writer in pieces of about this size.
+const PIECE_BYTES: usize = 256 * 1024;
+/// Pieces in flight between producer and writer (the backpressure bound).
+const PIECES_IN_FLIGHT: usize = 4;
+/// Longest wait between two runs of a failing export.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Runs in a row without progress before an export fails.
+    pub max_stalled_attempts: u32,
+    /// First wait before retrying a failed run; doubles per stalled run.
+    pub retry_backoff: Duration,
+}
+
+/// Test-only fault points: simulate the process dying at a precise instant of a run. A
+/// simulated crash leaves everything as a real one would (no release, bytes past the checkpoint).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Die after the n-th chunk (1-based, counted per run) is written and synced, before its checkpoint.
+    pub crash_before_checkpoint: Option<u64>,
+    /// Die right after the n-th chunk's checkpoint is saved.
+    pub crash_after_checkpoint: Option<u64>,
+}
+
+/// How a queue delivery of an export ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file is complete and the export `completed`.
+    Completed,
+    /// The export is finished already (or unknown): nothing was done.
+    AlreadyFinished,
+    /// Too many runs without progress: the export is now `failed`.
+    Failed,
+    /// Released at a chunk boundary because the process is stopping; it resumes elsewhere.
+    Released,
+    /// Another run took the export over; this one stopped without changing anything.
+    Lost,
+    /// A simulated crash (test fault): left exactly as a killed process would leave it.
+    Crashed,
+}
+
+/// How one run ended (when it did not fail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    Completed,
+    Stopped,
+    Lost,
+    Crashed,
+}
+
+/// Runs exports. One per process, shared by its workers.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pool: PgPool,
+    storage: Storage,
+    settings: EngineSettings,
+    shutdown: Shutdown,
+    faults: Arc<Faults>,
+}
+
+enum Piece {
+    Data(Vec<u8>),
+    ChunkEnd { last_id: i64, rows: u64 },
+}
+
+enum Produced {
+    Finished,
+    Stopped,
+    WriterGone,
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, storage: Storage, settings: EngineSettings, shutdown: Shutdown) -> Self {
+        Self { pool, storage, settings, shutdown, faults: Arc::default() }
+    }
+
+    /// The same engine with fault points armed (tests).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = Arc::new(faults);
+        self
+    }
+
+    /// Where files go.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// One queue delivery: claims the export and runs it to the end, retrying failed runs with
+    /// exponential backoff until it completes, is taken over, or has stalled too often.
+    pub async fn execute(&self, export_id: Uuid, worker: &str) -> Outcome {
+        let mut db_errors = 0u32;
+        loop {
+            if self.shutdown.is_triggered() {
+                return Outcome::Released;
+            }
+            let token = Uuid::new_v4();
+            let claim = db::exports::claim_export(&self.pool, export_id, token, worker, self.settings.max_stalled_attempts).await;
+            let (export, adopt) = match claim {
+                Ok(Claim::Owned { export, adopt_file }) => (export, adopt_file),
+                Ok(Claim::Finished) => return Outcome::AlreadyFinished,
+                Ok(Claim::GaveUp) => {
+                    tracing::warn!(%export_id, "export failed: too many attempts without progress");
+                    return Outcome::Failed;
+                }
+                Err(e) => {
+                    // Cannot even claim (database down): wait, without counting an attempt.
+                    db_errors += 1;
+                    tracing::warn!(%export_id, error = %e, "cannot claim export; retrying");
+                    if !self.pause(self.backoff(db_errors)).await {
+                        return Outcome::Released;
+                    }
+                    continue;
+                }
+            };
+            db_errors = 0;
+            tracing::info!(%export_id, %token, attempt = export.attempts, from = ?export.last_processed_id, "export run started");
+            match self.run(&export, token, adopt).await {
+                Ok(RunEnd::Completed) => {
+                    tracing::info!(%export_id, "export completed");
+                    return Outcome::Completed;
+                }
+                Ok(RunEnd::Crashed) => return Outcome::Crashed,
+                Ok(RunEnd::Lost) => {
+                    tracing::warn!(%export_id, %token, "export taken over by another run; this run stopped");
+                    let _ = db::exports::mark_run_lost(&self.pool, token).await;
+                    return Outcome::Lost;
+                }
+                Ok(RunEnd::Stopped) => {
+                    match db::exports::release_export(&self.pool, export_id, token, None, true).await {
+                        Ok(true) => tracing::info!(%export_id, "export released at a chunk boundary for shutdown"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(%export_id, error = %e, "could not release export; it will be resumed after the heartbeat timeout"),
+                    }
+                    return Outcome::Released;
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    tracing::warn!(%export_id, %token, error = %message, "export run failed");
+                    let _ = db::exports::release_export(&self.pool, export_id, token, Some(&message), false).await;
+                    let wait = self.backoff(export.stalled_attempts.max(1) as u32);
+                    if !self.pause(wait).await {
+                        return Outcome::Released;
+                    }
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+        (self.settings.retry_backoff * factor).min(MAX_BACKOFF)
+    }
+
+    /// Sleeps, unless the process is stopping (then returns false at once).
+    async fn pause(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.shutdown.wait() => false,
+        }
+    }
+
+    /// One run of an export this run owns (`token`), from its checkpoint to the end.
+    pub async fn run(&self, export: &ExportRecord, token: Uuid, adopt: bool) -> anyhow::Result<RunEnd> {
+        dataset::find(&export.dataset).ok_or_else(|| anyhow::anyhow!("unknown dataset {:?}", export.dataset))?;
+        let mut cp = Checkpoint {
+            last_id: export.last_processed_id,
+            rows: export.rows_written,
+            bytes: export.bytes_written,
+            file_name: export.file_name.clone().unwrap_or_default(),
+        };
+        let prepared = self
+            .storage
+            .prepare_run(export.id, token, export.file_name.as_deref(), cp.bytes as u64, adopt)
+            .await;
+        let run_file = match prepared {
+            Ok(f) => f,
+            Err(PrepareError::CheckpointLost { name, bytes }) => {
+                tracing::error!(export_id = %export.id, %name, bytes, "checkpointed bytes are gone; starting the export over");
+                if !db::exports::reset_checkpoint(&self.pool, export.id, token).await? {
+                    return Ok(RunEnd::Lost);
+                }
+                cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new() };
+                self.storage.prepare_run(export.id, token, None, 0, false).await?
+            }
+            Err(PrepareError::Io(e)) => return Err(e.into()),
+        };
+        cp.file_name = run_file.name;
+
+        let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
+        let producer = self.produce(export, cp.last_id, cp.bytes == 0, tx);
+        let writer = self.write(run_file.file, rx, cp, export.id, token);
+        let (produced, written) = tokio::join!(producer, writer);
+        let (cp, end) = written?;
+        if let Some(end) = end {
+            return Ok(end);
+        }
+        match produced? {
+            Produced::Stopped => Ok(RunEnd::Stopped),
+            Produced::WriterGone => Err(anyhow::anyhow!("the file writer stopped unexpectedly")),
+            Produced::Finished => {
+                if !db::exports::complete_export(&self.pool, export.id, token, &cp).await? {
+                    return Ok(RunEnd::Lost);
+                }
+                self.storage.remove_other_runs(export.id, &cp.file_name).await;
+                Ok(RunEnd::Completed)
+            }
+        }
+    }
+
+    /// Reads chunks from the checkpoint up to the export's upper bound and encodes them.
+    async fn produce(
+        &self,
+        export: &ExportRecord,
+        mut last: Option<i64>,
+        header: bool,
+        tx: mpsc::Sender<Piece>,
+    ) -> anyhow::Result<Produced> {
+        let ds = dataset::find(&export.dataset).expect("checked by run");
+        let spec = &export.spec.0;
+        let enc = CsvEncoder::postgres_default(ds.columns.len());
+        let mut buf = Vec::with_capacity(PIECE_BYTES + 64 * 1024);
+        if header {
+            enc.record(&mut buf, ds.header());
+        }
+        let Some(upper) = export.upper_bound_id else {
+            // The table was empty when the export was created: header only.
+            return send_rest(&tx, buf).await;
+        };
+        let rate = spec.max_rows_per_second.filter(|r| *r > 0);
+        // With a throttle, a chunk is at most one second of rows, so pacing stays smooth.
+        let limit = i64::from(match rate {
+            Some(r) => spec.chunk_size.min(r),
+            None => spec.chunk_size,
+        });
+        let (first_query, next_query) = (db::dataset::chunk_query(ds, true), db::dataset::chunk_query(ds, false));
+        let started = Instant::now();
+        let mut rows_this_run = 0u64;
+        loop {
+            if self.shutdown.is_triggered() {
+                return Ok(Produced::Stopped);
+            }
+            if last.is_some_and(|l| l >= upper) {
+                break;
+            }
+            let query = match last {
+                None => sqlx::query(sqlx::AssertSqlSafe(first_query.as_str())).bind(upper).bind(limit),
+                Some(l) => sqlx::query(sqlx::AssertSqlSafe(next_query.as_str())).bind(upper).bind(limit).bind(l),
+            };
+            let mut rows = query.fetch(&self.pool);
+            let mut count = 0u64;
+            let mut chunk_last = None;
+            while let Some(row) = rows.try_next().await? {
+                chunk_last = Some(row.try_get::<i64, _>(0)?);
+                for i in 0..ds.columns.len() {
+                    let value: Option<&str> = row.try_get(i + 1)?;
+                    enc.field(&mut buf, value.map(str::as_bytes), i == 0);
+                }
+                enc.end_record(&mut buf);
+                count += 1;
+                if buf.len() >= PIECE_BYTES {
+                    let piece = std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
+                    if tx.send(Piece::Data(piece)).await.is_err() {
+                        return Ok(Produced::WriterGone);
+                    }
+                }
+            }
+            drop(rows);
+            let Some(last_id) = chunk_last else { break };
+            if !buf.is_empty() {
+                let piece = std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
+                if tx.send(Piece::Data(piece)).await.is_err() {
+                    return Ok(Produced::WriterGone);
+                }
+            }
+            if tx.send(Piece::ChunkEnd { last_id, rows: count }).await.is_err() {
+                return Ok(Produced::WriterGone);
+            }
+            last = Some(last_id);
+            rows_this_run += count;
+            if let Some(rate) = rate {
+                // Pace after each chunk (the last one too), so the whole export keeps the rate.
+                let due = started + Duration::from_secs_f64(rows_this_run as f64 / f64::from(rate));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = self.shutdown.wait() => return Ok(Produced::Stopped),
+                }
+            }
+            if (count as i64) < limit {
+                break; // a short chunk: nothing is left up to the upper bound
+            }
+        }
+        send_rest(&tx, buf).await
+    }
+
+    /// Appends pieces; at each chunk end syncs the file, then saves the checkpoint (fenced).
+    /// Returns the last checkpoint (with every byte written and synced) and, when the run must
+    /// end here, why.
+    async fn write(
+        &self,
+        mut file: tokio::fs::File,
+        mut rx: mpsc::Receiver<Piece>,
+        mut cp: Checkpoint,
+        export_id: Uuid,
+        token: Uuid,
+    ) -> anyhow::Result<(Checkpoint, Option<RunEnd>)> {
+        let mut written = cp.bytes;
+        let mut chunks = 0u64;
+        while let Some(piece) = rx.recv().await {
+            match piece {
+                Piece::Data(bytes) => {
+                    file.write_all(&bytes).await.map_err(storage_error)?;
+                    written += bytes.len() as i64;
+                }
+                Piece::ChunkEnd { last_id, rows } => {
+                    file.flush().await.map_err(storage_error)?;
+                    file.sync_data().await.map_err(storage_error)?;
+                    chunks += 1;
+                    if self.faults.crash_before_checkpoint == Some(chunks) {
+                        return Ok((cp, Some(RunEnd::Crashed)));
+                    }
+                    let next = Checkpoint { last_id: Some(last_id), rows: cp.rows + rows as i64, bytes: written, file_name: cp.file_name.clone() };
+                    if !db::exports::save_checkpoint(&self.pool, export_id, token, &next).await? {
+                        return Ok((cp, Some(RunEnd::Lost)));
+                    }
+                    cp = next;
+                    if self.faults.crash_after_checkpoint == Some(chunks) {
+                        return Ok((cp, Some(RunEnd::Crashed)));
+                    }
+                }
+            }
+        }
+        // Producer done: whatever follows the last checkpoint (only ever the header of an
+        // export without rows) is synced and becomes part of the final checkpoint.
+        file.flush().await.map_err(storage_error)?;
+        file.sync_data().await.map_err(storage_error)?;
+        cp.bytes = written;
+        Ok((cp, None))
+    }
+}
+
+async fn send_rest(tx: &mpsc::Sender<Piece>, buf: Vec<u8>) -> anyhow::Result<Produced> {
+    if !buf.is_empty() && tx.send(Piece::Data(buf)).await.is_err() {
+        return Ok(Produced::WriterGone);
+    }
+    Ok(Produced::Finished)
+}
+
+/// Names a full disk as such: it is the one storage error users can act on.
+fn storage_error(e: std::io::Error) -> anyhow::Error {
+    if e.raw_os_error() == Some(28) {
+        anyhow::anyhow!("disk full: no space left on the storage device while writing the export ({e})")
+    } else {
+        anyhow::Error::new(e).context("writing the export file")
+    }
+}

@@ -1,0 +1,115 @@
+//! The job queue (apalis-postgres): enqueueing an export with its row, and the workers that run them.
+//!
+//! Settings follow what was verified on apalis-postgres 1.0 (see README, "Queue"): a unique
+//! worker name per process start (a reused name leaves a crashed worker's job stuck),
+//! `batch_size(1)` (larger batches stop heartbeats during a long job and let other workers
+//! take it), a 2 s heartbeat with 3 misses (a killed worker's export resumes in ~6-8 s), and
+//! LISTEN/NOTIFY plus a 1 s poll for pickup. Delivery is at least once; exactly-once output
+//! comes from the fenced checkpoints in [`crate::db::exports`].
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::*;
+use apalis_postgres::{Config, PgTask, PostgresStorage, Pubsub};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{
+    db,
+    export::engine::{Engine, Outcome},
+};
+
+/// Queue (apalis job type) carrying exports.
+pub const QUEUE: &str = "exportd.export";
+
+/// The job payload: which export to run. Everything else is on the export's row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportJob {
+    pub export_id: Uuid,
+}
+
+/// Queue retries: our own attempt accounting decides when an export fails (see
+/// `max_stalled_attempts`); this only has to be larger.
+const QUEUE_MAX_ATTEMPTS: usize = 1000;
+
+/// Inserts the job for an export on `conn` (the transaction that inserts or updates the
+/// export row), and returns its id.
+pub async fn enqueue(conn: &mut PgConnection, job_id: &str, export_id: Uuid) -> Result<(), apalis_postgres::Error> {
+    let payload = serde_json::to_vec(&ExportJob { export_id }).expect("serializable");
+    let ulid: ulid::Ulid = job_id.parse().expect("job ids are ULIDs");
+    let task: PgTask = TaskBuilder::new(payload)
+        .task_id(TaskId::from_ulid(ulid))
+        .max_attempts(QUEUE_MAX_ATTEMPTS)
+        .build();
+    apalis_postgres::queries::push_tasks(conn, QUEUE, vec![task]).await
+}
+
+/// A fresh job id.
+pub fn new_job_id() -> String {
+    ulid::Ulid::generate().to_string()
+}
+
+/// Worker names must be unique per process start.
+pub fn worker_name(index: u32) -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "host".into());
+    let nonce = &Uuid::new_v4().simple().to_string()[..8];
+    format!("exportd-{host}-{}-{nonce}-{index}", std::process::id())
+}
+
+/// Builds the monitor running `concurrency` workers (one export each) on this process.
+pub fn monitor(pool: &PgPool, engine: Arc<Engine>, concurrency: u32, heartbeat: Duration, shutdown_timeout: Duration) -> Monitor {
+    let mut monitor = Monitor::new().shutdown_timeout(shutdown_timeout);
+    for index in 0..concurrency {
+        let name = worker_name(index);
+        let pool = pool.clone();
+        let engine = engine.clone();
+        monitor = monitor.register(move |_restarts| {
+            let config = Config::default()
+                .queue(QUEUE)
+                .batch_size(1)
+                .heartbeat_interval(heartbeat)
+                .missed_heartbeats(3);
+            let strategy = apalis::prelude::Strategy::new()
+                .stream(Pubsub::new(pool.clone(), QUEUE.to_owned()))
+                .interval(Duration::from_secs(1));
+            let backend = PostgresStorage::<ExportJob>::new(&pool)
+                .with_config(config)
+                .poll_with_strategy(strategy);
+            WorkerBuilder::new(name.clone())
+                .backend(backend)
+                .data(engine.clone())
+                .build(run_export_job)
+        });
+    }
+    monitor
+}
+
+/// The job handler: runs the export; a release at shutdown goes back to the queue at once
+/// without counting as a failure.
+async fn run_export_job(job: ExportJob, engine: Data<Arc<Engine>>, worker: WorkerContext) -> Result<(), BoxDynError> {
+    match engine.execute(job.export_id, worker.name()).await {
+        Outcome::Released => Err(DeferredError::new(std::io::Error::other("released at shutdown")).into()),
+        Outcome::Crashed => Err("simulated crash".into()),
+        Outcome::Completed | Outcome::AlreadyFinished | Outcome::Failed | Outcome::Lost => Ok(()),
+    }
+}
+
+/// Gives every unfinished export whose queue job is gone or finished a new job, so no export
+/// is left behind whatever happened to the queue. Returns how many were re-enqueued.
+pub async fn requeue_orphans(pool: &PgPool) -> crate::error::Result<usize> {
+    let ids = db::exports::exports_without_live_job(pool, QUEUE, 30.0).await?;
+    let mut n = 0;
+    for id in ids {
+        let mut tx = pool.begin().await?;
+        let job_id = new_job_id();
+        if db::exports::set_job(&mut tx, id, &job_id).await? {
+            enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e))?;
+            tx.commit().await?;
+            tracing::warn!(export_id = %id, %job_id, "unfinished export had no live queue job; re-enqueued");
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,25 @@
+//! exportd: exports large PostgreSQL tables to CSV files as durable, resumable background jobs.
+//!
+//! A code tour, in the order a request meets it:
+//!
+//! - [`config`]: flags and environment variables (`exportd --help`).
+//! - [`app`]: start-up; `App::build(..)` then `run()` serves HTTP and runs workers until the
+//!   [`shutdown`] signal, which is fanned out to poem, the queue monitor and every export.
+//! - [`api`]: the poem-openapi endpoints (`POST /api/export`, status, download, `/healthz`),
+//!   Swagger UI at `/docs`; errors are JSON, mapped from [`error::Error`].
+//! - [`export`]: the engine. [`export::create_export`] inserts the export row and its queue job
+//!   in one transaction; [`export::queue`] hands it to a worker (apalis-postgres);
+//!   [`export::engine`] claims it with a fencing token, resumes from the checkpoint and
+//!   streams keyset chunks to the file, syncing then checkpointing after each chunk;
+//!   [`export::csv`] writes exactly what PostgreSQL's `COPY ... (FORMAT csv)` writes.
+//! - [`storage`]: one file per run, so a stale runner cannot touch the served bytes.
+//! - [`db`]: the pool, migrations and every SQL statement.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod export;
+pub mod shutdown;
+pub mod storage;

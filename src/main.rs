@@ -1,0 +1,62 @@
+//! The `exportd` binary: parse settings, start telemetry, run the chosen subcommand.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use exportd::{
+    api::{self, AppState},
+    app::{self, App},
+    config::{Cli, Command, DbArgs, ServeArgs},
+    db,
+    shutdown::Shutdown,
+    storage::Storage,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_postgres=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let shutdown = Shutdown::new();
+    match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::parse_defaults())) {
+        Command::Serve(args) => {
+            shutdown.trigger_on_os_signals();
+            App::build(args, shutdown).await?.run().await
+        }
+        Command::Worker(args) => {
+            shutdown.trigger_on_os_signals();
+            app::run_worker(&args.db, &args.worker, shutdown).await
+        }
+        Command::Migrate(args) => {
+            app::connect_and_migrate(&args).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Seed(args) => {
+            let pool = app::connect_and_migrate(&args.db).await?;
+            if args.if_empty && db::seed::orders_count(&pool).await?.is_some_and(|n| n > 0) {
+                eprintln!("orders already has rows; not seeding (drop --if-empty to re-seed)");
+                return Ok(());
+            }
+            db::seed::seed_orders(&pool, args.rows, db::seed::print_progress(args.rows))
+                .await
+                .context("seeding orders")
+        }
+        Command::Openapi => {
+            let state = Arc::new(AppState {
+                pool: db::connect(&DbArgs::parse_defaults()).await?,
+                storage: Storage::at("exports"),
+                default_chunk_size: 10_000,
+                public_url: String::new(),
+            });
+            println!("{}", api::spec_json(state));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Where export files live: one file per run, durable appends, truncation on resume, streaming out.
+//!
+//! Each run writes its own file (`<export>/<run token>.csv`). A run that takes over from a run
+//! that may still be alive (crashed, paused, partitioned) copies the checkpointed prefix into a
+//! new file instead of touching the old one, so a stale runner, whatever it still writes, can
+//! never change a byte of the file that will be served. A run that takes over from a run that
+//! released cleanly continues that file in place, cut back to the checkpoint.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use tokio::{
+    fs::{self, File, OpenOptions},
+    io::AsyncSeekExt,
+};
+use uuid::Uuid;
+
+/// The storage directory.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+/// A file opened for a run, positioned at the checkpoint's byte offset.
+#[derive(Debug)]
+pub struct RunFile {
+    pub file: File,
+    /// Name relative to the storage directory, saved with each checkpoint.
+    pub name: String,
+}
+
+/// Why a run's file could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The checkpointed bytes are not on disk (file gone or shorter than the checkpoint).
+    #[error("checkpointed file {name} is missing or shorter than {bytes} bytes")]
+    CheckpointLost { name: String, bytes: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl Storage {
+    /// Uses (and creates) `root`.
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let storage = Self::at(root);
+        std::fs::create_dir_all(&storage.root)?;
+        Ok(storage)
+    }
+
+    /// Refers to `root` without touching the disk.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The storage directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Absolute path of a stored file.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Opens the file a run appends to, holding exactly the `bytes` checkpointed bytes of
+    /// `previous` (see the module docs for when it is continued in place or copied).
+    pub async fn prepare_run(
+        &self,
+        export_id: Uuid,
+        token: Uuid,
+        previous: Option<&str>,
+        bytes: u64,
+        adopt: bool,
+    ) -> Result<RunFile, PrepareError> {
+        let dir = self.root.join(export_id.to_string());
+        fs::create_dir_all(&dir).await?;
+        let previous = match previous {
+            Some(p) if bytes > 0 => p,
+            _ => return Ok(self.create(&dir, export_id, token).await?),
+        };
+        let lost = || PrepareError::CheckpointLost { name: previous.to_owned(), bytes };
+        let old_path = self.path(previous);
+        let old_len = match fs::metadata(&old_path).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(lost()),
+            Err(e) => return Err(e.into()),
+        };
+        if old_len < bytes {
+            return Err(lost());
+        }
+        if adopt {
+            let mut file = OpenOptions::new().write(true).open(&old_path).await?;
+            file.set_len(bytes).await?; // drop a torn or uncheckpointed tail
+            file.sync_data().await?;
+            file.seek(io::SeekFrom::Start(bytes)).await?;
+            return Ok(RunFile { file, name: previous.to_owned() });
+        }
+        let run = self.create(&dir, export_id, token).await?;
+        let new_path = self.path(&run.name);
+        let copied = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            use std::io::Read;
+            let mut src = std::fs::File::open(old_path)?.take(bytes);
+            let mut dst = std::fs::OpenOptions::new().write(true).open(new_path)?;
+            let n = std::io::copy(&mut src, &mut dst)?; // copy_file_range on Linux
+            dst.sync_data()?;
+            Ok(n)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if copied != bytes {
+            return Err(lost());
+        }
+        let mut file = run.file;
+        file.seek(io::SeekFrom::Start(bytes)).await?;
+        Ok(RunFile { file, name: run.name })
+    }
+
+    async fn create(&self, dir: &Path, export_id: Uuid, token: Uuid) -> io::Result<RunFile> {
+        let name = format!("{export_id}/{token}.csv");
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(self.path(&name)).await?;
+        // Make the new directory entry durable too.
+        File::open(dir).await?.sync_all().await?;
+        Ok(RunFile { file, name })
+    }
+
+    /// Deletes the files of an export's other runs (after completion; best effort).
+    pub async fn remove_other_runs(&self, export_id: Uuid, keep: &str) {
+        let dir = self.root.join(export_id.to_string());
+        let Ok(mut entries) = fs::read_dir(&dir).await else { return };
+        let keep = self.path(keep);
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            if entry.path() != keep {
+                if let Err(e) = fs::remove_file(entry.path()).await {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a stale run file");
+                }
+            }
+        }
+    }
+
+    /// Opens a finished file for reading.
+    pub async fn open(&self, name: &str) -> io::Result<File> {
+        File::open(self.path(name)).await
+    }
+}
