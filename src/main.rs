@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_postgres=warn".into()),
+                .unwrap_or_else(|_| "info,sqlx=error,apalis=warn,apalis_core=warn,apalis_postgres=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -9,15 +9,6 @@ use sqlx::PgPool;
 /// reported between them.
 const BATCH: i64 = 100_000;
 
-/// Creates the `orders` table and its indexes when missing.
-pub async fn create_orders_table(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::raw_sql(include_str!("sql/orders.sql"))
-        .execute(pool)
-        .await
-        .context("creating table orders")?;
-    Ok(())
-}
-
 /// Rows in `orders`, or None when the table does not exist.
 pub async fn orders_count(pool: &PgPool) -> anyhow::Result<Option<i64>> {
     let exists: bool = sqlx::query_scalar("select to_regclass('orders') is not null").fetch_one(pool).await?;
@@ -27,11 +18,13 @@ pub async fn orders_count(pool: &PgPool) -> anyhow::Result<Option<i64>> {
     Ok(Some(sqlx::query_scalar("select count(*) from orders").fetch_one(pool).await?))
 }
 
-/// Empties `orders` and fills it with `rows` deterministic rows (ids 1..=rows), then analyzes it.
-/// `progress` is told the rows done so far.
+/// Re-creates `orders` with `rows` deterministic rows (ids 1..=rows), builds its indexes and
+/// analyzes it. `progress` is told the rows done so far.
 pub async fn seed_orders(pool: &PgPool, rows: i64, mut progress: impl FnMut(i64)) -> anyhow::Result<()> {
-    create_orders_table(pool).await?;
-    sqlx::query("truncate orders restart identity").execute(pool).await?;
+    sqlx::raw_sql(concat!("drop table if exists orders;\n", include_str!("sql/orders.sql")))
+        .execute(pool)
+        .await
+        .context("creating table orders")?;
     let mut done = 0;
     while done < rows {
         let to = (done + BATCH).min(rows);
@@ -43,6 +36,10 @@ pub async fn seed_orders(pool: &PgPool, rows: i64, mut progress: impl FnMut(i64)
         .bind(rows)
         .execute(pool)
         .await?;
+    sqlx::raw_sql(include_str!("sql/orders_indexes.sql"))
+        .execute(pool)
+        .await
+        .context("indexing orders")?;
     sqlx::query("analyze orders").execute(pool).await?;
     Ok(())
 }

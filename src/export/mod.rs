@@ -13,10 +13,15 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct ExportSpec {
     /// Rows per chunk; a durable checkpoint follows each chunk.
+    #[serde(default = "default_chunk_size")]
     pub chunk_size: u32,
     /// Throttle: at most this many rows per second (None = as fast as the database gives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows_per_second: Option<u32>,
+}
+
+fn default_chunk_size() -> u32 {
+    10_000
 }
 
 /// Where an export is in its life. Moves one way only (a database trigger enforces it).

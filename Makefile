@@ -1,0 +1,49 @@
+# exportd — `make help` lists the targets.
+# Without DATABASE_URL, targets that need PostgreSQL start a private cluster (scripts/pg.sh)
+# from the installed server binaries (installing Debian's postgresql package if missing).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+ROWS ?= 1000000
+BIN := target/release/exportd
+# The database: DATABASE_URL when set, else the private cluster (started on demand).
+DB = $${DATABASE_URL:-$$(scripts/pg.sh start)}
+
+.PHONY: help build run seed test lint fmt openapi verify pg-stop clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+build: ## build the release binary
+	$(CARGO) build --release --locked
+
+run: build ## migrate, seed the demo dataset when empty, serve on http://127.0.0.1:8080 (Swagger UI at /docs)
+	db=$(DB) && DATABASE_URL=$$db $(BIN) seed --if-empty --rows $(ROWS) && DATABASE_URL=$$db exec $(BIN) serve
+
+seed: build ## (re)create the demo dataset with ROWS rows (default 1000000)
+	DATABASE_URL=$(DB) $(BIN) seed --rows $(ROWS)
+
+test: ## run the whole test suite against real PostgreSQL
+	db=$(DB) && DATABASE_URL=$$db scripts/drop-test-dbs.sh && \
+	  DATABASE_URL=$$db $(CARGO) test --release --locked -- --test-threads 2 2>&1 | tee target/test.log; \
+	  status=$${PIPESTATUS[0]}; grep -E '^test result:' target/test.log | tail -n 20; exit $$status
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets --locked -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+openapi: build ## regenerate the committed OpenAPI spec (openapi/exportd.json)
+	mkdir -p openapi && $(BIN) openapi > openapi/exportd.json
+
+verify: lint build ## lint, and fail when the committed OpenAPI spec is stale
+	$(BIN) openapi | diff -u openapi/exportd.json - && echo "openapi/exportd.json is up to date"
+
+pg-stop: ## stop the private PostgreSQL cluster
+	scripts/pg.sh stop
+
+clean: ## remove build output and exported files
+	$(CARGO) clean; rm -rf exports

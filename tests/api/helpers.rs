@@ -1,0 +1,214 @@
+//! Shared test set-up: a database per test, the app on a free port, fixtures and references.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use exportd::{
+    app::App,
+    config::ServeArgs,
+    db::{self, exports::ExportRecord},
+    export::{dataset::ORDERS, engine::Engine},
+    shutdown::Shutdown,
+};
+use futures::TryStreamExt;
+use serde_json::Value;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use uuid::Uuid;
+
+/// The server that holds the test databases (`make test` sets it).
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL must point at a PostgreSQL server (make test sets it)")
+}
+
+/// `url` with its database replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let base = base.trim_end_matches('/');
+    let prefix = match base.rfind('/') {
+        Some(i) if base[..i].ends_with('/') => base.to_owned(), // "postgres://host" without a database
+        Some(i) => base[..i].to_owned(),
+        None => base.to_owned(),
+    };
+    format!("{prefix}/{name}{query}")
+}
+
+/// A fresh, empty, migrated database of its own.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+pub async fn test_db() -> TestDb {
+    let admin = admin_url();
+    let name = format!("exportd_t_{}", Uuid::new_v4().simple());
+    let admin_pool = PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("connect to DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database \"{name}\"")))
+        .execute(&admin_pool)
+        .await
+        .expect("create test database");
+    admin_pool.close().await;
+    let url = with_database(&admin, &name);
+    let mut args = exportd::config::DbArgs::parse_defaults();
+    args.database_url = url.clone();
+    let pool = db::connect(&args).await.expect("pool");
+    db::migrate(&pool).await.expect("migrate");
+    TestDb { url, pool }
+}
+
+/// Knobs for [`spawn_app`].
+#[derive(Clone)]
+pub struct AppOptions {
+    pub workers: u32,
+    pub chunk_size: u32,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self { workers: 2, chunk_size: 10_000 }
+    }
+}
+
+/// The app running in this process on a free port, with its own database and storage.
+pub struct TestApp {
+    pub base: String,
+    pub db: TestDb,
+    pub storage: tempfile::TempDir,
+    pub engine: Arc<Engine>,
+    pub shutdown: Shutdown,
+    pub client: reqwest::Client,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_app(db: TestDb, opts: AppOptions) -> TestApp {
+    let storage = tempfile::tempdir().expect("tempdir");
+    let mut args = ServeArgs::for_test(&db.url, storage.path().to_path_buf());
+    args.worker.worker_concurrency = opts.workers;
+    args.worker.chunk_size = opts.chunk_size;
+    args.worker.heartbeat = Duration::from_secs(1);
+    args.worker.retry_backoff = Duration::from_millis(100);
+    let shutdown = Shutdown::new();
+    let app = App::build(args, shutdown.clone()).await.expect("build app");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let engine = app.engine().clone();
+    let handle = tokio::spawn(app.run());
+    TestApp { base, db, storage, engine, shutdown, client: reqwest::Client::new(), handle }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs an export request (`None` = no body at all) and returns the new id.
+    pub async fn create_export(&self, body: Option<Value>) -> Uuid {
+        let mut req = self.client.post(self.url("/api/export"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+        let v: Value = resp.json().await.unwrap();
+        v["jobId"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn status(&self, id: Uuid) -> Value {
+        let resp = self.client.get(self.url(&format!("/api/export/{id}/status"))).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Polls until the export reaches a terminal status (panics after `limit`).
+    pub async fn wait_finished(&self, id: Uuid, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let s = self.status(id).await;
+            if ["completed", "failed", "cancelled"].contains(&s["status"].as_str().unwrap()) {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "export {id} not finished in {limit:?}: {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn download(&self, id: Uuid) -> Vec<u8> {
+        let resp = self.client.get(self.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// Stops the app the way SIGTERM would, and waits for it.
+    pub async fn stop(self) -> TestDb {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("app stops in time")
+            .expect("app task")
+            .expect("app ran cleanly");
+        self.db
+    }
+}
+
+/// PostgreSQL's own `COPY (SELECT ... ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER true)`,
+/// on a connection with `TimeZone = 'UTC'`: what every export must equal byte for byte.
+pub async fn copy_reference(pool: &PgPool) -> Vec<u8> {
+    let mut conn = pool.acquire().await.unwrap();
+    let tz: String = sqlx::query_scalar("show timezone").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(tz, "UTC");
+    let query = exportd::db::dataset::copy_reference_query(&ORDERS);
+    let mut stream = conn.copy_out_raw(&query).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.try_next().await.unwrap() {
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+/// The demo dataset with `rows` rows, plus rows with every CSV hazard we know of.
+pub async fn seed_nasty(pool: &PgPool, rows: i64) {
+    db::seed::seed_orders(pool, rows, |_| {}).await.unwrap();
+    sqlx::raw_sql(NASTY_ROWS).execute(pool).await.unwrap();
+}
+
+/// Hand-written hard cases, with ids after the seeded ones (and a gap).
+pub const NASTY_ROWS: &str = r#"
+insert into orders (id, created_at, updated_at, customer_name, customer_email, country, status, amount, currency, quantity, note, metadata) values
+ (9000001, '2024-02-29 23:59:59.999999+00', null, '', null, 'DE', 'paid', 0, 'EUR', 0, '', '{}'),
+ (9000002, '1999-12-31 23:00:00-05', '2000-01-01 00:00:00+14', null, '', null, null, -0.01, null, null, null, 'null'),
+ (9000003, '2024-06-01 12:00:00+02', null, 'O''Brien, "Jr."', 'a,b@example.com', 'FR', 'shipped', 1234567890.12, 'USD', -5, '"', '{"a": "he said \"hi\"", "b": [1, 2.50, null], "c": "line\nbreak", "é": "東京"}'),
+ (9000004, '2024-06-01 12:00:00.5+00', null, ' x ', E'tab\there', 'JP', 'x', 1, 'JPY', 1, E'\r', '"just a string"'),
+ (9000005, '2024-06-01 12:00:00.000001+00', null, E'cr\rlf\n', 'q"q', 'BR', 'delivered', 99.90, 'BRL', 2147483647, E'\\.', '[1, "two", {"three": 3}]'),
+ (9000006, '2024-06-01 12:00:00+00', null, '😀 emoji', 'ünïcödé@例え.jp', 'IN', 'cancelled', 5, 'GBP', 1, ',', '{"nested": {"deep": ["\"", "\\", "/"]}}'),
+ (9000008, '2024-06-01 12:00:00+00', null, 'after a gap', 'gap@example.com', 'US', 'paid', 10, 'USD', 1, repeat('long, "field" ', 2000), '{"big": true}'),
+ (9000009, '2024-06-01 12:00:00+00', null, E'\\N', 'NULL', 'US', 'null', 10, 'USD', 1, E'a\\nb', null);
+select setval(pg_get_serial_sequence('orders', 'id'), 9000009);
+analyze orders;
+"#;
+
+/// The export row, read directly.
+pub async fn export_row(pool: &PgPool, id: Uuid) -> ExportRecord {
+    db::exports::find_export(pool, id).await.unwrap().expect("export exists")
+}
+
+/// Bytes of a stored file.
+pub fn stored_file(app_storage: &std::path::Path, name: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(app_storage).join(name)).unwrap()
+}
+
+/// Asserts two byte strings are equal, reporting the first difference instead of dumping both.
+#[track_caller]
+pub fn assert_same_bytes(actual: &[u8], expected: &[u8]) {
+    if actual == expected {
+        return;
+    }
+    let at = actual.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(actual.len().min(expected.len()));
+    let show = |b: &[u8]| String::from_utf8_lossy(&b[at.saturating_sub(80)..(at + 80).min(b.len())]).into_owned();
+    panic!(
+        "files differ at byte {at} (lengths {} vs {} expected)\nactual:   {:?}\nexpected: {:?}",
+        actual.len(),
+        expected.len(),
+        show(actual),
+        show(expected)
+    );
+}

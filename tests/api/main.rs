@@ -1,0 +1,9 @@
+//! Integration tests: one binary, every test with its own database on a real PostgreSQL.
+
+mod api_contract;
+mod exactness;
+mod fencing;
+mod helpers;
+mod process;
+mod resume;
+mod throttle;
