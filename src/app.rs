@@ -47,14 +47,25 @@ impl App {
             .first()
             .and_then(|a| a.as_socket_addr().map(|s| s.port()))
             .context("listener has no address")?;
-        let public_url = args.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
+        let public_url = args
+            .public_url
+            .clone()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned();
         let state = Arc::new(AppState {
             pool,
             storage: workers.engine.storage().clone(),
             default_chunk_size: args.worker.chunk_size,
             public_url,
         });
-        Ok(Self { acceptor, port, state, workers, shutdown })
+        Ok(Self {
+            acceptor,
+            port,
+            state,
+            workers,
+            shutdown,
+        })
     }
 
     /// The port the API listens on.
@@ -80,7 +91,10 @@ impl App {
             async move { shutdown.wait().await },
             Some(Duration::from_secs(5)),
         );
-        tracing::info!(port = self.port, "exportd serving: API at /api, Swagger UI at /docs");
+        tracing::info!(
+            port = self.port,
+            "exportd serving: API at /api, Swagger UI at /docs"
+        );
         let (http, workers) = tokio::join!(http, self.workers.run());
         http.context("HTTP server")?;
         workers
@@ -88,7 +102,11 @@ impl App {
 }
 
 /// `exportd worker`: workers only, until the shutdown signal.
-pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run_worker(
+    db_args: &DbArgs,
+    settings: &WorkerSettings,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let pool = connect_and_migrate(db_args).await?;
     Workers::new(&pool, settings, shutdown)?.run().await
 }
@@ -111,15 +129,27 @@ struct Workers {
 
 impl Workers {
     fn new(pool: &PgPool, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let storage = Storage::new(&settings.storage_dir)
-            .with_context(|| format!("creating storage directory {}", settings.storage_dir.display()))?;
+        let storage = Storage::new(&settings.storage_dir).with_context(|| {
+            format!(
+                "creating storage directory {}",
+                settings.storage_dir.display()
+            )
+        })?;
         let engine = Engine::new(
             pool.clone(),
             storage,
-            EngineSettings { max_stalled_attempts: settings.max_stalled_attempts, retry_backoff: settings.retry_backoff },
+            EngineSettings {
+                max_stalled_attempts: settings.max_stalled_attempts,
+                retry_backoff: settings.retry_backoff,
+            },
             shutdown.clone(),
         );
-        Ok(Self { pool: pool.clone(), engine: Arc::new(engine), settings: settings.clone(), shutdown })
+        Ok(Self {
+            pool: pool.clone(),
+            engine: Arc::new(engine),
+            settings: settings.clone(),
+            shutdown,
+        })
     }
 
     async fn run(self) -> anyhow::Result<()> {

@@ -31,7 +31,11 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub database_url: String,
 
     /// Connections in the pool shared by the API and the workers (each running export uses two).
@@ -85,7 +89,8 @@ pub struct ServeArgs {
     #[arg(long, env = "EXPORTD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Base URL used in links returned to clients (defaults to http://<listen>).
+    /// Base URL put before the links returned to clients, e.g. https://exports.example.com
+    /// (default: relative links such as /api/export/{id}/status).
     #[arg(long, env = "EXPORTD_PUBLIC_URL")]
     pub public_url: Option<String>,
 
@@ -157,7 +162,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "s" => value,

@@ -80,7 +80,10 @@ impl Storage {
             Some(p) if bytes > 0 => p,
             _ => return Ok(self.create(&dir, export_id, token).await?),
         };
-        let lost = || PrepareError::CheckpointLost { name: previous.to_owned(), bytes };
+        let lost = || PrepareError::CheckpointLost {
+            name: previous.to_owned(),
+            bytes,
+        };
         let old_path = self.path(previous);
         let old_len = match fs::metadata(&old_path).await {
             Ok(m) => m.len(),
@@ -95,7 +98,10 @@ impl Storage {
             file.set_len(bytes).await?; // drop a torn or uncheckpointed tail
             file.sync_data().await?;
             file.seek(io::SeekFrom::Start(bytes)).await?;
-            return Ok(RunFile { file, name: previous.to_owned() });
+            return Ok(RunFile {
+                file,
+                name: previous.to_owned(),
+            });
         }
         let run = self.create(&dir, export_id, token).await?;
         let new_path = self.path(&run.name);
@@ -114,12 +120,20 @@ impl Storage {
         }
         let mut file = run.file;
         file.seek(io::SeekFrom::Start(bytes)).await?;
-        Ok(RunFile { file, name: run.name })
+        Ok(RunFile {
+            file,
+            name: run.name,
+        })
     }
 
     async fn create(&self, dir: &Path, export_id: Uuid, token: Uuid) -> io::Result<RunFile> {
         let name = format!("{export_id}/{token}.csv");
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(self.path(&name)).await?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.path(&name))
+            .await?;
         // Make the new directory entry durable too.
         File::open(dir).await?.sync_all().await?;
         Ok(RunFile { file, name })
@@ -128,13 +142,15 @@ impl Storage {
     /// Deletes the files of an export's other runs (after completion; best effort).
     pub async fn remove_other_runs(&self, export_id: Uuid, keep: &str) {
         let dir = self.root.join(export_id.to_string());
-        let Ok(mut entries) = fs::read_dir(&dir).await else { return };
+        let Ok(mut entries) = fs::read_dir(&dir).await else {
+            return;
+        };
         let keep = self.path(keep);
         while let Ok(Some(entry)) = entries.next_entry().await {
-            if entry.path() != keep {
-                if let Err(e) = fs::remove_file(entry.path()).await {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a stale run file");
-                }
+            if entry.path() != keep
+                && let Err(e) = fs::remove_file(entry.path()).await
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a stale run file");
             }
         }
     }

@@ -24,7 +24,10 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
     fn request_meta() -> Option<MetaRequest> {
         Some(MetaRequest {
             description: None,
-            content: vec![MetaMediaType { content_type: "application/json", schema: T::schema_ref() }],
+            content: vec![MetaMediaType {
+                content_type: "application/json",
+                schema: T::schema_ref(),
+            }],
             required: false,
         })
     }
@@ -34,7 +37,11 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
         body: &mut RequestBody,
         _opts: ExtractParamOptions<()>,
     ) -> poem::Result<Self> {
-        let bytes = body.take()?.into_vec().await.map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
+        let bytes = body
+            .take()?
+            .into_vec()
+            .await
+            .map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
@@ -47,14 +54,32 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
                 ));
             }
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("the request body is not valid JSON: {e}")))?;
-        let parsed = T::parse_from_json(Some(value)).map_err(|e| bad_request(format!("invalid request body: {}", e.into_message())))?;
-        Ok(Self(Some(parsed)))
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| bad_request(format!("the request body is not valid JSON: {e}")))?;
+        match T::parse_from_json(Some(value.clone())) {
+            Ok(parsed) => Ok(Self(Some(parsed))),
+            Err(e) => Err(bad_request(match culprit::<T>(&value) {
+                Some(field) => format!("invalid field {field:?}: {}", e.into_message()),
+                None => format!("invalid request body: {}", e.into_message()),
+            })),
+        }
     }
+}
+
+/// The top-level field whose removal makes the body parse: the one to name in the error
+/// (poem-openapi's own messages give the type that failed, not the field).
+fn culprit<T: ParseFromJSON>(value: &serde_json::Value) -> Option<String> {
+    let object = value.as_object()?;
+    object
+        .keys()
+        .find(|key| {
+            let mut without = object.clone();
+            without.remove(*key);
+            T::parse_from_json(Some(serde_json::Value::Object(without))).is_ok()
+        })
+        .cloned()
 }
 
 fn bad_request(message: String) -> poem::Error {
     poem::Error::from_string(message, poem::http::StatusCode::BAD_REQUEST)
 }
-

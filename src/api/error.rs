@@ -19,7 +19,11 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(error: &str, message: impl Into<String>) -> Json<Self> {
-        Json(Self { error: error.to_owned(), message: message.into(), status: None })
+        Json(Self {
+            error: error.to_owned(),
+            message: message.into(),
+            status: None,
+        })
     }
 }
 
@@ -56,7 +60,9 @@ impl From<Error> for ApiError {
                 status: Some(status),
             })),
             Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),
-            Error::Database(_) | Error::Io(_) | Error::Other(_) => ApiError::Internal(ErrorBody::new("internal", message)),
+            Error::Database(_) | Error::Io(_) | Error::Other(_) => {
+                ApiError::Internal(ErrorBody::new("internal", message))
+            }
         }
     }
 }
@@ -85,7 +91,8 @@ pub async fn render_any_error(err: poem::Error) -> Response {
     } else {
         err.to_string()
     };
-    let mut resp = poem::web::Json(serde_json::json!({ "error": kind, "message": message })).into_response();
+    let mut resp =
+        poem::web::Json(serde_json::json!({ "error": kind, "message": message })).into_response();
     resp.set_status(status);
     resp
 }

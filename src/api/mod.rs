@@ -45,11 +45,18 @@ type Apis = (export::ExportApi, health::HealthApi);
 /// The OpenAPI service (also used to print the spec).
 pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (export::ExportApi { state: state.clone() }, health::HealthApi { state }),
+        (
+            export::ExportApi {
+                state: state.clone(),
+            },
+            health::HealthApi { state },
+        ),
         "exportd",
         env!("CARGO_PKG_VERSION"),
     )
-    .description("Exports large PostgreSQL tables to CSV files as durable, resumable background jobs.")
+    .description(
+        "Exports large PostgreSQL tables to CSV files as durable, resumable background jobs.",
+    )
 }
 
 /// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, JSON errors.

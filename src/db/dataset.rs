@@ -23,7 +23,11 @@ pub fn chunk_query(ds: &Dataset, first: bool) -> String {
         .iter()
         .map(|c| format!("t.{}::text", ident(c.name)))
         .collect();
-    let lower = if first { String::new() } else { format!("{key} > $3 and ") };
+    let lower = if first {
+        String::new()
+    } else {
+        format!("{key} > $3 and ")
+    };
     format!(
         "select {key}, {cols} from {table} as t \
          where {lower}{key} <= $1 \

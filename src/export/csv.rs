@@ -18,7 +18,12 @@ pub struct CsvEncoder {
 impl CsvEncoder {
     /// `COPY`'s defaults: comma, double quote, empty NULL, LF.
     pub fn postgres_default(columns: usize) -> Self {
-        Self { delimiter: b',', quote: b'"', null: Vec::new(), single_column: columns == 1 }
+        Self {
+            delimiter: b',',
+            quote: b'"',
+            null: Vec::new(),
+            single_column: columns == 1,
+        }
     }
 
     /// Appends one field; `first` is true for the first field of a record.
@@ -93,11 +98,25 @@ mod tests {
 
     #[test]
     fn quoting_rules() {
-        assert_eq!(row(&[Some("a,b"), Some("say \"hi\""), Some("l1\nl2"), Some("cr\r")]),
-            "\"a,b\",\"say \"\"hi\"\"\",\"l1\nl2\",\"cr\r\"\n");
+        assert_eq!(
+            row(&[
+                Some("a,b"),
+                Some("say \"hi\""),
+                Some("l1\nl2"),
+                Some("cr\r")
+            ]),
+            "\"a,b\",\"say \"\"hi\"\"\",\"l1\nl2\",\"cr\r\"\n"
+        );
         // Spaces, tabs, backslashes and non-ASCII are not special in COPY's CSV.
-        assert_eq!(row(&[Some(" padded "), Some("tab\there"), Some("back\\slash"), Some("Zürich 東京")]),
-            " padded ,tab\there,back\\slash,Zürich 東京\n");
+        assert_eq!(
+            row(&[
+                Some(" padded "),
+                Some("tab\there"),
+                Some("back\\slash"),
+                Some("Zürich 東京")
+            ]),
+            " padded ,tab\there,back\\slash,Zürich 東京\n"
+        );
     }
 
     #[test]

@@ -36,7 +36,11 @@ const QUEUE_MAX_ATTEMPTS: usize = 1000;
 
 /// Inserts the job for an export on `conn` (the transaction that inserts or updates the
 /// export row), and returns its id.
-pub async fn enqueue(conn: &mut PgConnection, job_id: &str, export_id: Uuid) -> Result<(), apalis_postgres::Error> {
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    job_id: &str,
+    export_id: Uuid,
+) -> Result<(), apalis_postgres::Error> {
     let payload = serde_json::to_vec(&ExportJob { export_id }).expect("serializable");
     let ulid: ulid::Ulid = job_id.parse().expect("job ids are ULIDs");
     let task: PgTask = TaskBuilder::new(payload)
@@ -53,13 +57,22 @@ pub fn new_job_id() -> String {
 
 /// Worker names must be unique per process start.
 pub fn worker_name(index: u32) -> String {
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "host".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
     let nonce = &Uuid::new_v4().simple().to_string()[..8];
     format!("exportd-{host}-{}-{nonce}-{index}", std::process::id())
 }
 
 /// Builds the monitor running `concurrency` workers (one export each) on this process.
-pub fn monitor(pool: &PgPool, engine: Arc<Engine>, concurrency: u32, heartbeat: Duration, shutdown_timeout: Duration) -> Monitor {
+pub fn monitor(
+    pool: &PgPool,
+    engine: Arc<Engine>,
+    concurrency: u32,
+    heartbeat: Duration,
+    shutdown_timeout: Duration,
+) -> Monitor {
     let mut monitor = Monitor::new().shutdown_timeout(shutdown_timeout);
     for index in 0..concurrency {
         let name = worker_name(index);
@@ -88,9 +101,15 @@ pub fn monitor(pool: &PgPool, engine: Arc<Engine>, concurrency: u32, heartbeat: 
 
 /// The job handler: runs the export; a release at shutdown goes back to the queue at once
 /// without counting as a failure.
-async fn run_export_job(job: ExportJob, engine: Data<Arc<Engine>>, worker: WorkerContext) -> Result<(), BoxDynError> {
+async fn run_export_job(
+    job: ExportJob,
+    engine: Data<Arc<Engine>>,
+    worker: WorkerContext,
+) -> Result<(), BoxDynError> {
     match engine.execute(job.export_id, worker.name()).await {
-        Outcome::Released => Err(DeferredError::new(std::io::Error::other("released at shutdown")).into()),
+        Outcome::Released => {
+            Err(DeferredError::new(std::io::Error::other("released at shutdown")).into())
+        }
         Outcome::Crashed => Err("simulated crash".into()),
         Outcome::Completed | Outcome::AlreadyFinished | Outcome::Failed | Outcome::Lost => Ok(()),
     }
@@ -105,7 +124,9 @@ pub async fn requeue_orphans(pool: &PgPool) -> crate::error::Result<usize> {
         let mut tx = pool.begin().await?;
         let job_id = new_job_id();
         if db::exports::set_job(&mut tx, id, &job_id).await? {
-            enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e))?;
+            enqueue(&mut tx, &job_id, id)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
             tx.commit().await?;
             tracing::warn!(export_id = %id, %job_id, "unfinished export had no live queue job; re-enqueued");
             n += 1;

@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 /// The server that holds the test databases (`make test` sets it).
 pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL").expect("DATABASE_URL must point at a PostgreSQL server (make test sets it)")
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must point at a PostgreSQL server (make test sets it)")
 }
 
 /// `url` with its database replaced by `name`.
@@ -43,7 +44,11 @@ pub struct TestDb {
 pub async fn test_db() -> TestDb {
     let admin = admin_url();
     let name = format!("exportd_t_{}", Uuid::new_v4().simple());
-    let admin_pool = PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("connect to DATABASE_URL");
+    let admin_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .expect("connect to DATABASE_URL");
     sqlx::query(sqlx::AssertSqlSafe(format!("create database \"{name}\"")))
         .execute(&admin_pool)
         .await
@@ -66,7 +71,10 @@ pub struct AppOptions {
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { workers: 2, chunk_size: 10_000 }
+        Self {
+            workers: 2,
+            chunk_size: 10_000,
+        }
     }
 }
 
@@ -82,7 +90,11 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(db: TestDb, opts: AppOptions) -> TestApp {
-    let storage = tempfile::tempdir().expect("tempdir");
+    spawn_app_on(db, tempfile::tempdir().expect("tempdir"), opts).await
+}
+
+/// [`spawn_app`] with a given storage directory (e.g. the one of an app stopped before).
+pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptions) -> TestApp {
     let mut args = ServeArgs::for_test(&db.url, storage.path().to_path_buf());
     args.worker.worker_concurrency = opts.workers;
     args.worker.chunk_size = opts.chunk_size;
@@ -93,7 +105,15 @@ pub async fn spawn_app(db: TestDb, opts: AppOptions) -> TestApp {
     let base = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine().clone();
     let handle = tokio::spawn(app.run());
-    TestApp { base, db, storage, engine, shutdown, client: reqwest::Client::new(), handle }
+    TestApp {
+        base,
+        db,
+        storage,
+        engine,
+        shutdown,
+        client: reqwest::Client::new(),
+        handle,
+    }
 }
 
 impl TestApp {
@@ -114,7 +134,12 @@ impl TestApp {
     }
 
     pub async fn status(&self, id: Uuid) -> Value {
-        let resp = self.client.get(self.url(&format!("/api/export/{id}/status"))).send().await.unwrap();
+        let resp = self
+            .client
+            .get(self.url(&format!("/api/export/{id}/status")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         resp.json().await.unwrap()
     }
@@ -127,26 +152,34 @@ impl TestApp {
             if ["completed", "failed", "cancelled"].contains(&s["status"].as_str().unwrap()) {
                 return s;
             }
-            assert!(tokio::time::Instant::now() < deadline, "export {id} not finished in {limit:?}: {s}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "export {id} not finished in {limit:?}: {s}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn download(&self, id: Uuid) -> Vec<u8> {
-        let resp = self.client.get(self.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
+        let resp = self
+            .client
+            .get(self.url(&format!("/api/export/{id}/download")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap().to_vec()
     }
 
-    /// Stops the app the way SIGTERM would, and waits for it.
-    pub async fn stop(self) -> TestDb {
+    /// Stops the app the way SIGTERM would, waits for it, and hands back database and storage.
+    pub async fn stop(self) -> (TestDb, tempfile::TempDir) {
         self.shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(15), self.handle)
             .await
             .expect("app stops in time")
             .expect("app task")
             .expect("app ran cleanly");
-        self.db
+        (self.db, self.storage)
     }
 }
 
@@ -154,7 +187,10 @@ impl TestApp {
 /// on a connection with `TimeZone = 'UTC'`: what every export must equal byte for byte.
 pub async fn copy_reference(pool: &PgPool) -> Vec<u8> {
     let mut conn = pool.acquire().await.unwrap();
-    let tz: String = sqlx::query_scalar("show timezone").fetch_one(&mut *conn).await.unwrap();
+    let tz: String = sqlx::query_scalar("show timezone")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
     assert_eq!(tz, "UTC");
     let query = exportd::db::dataset::copy_reference_query(&ORDERS);
     let mut stream = conn.copy_out_raw(&query).await.unwrap();
@@ -188,7 +224,10 @@ analyze orders;
 
 /// The export row, read directly.
 pub async fn export_row(pool: &PgPool, id: Uuid) -> ExportRecord {
-    db::exports::find_export(pool, id).await.unwrap().expect("export exists")
+    db::exports::find_export(pool, id)
+        .await
+        .unwrap()
+        .expect("export exists")
 }
 
 /// Bytes of a stored file.
@@ -202,8 +241,14 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8]) {
     if actual == expected {
         return;
     }
-    let at = actual.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(actual.len().min(expected.len()));
-    let show = |b: &[u8]| String::from_utf8_lossy(&b[at.saturating_sub(80)..(at + 80).min(b.len())]).into_owned();
+    let at = actual
+        .iter()
+        .zip(expected)
+        .position(|(a, b)| a != b)
+        .unwrap_or(actual.len().min(expected.len()));
+    let show = |b: &[u8]| {
+        String::from_utf8_lossy(&b[at.saturating_sub(80)..(at + 80).min(b.len())]).into_owned()
+    };
     panic!(
         "files differ at byte {at} (lengths {} vs {} expected)\nactual:   {:?}\nexpected: {:?}",
         actual.len(),
