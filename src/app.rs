@@ -23,6 +23,10 @@ use crate::{
 
 /// How often unfinished exports without a live queue job are looked for.
 const REQUEUE_EVERY: Duration = Duration::from_secs(10);
+/// Finished queue jobs are kept this long (for inspection), then deleted.
+const KEEP_FINISHED_JOBS: Duration = Duration::from_secs(24 * 3600);
+/// Worker rows silent this long (and referenced by no job) are deleted.
+const FORGET_DEAD_WORKERS: Duration = Duration::from_secs(3600);
 
 /// A built `serve` process: listening, migrated, not yet running.
 pub struct App {
@@ -47,25 +51,14 @@ impl App {
             .first()
             .and_then(|a| a.as_socket_addr().map(|s| s.port()))
             .context("listener has no address")?;
-        let public_url = args
-            .public_url
-            .clone()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_owned();
+        let public_url = args.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
         let state = Arc::new(AppState {
             pool,
             storage: workers.engine.storage().clone(),
             default_chunk_size: args.worker.chunk_size,
             public_url,
         });
-        Ok(Self {
-            acceptor,
-            port,
-            state,
-            workers,
-            shutdown,
-        })
+        Ok(Self { acceptor, port, state, workers, shutdown })
     }
 
     /// The port the API listens on.
@@ -91,10 +84,7 @@ impl App {
             async move { shutdown.wait().await },
             Some(Duration::from_secs(5)),
         );
-        tracing::info!(
-            port = self.port,
-            "exportd serving: API at /api, Swagger UI at /docs"
-        );
+        tracing::info!(port = self.port, "exportd serving: API at /api, Swagger UI at /docs");
         let (http, workers) = tokio::join!(http, self.workers.run());
         http.context("HTTP server")?;
         workers
@@ -102,11 +92,7 @@ impl App {
 }
 
 /// `exportd worker`: workers only, until the shutdown signal.
-pub async fn run_worker(
-    db_args: &DbArgs,
-    settings: &WorkerSettings,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
+pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pool = connect_and_migrate(db_args).await?;
     Workers::new(&pool, settings, shutdown)?.run().await
 }
@@ -129,12 +115,8 @@ struct Workers {
 
 impl Workers {
     fn new(pool: &PgPool, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let storage = Storage::new(&settings.storage_dir).with_context(|| {
-            format!(
-                "creating storage directory {}",
-                settings.storage_dir.display()
-            )
-        })?;
+        let storage = Storage::new(&settings.storage_dir)
+            .with_context(|| format!("creating storage directory {}", settings.storage_dir.display()))?;
         let engine = Engine::new(
             pool.clone(),
             storage,
@@ -144,12 +126,7 @@ impl Workers {
             },
             shutdown.clone(),
         );
-        Ok(Self {
-            pool: pool.clone(),
-            engine: Arc::new(engine),
-            settings: settings.clone(),
-            shutdown,
-        })
+        Ok(Self { pool: pool.clone(), engine: Arc::new(engine), settings: settings.clone(), shutdown })
     }
 
     async fn run(self) -> anyhow::Result<()> {
@@ -176,15 +153,28 @@ impl Workers {
     }
 }
 
-/// Periodic repair: unfinished exports whose queue job is gone get a new one.
+/// Periodic repair and hygiene: unfinished exports whose queue job is gone get a new one;
+/// finished jobs and dead workers are deleted so the queue tables do not grow without bound.
 async fn housekeeping(pool: PgPool, shutdown: Shutdown) {
-    loop {
+    for round in 0u64.. {
         tokio::select! {
             _ = tokio::time::sleep(REQUEUE_EVERY) => {}
             _ = shutdown.wait() => return,
         }
         if let Err(e) = queue::requeue_orphans(&pool).await {
-            tracing::warn!(error = %e, "housekeeping failed; will retry");
+            tracing::warn!(error = %e, "re-enqueueing orphaned exports failed; will retry");
+        }
+        if round % 6 == 0 {
+            let purged = async {
+                let jobs = db::queue::purge_finished_jobs(&pool, queue::QUEUE, KEEP_FINISHED_JOBS).await?;
+                let workers = db::queue::purge_dead_workers(&pool, queue::QUEUE, FORGET_DEAD_WORKERS).await?;
+                Ok::<_, crate::error::Error>((jobs, workers))
+            };
+            match purged.await {
+                Ok((0, 0)) => {}
+                Ok((jobs, workers)) => tracing::info!(jobs, workers, "purged finished queue jobs and dead workers"),
+                Err(e) => tracing::warn!(error = %e, "queue hygiene failed; will retry"),
+            }
         }
     }
 }

@@ -31,11 +31,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// PostgreSQL connection string.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
 
     /// Connections in the pool shared by the API and the workers (each running export uses two).
@@ -162,9 +158,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "s" => value,

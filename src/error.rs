@@ -33,11 +33,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        if is_connection_error(&e) {
-            Error::Unavailable(e)
-        } else {
-            Error::Database(e)
-        }
+        if is_connection_error(&e) { Error::Unavailable(e) } else { Error::Database(e) }
     }
 }
 
@@ -49,9 +45,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Database(_) | Error::Io(_) | Error::Other(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Database(_) | Error::Io(_) | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -63,9 +57,7 @@ impl Error {
                 tracing::error!(error = ?anyhow::Error::msg(format!("{self:#}")), "internal error");
                 "internal error; the cause has been logged".to_owned()
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                "the database is unavailable; retry later".to_owned()
-            }
+            StatusCode::SERVICE_UNAVAILABLE => "the database is unavailable; retry later".to_owned(),
             _ => self.to_string(),
         }
     }
@@ -74,15 +66,11 @@ impl Error {
 /// Errors that mean "the database is not there right now" rather than "the query is wrong".
 pub fn is_connection_error(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => {
             // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection
             // exceptions, 57014 query_canceled (statement timeout while the server is struggling).
-            db.code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
+            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
         }
         _ => false,
     }

@@ -17,18 +17,14 @@ use exportd::{
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "info,sqlx=error,apalis=warn,apalis_core=warn,apalis_postgres=warn".into()
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=error,apalis=warn,apalis_core=warn,apalis_postgres=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let shutdown = Shutdown::new();
-    match cli
-        .command
-        .unwrap_or_else(|| Command::Serve(ServeArgs::parse_defaults()))
-    {
+    match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::parse_defaults())) {
         Command::Serve(args) => {
             shutdown.trigger_on_os_signals();
             App::build(args, shutdown).await?.run().await
@@ -48,9 +44,7 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("orders already has rows; not seeding (drop --if-empty to re-seed)");
                 return Ok(());
             }
-            db::seed::seed_orders(&pool, args.rows, db::seed::print_progress(args.rows))
-                .await
-                .context("seeding orders")
+            db::seed::seed_orders(&pool, args.rows, db::seed::print_progress(args.rows)).await.context("seeding orders")
         }
         Command::Openapi => {
             let state = Arc::new(AppState {

@@ -80,10 +80,7 @@ impl Storage {
             Some(p) if bytes > 0 => p,
             _ => return Ok(self.create(&dir, export_id, token).await?),
         };
-        let lost = || PrepareError::CheckpointLost {
-            name: previous.to_owned(),
-            bytes,
-        };
+        let lost = || PrepareError::CheckpointLost { name: previous.to_owned(), bytes };
         let old_path = self.path(previous);
         let old_len = match fs::metadata(&old_path).await {
             Ok(m) => m.len(),
@@ -98,10 +95,7 @@ impl Storage {
             file.set_len(bytes).await?; // drop a torn or uncheckpointed tail
             file.sync_data().await?;
             file.seek(io::SeekFrom::Start(bytes)).await?;
-            return Ok(RunFile {
-                file,
-                name: previous.to_owned(),
-            });
+            return Ok(RunFile { file, name: previous.to_owned() });
         }
         let run = self.create(&dir, export_id, token).await?;
         let new_path = self.path(&run.name);
@@ -120,20 +114,12 @@ impl Storage {
         }
         let mut file = run.file;
         file.seek(io::SeekFrom::Start(bytes)).await?;
-        Ok(RunFile {
-            file,
-            name: run.name,
-        })
+        Ok(RunFile { file, name: run.name })
     }
 
     async fn create(&self, dir: &Path, export_id: Uuid, token: Uuid) -> io::Result<RunFile> {
         let name = format!("{export_id}/{token}.csv");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(self.path(&name))
-            .await?;
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(self.path(&name)).await?;
         // Make the new directory entry durable too.
         File::open(dir).await?.sync_all().await?;
         Ok(RunFile { file, name })

@@ -24,10 +24,7 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
     fn request_meta() -> Option<MetaRequest> {
         Some(MetaRequest {
             description: None,
-            content: vec![MetaMediaType {
-                content_type: "application/json",
-                schema: T::schema_ref(),
-            }],
+            content: vec![MetaMediaType { content_type: "application/json", schema: T::schema_ref() }],
             required: false,
         })
     }
@@ -37,11 +34,8 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
         body: &mut RequestBody,
         _opts: ExtractParamOptions<()>,
     ) -> poem::Result<Self> {
-        let bytes = body
-            .take()?
-            .into_vec()
-            .await
-            .map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
+        let bytes =
+            body.take()?.into_vec().await.map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }

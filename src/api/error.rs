@@ -19,11 +19,7 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(error: &str, message: impl Into<String>) -> Json<Self> {
-        Json(Self {
-            error: error.to_owned(),
-            message: message.into(),
-            status: None,
-        })
+        Json(Self { error: error.to_owned(), message: message.into(), status: None })
     }
 }
 
@@ -54,11 +50,9 @@ impl From<Error> for ApiError {
         match e {
             Error::BadRequest(_) => ApiError::BadRequest(ErrorBody::new("bad_request", message)),
             Error::NotFound(_) => ApiError::NotFound(ErrorBody::new("not_found", message)),
-            Error::Conflict { status, .. } => ApiError::Conflict(Json(ErrorBody {
-                error: "conflict".into(),
-                message,
-                status: Some(status),
-            })),
+            Error::Conflict { status, .. } => {
+                ApiError::Conflict(Json(ErrorBody { error: "conflict".into(), message, status: Some(status) }))
+            }
             Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),
             Error::Database(_) | Error::Io(_) | Error::Other(_) => {
                 ApiError::Internal(ErrorBody::new("internal", message))
@@ -91,8 +85,7 @@ pub async fn render_any_error(err: poem::Error) -> Response {
     } else {
         err.to_string()
     };
-    let mut resp =
-        poem::web::Json(serde_json::json!({ "error": kind, "message": message })).into_response();
+    let mut resp = poem::web::Json(serde_json::json!({ "error": kind, "message": message })).into_response();
     resp.set_status(status);
     resp
 }

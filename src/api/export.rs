@@ -133,11 +133,7 @@ pub enum StatusResponse {
 pub enum DownloadResponse {
     /// The CSV file, streamed from storage.
     #[oai(status = 200, content_type = "text/csv; charset=utf-8")]
-    Ok(
-        Binary<Body>,
-        #[oai(header = "Content-Length")] u64,
-        #[oai(header = "Content-Disposition")] String,
-    ),
+    Ok(Binary<Body>, #[oai(header = "Content-Length")] u64, #[oai(header = "Content-Disposition")] String),
 }
 
 #[OpenApi(tag = "ApiTags::Exports")]
@@ -146,21 +142,14 @@ impl ExportApi {
     ///
     /// Creates the export and its queue job, and answers at once, before any row is read.
     #[oai(path = "/api/export", method = "post", operation_id = "createExport")]
-    async fn create(
-        &self,
-        body: OptionalJson<CreateExportRequest>,
-    ) -> Result<CreateExportResponse, ApiError> {
+    async fn create(&self, body: OptionalJson<CreateExportRequest>) -> Result<CreateExportResponse, ApiError> {
         let req = body.0.unwrap_or_else(|| CreateExportRequest {
             dataset: default_dataset(),
             chunk_size: None,
             max_rows_per_second: None,
         });
-        let ds = dataset::find(&req.dataset).ok_or_else(|| {
-            Error::BadRequest(format!(
-                "dataset: unknown dataset {:?} (known: orders)",
-                req.dataset
-            ))
-        })?;
+        let ds = dataset::find(&req.dataset)
+            .ok_or_else(|| Error::BadRequest(format!("dataset: unknown dataset {:?} (known: orders)", req.dataset)))?;
         let spec = ExportSpec {
             chunk_size: req.chunk_size.unwrap_or(self.state.default_chunk_size),
             max_rows_per_second: req.max_rows_per_second,
@@ -172,9 +161,7 @@ impl ExportApi {
                 job_id: record.id,
                 status: StatusName::Queued,
                 status_url: status_url.clone(),
-                download_url: self
-                    .state
-                    .url(&format!("/api/export/{}/download", record.id)),
+                download_url: self.state.url(&format!("/api/export/{}/download", record.id)),
             }),
             status_url,
         ))
@@ -183,11 +170,7 @@ impl ExportApi {
     /// Export status
     ///
     /// Progress, counts and outcome of an export.
-    #[oai(
-        path = "/api/export/:id/status",
-        method = "get",
-        operation_id = "getExportStatus"
-    )]
+    #[oai(path = "/api/export/:id/status", method = "get", operation_id = "getExportStatus")]
     async fn status(&self, id: Path<Uuid>) -> Result<StatusResponse, ApiError> {
         let record = self.find(id.0).await?;
         Ok(StatusResponse::Ok(Json(self.view(&record))))
@@ -196,15 +179,10 @@ impl ExportApi {
     /// Download the file
     ///
     /// Streams the finished CSV from storage. 409 while the export is not completed.
-    #[oai(
-        path = "/api/export/:id/download",
-        method = "get",
-        operation_id = "downloadExport"
-    )]
+    #[oai(path = "/api/export/:id/download", method = "get", operation_id = "downloadExport")]
     async fn download(&self, id: Path<Uuid>) -> Result<DownloadResponse, ApiError> {
         let record = self.find(id.0).await?;
-        let (ExportStatus::Completed, Some(name)) = (record.status, record.file_name.as_deref())
-        else {
+        let (ExportStatus::Completed, Some(name)) = (record.status, record.file_name.as_deref()) else {
             return Err(Error::Conflict {
                 message: format!(
                     "export {} is {}, not completed: there is no file to download yet",
@@ -220,19 +198,13 @@ impl ExportApi {
         // Exactly the checkpointed bytes, read in small pieces: memory stays flat.
         let body = Body::from_async_read(file.take(len));
         let filename = format!("{}-{}.csv", record.dataset, record.id);
-        Ok(DownloadResponse::Ok(
-            Binary(body),
-            len,
-            format!("attachment; filename=\"{filename}\""),
-        ))
+        Ok(DownloadResponse::Ok(Binary(body), len, format!("attachment; filename=\"{filename}\"")))
     }
 }
 
 impl ExportApi {
     async fn find(&self, id: Uuid) -> Result<ExportRecord, Error> {
-        crate::db::exports::find_export(&self.state.pool, id)
-            .await?
-            .ok_or(Error::NotFound(id))
+        crate::db::exports::find_export(&self.state.pool, id).await?.ok_or(Error::NotFound(id))
     }
 
     fn view(&self, r: &ExportRecord) -> ExportStatusView {
@@ -246,11 +218,7 @@ impl ExportApi {
             total_rows: r.total_rows,
             progress: progress(r),
             attempts: r.attempts,
-            error: if r.status == ExportStatus::Failed {
-                r.error.clone()
-            } else {
-                None
-            },
+            error: if r.status == ExportStatus::Failed { r.error.clone() } else { None },
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,

@@ -45,18 +45,11 @@ type Apis = (export::ExportApi, health::HealthApi);
 /// The OpenAPI service (also used to print the spec).
 pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (
-            export::ExportApi {
-                state: state.clone(),
-            },
-            health::HealthApi { state },
-        ),
+        (export::ExportApi { state: state.clone() }, health::HealthApi { state }),
         "exportd",
         env!("CARGO_PKG_VERSION"),
     )
-    .description(
-        "Exports large PostgreSQL tables to CSV files as durable, resumable background jobs.",
-    )
+    .description("Exports large PostgreSQL tables to CSV files as durable, resumable background jobs.")
 }
 
 /// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, JSON errors.
@@ -64,11 +57,7 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
     let api = service(state);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
-    Route::new()
-        .nest("/", api)
-        .at("/openapi.json", spec)
-        .nest("/docs", docs)
-        .catch_all_error(error::render_any_error)
+    Route::new().nest("/", api).at("/openapi.json", spec).nest("/docs", docs).catch_all_error(error::render_any_error)
 }
 
 /// The spec as committed under `openapi/` (stable JSON, no server entry).

@@ -18,16 +18,8 @@ pub fn ident(name: &str) -> String {
 /// unqualified `id` would sort by the *text* output column and skip rows.
 pub fn chunk_query(ds: &Dataset, first: bool) -> String {
     let key = format!("t.{}", ident(ds.key));
-    let cols: Vec<String> = ds
-        .columns
-        .iter()
-        .map(|c| format!("t.{}::text", ident(c.name)))
-        .collect();
-    let lower = if first {
-        String::new()
-    } else {
-        format!("{key} > $3 and ")
-    };
+    let cols: Vec<String> = ds.columns.iter().map(|c| format!("t.{}::text", ident(c.name))).collect();
+    let lower = if first { String::new() } else { format!("{key} > $3 and ") };
     format!(
         "select {key}, {cols} from {table} as t \
          where {lower}{key} <= $1 \

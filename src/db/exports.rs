@@ -79,10 +79,7 @@ pub enum Claim {
     /// The run owns the export. `adopt_file` is true when the previous run released it cleanly,
     /// so its file can be continued in place; otherwise that runner may still be alive
     /// somewhere and its file must not be touched.
-    Owned {
-        export: Box<ExportRecord>,
-        adopt_file: bool,
-    },
+    Owned { export: Box<ExportRecord>, adopt_file: bool },
     /// Nothing to do: the export is finished (or was never there).
     Finished,
     /// Too many runs in a row made no progress: the export is now `failed`.
@@ -99,18 +96,11 @@ macro_rules! columns {
 }
 
 /// The high-water mark (largest key now) and the planner's row estimate of a dataset.
-pub async fn dataset_bounds(
-    conn: &mut PgConnection,
-    ds: &Dataset,
-) -> Result<(Option<i64>, Option<i64>)> {
-    let upper: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::max_key_query(ds)))
-        .fetch_one(&mut *conn)
-        .await?;
-    let estimate: Option<i64> = sqlx::query_scalar(dataset::estimate_rows_query())
-        .bind(ds.table)
-        .fetch_optional(&mut *conn)
-        .await?
-        .flatten();
+pub async fn dataset_bounds(conn: &mut PgConnection, ds: &Dataset) -> Result<(Option<i64>, Option<i64>)> {
+    let upper: Option<i64> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::max_key_query(ds))).fetch_one(&mut *conn).await?;
+    let estimate: Option<i64> =
+        sqlx::query_scalar(dataset::estimate_rows_query()).bind(ds.table).fetch_optional(&mut *conn).await?.flatten();
     Ok((upper, estimate))
 }
 
@@ -134,14 +124,10 @@ pub async fn insert_export(conn: &mut PgConnection, new: &NewExport<'_>) -> Resu
 
 /// Reads one export.
 pub async fn find_export(pool: &PgPool, id: Uuid) -> Result<Option<ExportRecord>> {
-    Ok(sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        " from exports where id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?)
+    Ok(sqlx::query_as(concat!("select ", columns!(), " from exports where id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?)
 }
 
 /// The runs of an export, oldest first (its ownership history).
@@ -158,22 +144,13 @@ pub async fn list_runs(pool: &PgPool, id: Uuid) -> Result<Vec<RunRecord>> {
 /// Makes `token` the owner of an unfinished export and records the run. Any run still marked
 /// open is ended as `superseded`. When `max_stalled` runs in a row made no progress the
 /// export fails instead, with the last error met.
-pub async fn claim_export(
-    pool: &PgPool,
-    id: Uuid,
-    token: Uuid,
-    worker: &str,
-    max_stalled: u32,
-) -> Result<Claim> {
+pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, max_stalled: u32) -> Result<Claim> {
     let mut tx = pool.begin().await?;
-    let current: Option<ExportRecord> = sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        " from exports where id = $1 for update"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let current: Option<ExportRecord> =
+        sqlx::query_as(concat!("select ", columns!(), " from exports where id = $1 for update"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some(current) = current else {
         return Ok(Claim::Finished);
     };
@@ -181,10 +158,12 @@ pub async fn claim_export(
         return Ok(Claim::Finished);
     }
     let adopt_file = current.owner.is_none();
-    sqlx::query("update export_runs set ended_at = now(), outcome = 'superseded' where export_id = $1 and ended_at is null")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "update export_runs set ended_at = now(), outcome = 'superseded' where export_id = $1 and ended_at is null",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     if current.stalled_attempts >= max_stalled as i32 {
         let cause = current
             .last_error
@@ -194,11 +173,13 @@ pub async fn claim_export(
             "gave up after {} attempts in a row without progress; last error: {cause}",
             current.stalled_attempts
         );
-        sqlx::query("update exports set status = 'failed', error = $2, owner = null, finished_at = now() where id = $1")
-            .bind(id)
-            .bind(&message)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "update exports set status = 'failed', error = $2, owner = null, finished_at = now() where id = $1",
+        )
+        .bind(id)
+        .bind(&message)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         return Ok(Claim::GaveUp);
     }
@@ -221,20 +202,12 @@ pub async fn claim_export(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Claim::Owned {
-        export: Box::new(export),
-        adopt_file,
-    })
+    Ok(Claim::Owned { export: Box::new(export), adopt_file })
 }
 
 /// Saves a checkpoint, fenced by the run's token. Progress resets the stalled-run count.
 /// Returns false when the run no longer owns the export.
-pub async fn save_checkpoint(
-    pool: &PgPool,
-    id: Uuid,
-    token: Uuid,
-    cp: &Checkpoint,
-) -> Result<bool> {
+pub async fn save_checkpoint(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
     let done = sqlx::query(
         "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
          file_name = $6, stalled_attempts = 0 \
@@ -252,12 +225,7 @@ pub async fn save_checkpoint(
 }
 
 /// Marks the export completed with its final checkpoint, fenced by the run's token.
-pub async fn complete_export(
-    pool: &PgPool,
-    id: Uuid,
-    token: Uuid,
-    cp: &Checkpoint,
-) -> Result<bool> {
+pub async fn complete_export(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
     let mut tx = pool.begin().await?;
     let done = sqlx::query(
         "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
@@ -306,13 +274,7 @@ pub async fn release_export(
     if done.rows_affected() != 1 {
         return Ok(false);
     }
-    end_run(
-        &mut tx,
-        token,
-        if give_back { "released" } else { "failed" },
-        error,
-    )
-    .await?;
+    end_run(&mut tx, token, if give_back { "released" } else { "failed" }, error).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -336,12 +298,7 @@ pub async fn mark_run_lost(pool: &PgPool, token: Uuid) -> Result<()> {
     end_run(&mut conn, token, "lost", None).await
 }
 
-async fn end_run(
-    conn: &mut PgConnection,
-    token: Uuid,
-    outcome: &str,
-    error: Option<&str>,
-) -> Result<()> {
+async fn end_run(conn: &mut PgConnection, token: Uuid, outcome: &str, error: Option<&str>) -> Result<()> {
     sqlx::query("update export_runs set ended_at = coalesce(ended_at, now()), outcome = coalesce(outcome, $2), error = coalesce(error, $3) where token = $1")
         .bind(token)
         .bind(outcome)
@@ -353,11 +310,7 @@ async fn end_run(
 
 /// Unfinished exports whose queue job is gone or finished (e.g. the queue gave up on it):
 /// they need a new job. Exports younger than `min_age_secs` are left alone.
-pub async fn exports_without_live_job(
-    pool: &PgPool,
-    queue: &str,
-    min_age_secs: f64,
-) -> Result<Vec<Uuid>> {
+pub async fn exports_without_live_job(pool: &PgPool, queue: &str, min_age_secs: f64) -> Result<Vec<Uuid>> {
     Ok(sqlx::query_scalar(
         "select e.id from exports e \
          left join apalis.jobs j on j.id = e.job_id and j.job_type = $1 \
@@ -375,12 +328,10 @@ pub async fn exports_without_live_job(
 
 /// Points an unfinished export at a new queue job (same transaction as the job's insert).
 pub async fn set_job(conn: &mut PgConnection, id: Uuid, job_id: &str) -> Result<bool> {
-    let done = sqlx::query(
-        "update exports set job_id = $2 where id = $1 and status in ('queued', 'running')",
-    )
-    .bind(id)
-    .bind(job_id)
-    .execute(conn)
-    .await?;
+    let done = sqlx::query("update exports set job_id = $2 where id = $1 and status in ('queued', 'running')")
+        .bind(id)
+        .bind(job_id)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }

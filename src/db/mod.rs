@@ -2,6 +2,7 @@
 
 pub mod dataset;
 pub mod exports;
+pub mod queue;
 pub mod seed;
 
 use std::{str::FromStr, time::Duration};
@@ -39,10 +40,7 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
 
 /// Applies exportd's migrations and the job queue's own (schema `apalis`).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations")
-        .run(pool)
-        .await
-        .context("applying exportd migrations")?;
+    sqlx::migrate!("./migrations").run(pool).await.context("applying exportd migrations")?;
     apalis_postgres::PostgresStorage::setup(pool)
         .await
         .context("applying the job queue's migrations (schema apalis)")?;

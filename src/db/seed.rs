@@ -11,42 +11,24 @@ const BATCH: i64 = 100_000;
 
 /// Rows in `orders`, or None when the table does not exist.
 pub async fn orders_count(pool: &PgPool) -> anyhow::Result<Option<i64>> {
-    let exists: bool = sqlx::query_scalar("select to_regclass('orders') is not null")
-        .fetch_one(pool)
-        .await?;
+    let exists: bool = sqlx::query_scalar("select to_regclass('orders') is not null").fetch_one(pool).await?;
     if !exists {
         return Ok(None);
     }
-    Ok(Some(
-        sqlx::query_scalar("select count(*) from orders")
-            .fetch_one(pool)
-            .await?,
-    ))
+    Ok(Some(sqlx::query_scalar("select count(*) from orders").fetch_one(pool).await?))
 }
 
 /// Re-creates `orders` with `rows` deterministic rows (ids 1..=rows), builds its indexes and
 /// analyzes it. `progress` is told the rows done so far.
-pub async fn seed_orders(
-    pool: &PgPool,
-    rows: i64,
-    mut progress: impl FnMut(i64),
-) -> anyhow::Result<()> {
-    sqlx::raw_sql(concat!(
-        "drop table if exists orders;\n",
-        include_str!("sql/orders.sql")
-    ))
-    .execute(pool)
-    .await
-    .context("creating table orders")?;
+pub async fn seed_orders(pool: &PgPool, rows: i64, mut progress: impl FnMut(i64)) -> anyhow::Result<()> {
+    sqlx::raw_sql(concat!("drop table if exists orders;\n", include_str!("sql/orders.sql")))
+        .execute(pool)
+        .await
+        .context("creating table orders")?;
     let mut done = 0;
     while done < rows {
         let to = (done + BATCH).min(rows);
-        sqlx::query(INSERT_ORDERS)
-            .bind(done + 1)
-            .bind(to)
-            .execute(pool)
-            .await
-            .context("inserting orders")?;
+        sqlx::query(INSERT_ORDERS).bind(done + 1).bind(to).execute(pool).await.context("inserting orders")?;
         done = to;
         progress(done);
     }
@@ -54,10 +36,7 @@ pub async fn seed_orders(
         .bind(rows)
         .execute(pool)
         .await?;
-    sqlx::raw_sql(include_str!("sql/orders_indexes.sql"))
-        .execute(pool)
-        .await
-        .context("indexing orders")?;
+    sqlx::raw_sql(include_str!("sql/orders_indexes.sql")).execute(pool).await.context("indexing orders")?;
     sqlx::query("analyze orders").execute(pool).await?;
     Ok(())
 }
@@ -67,10 +46,7 @@ pub fn print_progress(total: i64) -> impl FnMut(i64) {
     let started = std::time::Instant::now();
     move |done| {
         let pct = if total > 0 { done * 100 / total } else { 100 };
-        eprint!(
-            "\rseeding orders: {done}/{total} rows ({pct}%) in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
+        eprint!("\rseeding orders: {done}/{total} rows ({pct}%) in {:.1}s", started.elapsed().as_secs_f64());
         if done >= total {
             eprintln!();
         }

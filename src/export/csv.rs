@@ -18,12 +18,7 @@ pub struct CsvEncoder {
 impl CsvEncoder {
     /// `COPY`'s defaults: comma, double quote, empty NULL, LF.
     pub fn postgres_default(columns: usize) -> Self {
-        Self {
-            delimiter: b',',
-            quote: b'"',
-            null: Vec::new(),
-            single_column: columns == 1,
-        }
+        Self { delimiter: b',', quote: b'"', null: Vec::new(), single_column: columns == 1 }
     }
 
     /// Appends one field; `first` is true for the first field of a record.
@@ -71,9 +66,7 @@ impl CsvEncoder {
     fn needs_quotes(&self, value: &[u8]) -> bool {
         value == self.null.as_slice()
             || (self.single_column && value == b"\\.")
-            || value
-                .iter()
-                .any(|&b| b == self.delimiter || b == self.quote || b == b'\n' || b == b'\r')
+            || value.iter().any(|&b| b == self.delimiter || b == self.quote || b == b'\n' || b == b'\r')
     }
 }
 
@@ -99,22 +92,12 @@ mod tests {
     #[test]
     fn quoting_rules() {
         assert_eq!(
-            row(&[
-                Some("a,b"),
-                Some("say \"hi\""),
-                Some("l1\nl2"),
-                Some("cr\r")
-            ]),
+            row(&[Some("a,b"), Some("say \"hi\""), Some("l1\nl2"), Some("cr\r")]),
             "\"a,b\",\"say \"\"hi\"\"\",\"l1\nl2\",\"cr\r\"\n"
         );
         // Spaces, tabs, backslashes and non-ASCII are not special in COPY's CSV.
         assert_eq!(
-            row(&[
-                Some(" padded "),
-                Some("tab\there"),
-                Some("back\\slash"),
-                Some("Zürich 東京")
-            ]),
+            row(&[Some(" padded "), Some("tab\there"), Some("back\\slash"), Some("Zürich 東京")]),
             " padded ,tab\there,back\\slash,Zürich 東京\n"
         );
     }

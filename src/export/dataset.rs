@@ -28,54 +28,18 @@ pub const ORDERS: Dataset = Dataset {
     table: "orders",
     key: "id",
     columns: &[
-        Column {
-            name: "id",
-            sql_type: "bigint",
-        },
-        Column {
-            name: "created_at",
-            sql_type: "timestamptz",
-        },
-        Column {
-            name: "updated_at",
-            sql_type: "timestamptz",
-        },
-        Column {
-            name: "customer_name",
-            sql_type: "text",
-        },
-        Column {
-            name: "customer_email",
-            sql_type: "text",
-        },
-        Column {
-            name: "country",
-            sql_type: "char(2)",
-        },
-        Column {
-            name: "status",
-            sql_type: "text",
-        },
-        Column {
-            name: "amount",
-            sql_type: "numeric(12,2)",
-        },
-        Column {
-            name: "currency",
-            sql_type: "char(3)",
-        },
-        Column {
-            name: "quantity",
-            sql_type: "int",
-        },
-        Column {
-            name: "note",
-            sql_type: "text",
-        },
-        Column {
-            name: "metadata",
-            sql_type: "jsonb",
-        },
+        Column { name: "id", sql_type: "bigint" },
+        Column { name: "created_at", sql_type: "timestamptz" },
+        Column { name: "updated_at", sql_type: "timestamptz" },
+        Column { name: "customer_name", sql_type: "text" },
+        Column { name: "customer_email", sql_type: "text" },
+        Column { name: "country", sql_type: "char(2)" },
+        Column { name: "status", sql_type: "text" },
+        Column { name: "amount", sql_type: "numeric(12,2)" },
+        Column { name: "currency", sql_type: "char(3)" },
+        Column { name: "quantity", sql_type: "int" },
+        Column { name: "note", sql_type: "text" },
+        Column { name: "metadata", sql_type: "jsonb" },
     ],
 };
 

@@ -97,19 +97,8 @@ enum Produced {
 }
 
 impl Engine {
-    pub fn new(
-        pool: PgPool,
-        storage: Storage,
-        settings: EngineSettings,
-        shutdown: Shutdown,
-    ) -> Self {
-        Self {
-            pool,
-            storage,
-            settings,
-            shutdown,
-            faults: Arc::default(),
-        }
+    pub fn new(pool: PgPool, storage: Storage, settings: EngineSettings, shutdown: Shutdown) -> Self {
+        Self { pool, storage, settings, shutdown, faults: Arc::default() }
     }
 
     /// The same engine with fault points armed (tests).
@@ -132,14 +121,9 @@ impl Engine {
                 return Outcome::Released;
             }
             let token = Uuid::new_v4();
-            let claim = db::exports::claim_export(
-                &self.pool,
-                export_id,
-                token,
-                worker,
-                self.settings.max_stalled_attempts,
-            )
-            .await;
+            let claim =
+                db::exports::claim_export(&self.pool, export_id, token, worker, self.settings.max_stalled_attempts)
+                    .await;
             let (export, adopt) = match claim {
                 Ok(Claim::Owned { export, adopt_file }) => (export, adopt_file),
                 Ok(Claim::Finished) => return Outcome::AlreadyFinished,
@@ -171,9 +155,7 @@ impl Engine {
                     return Outcome::Lost;
                 }
                 Ok(RunEnd::Stopped) => {
-                    match db::exports::release_export(&self.pool, export_id, token, None, true)
-                        .await
-                    {
+                    match db::exports::release_export(&self.pool, export_id, token, None, true).await {
                         Ok(true) => {
                             tracing::info!(%export_id, "export released at a chunk boundary for shutdown")
                         }
@@ -187,14 +169,7 @@ impl Engine {
                 Err(e) => {
                     let message = format!("{e:#}");
                     tracing::warn!(%export_id, %token, error = %message, "export run failed");
-                    let _ = db::exports::release_export(
-                        &self.pool,
-                        export_id,
-                        token,
-                        Some(&message),
-                        false,
-                    )
-                    .await;
+                    let _ = db::exports::release_export(&self.pool, export_id, token, Some(&message), false).await;
                     let wait = self.backoff(export.stalled_attempts.max(1) as u32);
                     if !self.pause(wait).await {
                         return Outcome::Released;
@@ -218,30 +193,16 @@ impl Engine {
     }
 
     /// One run of an export this run owns (`token`), from its checkpoint to the end.
-    pub async fn run(
-        &self,
-        export: &ExportRecord,
-        token: Uuid,
-        adopt: bool,
-    ) -> anyhow::Result<RunEnd> {
-        dataset::find(&export.dataset)
-            .ok_or_else(|| anyhow::anyhow!("unknown dataset {:?}", export.dataset))?;
+    pub async fn run(&self, export: &ExportRecord, token: Uuid, adopt: bool) -> anyhow::Result<RunEnd> {
+        dataset::find(&export.dataset).ok_or_else(|| anyhow::anyhow!("unknown dataset {:?}", export.dataset))?;
         let mut cp = Checkpoint {
             last_id: export.last_processed_id,
             rows: export.rows_written,
             bytes: export.bytes_written,
             file_name: export.file_name.clone().unwrap_or_default(),
         };
-        let prepared = self
-            .storage
-            .prepare_run(
-                export.id,
-                token,
-                export.file_name.as_deref(),
-                cp.bytes as u64,
-                adopt,
-            )
-            .await;
+        let prepared =
+            self.storage.prepare_run(export.id, token, export.file_name.as_deref(), cp.bytes as u64, adopt).await;
         let run_file = match prepared {
             Ok(f) => f,
             Err(PrepareError::CheckpointLost { name, bytes }) => {
@@ -249,15 +210,8 @@ impl Engine {
                 if !db::exports::reset_checkpoint(&self.pool, export.id, token).await? {
                     return Ok(RunEnd::Lost);
                 }
-                cp = Checkpoint {
-                    last_id: None,
-                    rows: 0,
-                    bytes: 0,
-                    file_name: String::new(),
-                };
-                self.storage
-                    .prepare_run(export.id, token, None, 0, false)
-                    .await?
+                cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new() };
+                self.storage.prepare_run(export.id, token, None, 0, false).await?
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
@@ -278,9 +232,7 @@ impl Engine {
                 if !db::exports::complete_export(&self.pool, export.id, token, &cp).await? {
                     return Ok(RunEnd::Lost);
                 }
-                self.storage
-                    .remove_other_runs(export.id, &cp.file_name)
-                    .await;
+                self.storage.remove_other_runs(export.id, &cp.file_name).await;
                 Ok(RunEnd::Completed)
             }
         }
@@ -311,10 +263,7 @@ impl Engine {
             Some(r) => spec.chunk_size.min(r),
             None => spec.chunk_size,
         });
-        let (first_query, next_query) = (
-            db::dataset::chunk_query(ds, true),
-            db::dataset::chunk_query(ds, false),
-        );
+        let (first_query, next_query) = (db::dataset::chunk_query(ds, true), db::dataset::chunk_query(ds, false));
         let started = Instant::now();
         let mut rows_this_run = 0u64;
         loop {
@@ -325,13 +274,8 @@ impl Engine {
                 break;
             }
             let query = match last {
-                None => sqlx::query(sqlx::AssertSqlSafe(first_query.as_str()))
-                    .bind(upper)
-                    .bind(limit),
-                Some(l) => sqlx::query(sqlx::AssertSqlSafe(next_query.as_str()))
-                    .bind(upper)
-                    .bind(limit)
-                    .bind(l),
+                None => sqlx::query(sqlx::AssertSqlSafe(first_query.as_str())).bind(upper).bind(limit),
+                Some(l) => sqlx::query(sqlx::AssertSqlSafe(next_query.as_str())).bind(upper).bind(limit).bind(l),
             };
             let mut rows = query.fetch(&self.pool);
             let mut count = 0u64;
@@ -345,8 +289,7 @@ impl Engine {
                 enc.end_record(&mut buf);
                 count += 1;
                 if buf.len() >= PIECE_BYTES {
-                    let piece =
-                        std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
+                    let piece = std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
                     if tx.send(Piece::Data(piece)).await.is_err() {
                         return Ok(Produced::WriterGone);
                     }
@@ -355,20 +298,12 @@ impl Engine {
             drop(rows);
             let Some(last_id) = chunk_last else { break };
             if !buf.is_empty() {
-                let piece =
-                    std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
+                let piece = std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
                 if tx.send(Piece::Data(piece)).await.is_err() {
                     return Ok(Produced::WriterGone);
                 }
             }
-            if tx
-                .send(Piece::ChunkEnd {
-                    last_id,
-                    rows: count,
-                })
-                .await
-                .is_err()
-            {
+            if tx.send(Piece::ChunkEnd { last_id, rows: count }).await.is_err() {
                 return Ok(Produced::WriterGone);
             }
             last = Some(last_id);
@@ -449,9 +384,7 @@ async fn send_rest(tx: &mpsc::Sender<Piece>, buf: Vec<u8>) -> anyhow::Result<Pro
 /// Names a full disk as such: it is the one storage error users can act on.
 fn storage_error(e: std::io::Error) -> anyhow::Error {
     if e.raw_os_error() == Some(28) {
-        anyhow::anyhow!(
-            "disk full: no space left on the storage device while writing the export ({e})"
-        )
+        anyhow::anyhow!("disk full: no space left on the storage device while writing the export ({e})")
     } else {
         anyhow::Error::new(e).context("writing the export file")
     }

@@ -49,10 +49,7 @@ impl ExportStatus {
 
     /// True once the export will never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            ExportStatus::Completed | ExportStatus::Failed | ExportStatus::Cancelled
-        )
+        matches!(self, ExportStatus::Completed | ExportStatus::Failed | ExportStatus::Cancelled)
     }
 }
 
@@ -86,19 +83,10 @@ pub async fn create_export(
     let id = uuid::Uuid::new_v4();
     let record = exports::insert_export(
         &mut tx,
-        &exports::NewExport {
-            id,
-            dataset: ds,
-            spec,
-            upper_bound_id,
-            total_rows,
-            job_id: &job_id,
-        },
+        &exports::NewExport { id, dataset: ds, spec, upper_bound_id, total_rows, job_id: &job_id },
     )
     .await?;
-    queue::enqueue(&mut tx, &job_id, id)
-        .await
-        .map_err(|e| anyhow::anyhow!(e).context("enqueueing the export job"))?;
+    queue::enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e).context("enqueueing the export job"))?;
     tx.commit().await?;
     Ok(record)
 }

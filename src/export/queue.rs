@@ -36,17 +36,11 @@ const QUEUE_MAX_ATTEMPTS: usize = 1000;
 
 /// Inserts the job for an export on `conn` (the transaction that inserts or updates the
 /// export row), and returns its id.
-pub async fn enqueue(
-    conn: &mut PgConnection,
-    job_id: &str,
-    export_id: Uuid,
-) -> Result<(), apalis_postgres::Error> {
+pub async fn enqueue(conn: &mut PgConnection, job_id: &str, export_id: Uuid) -> Result<(), apalis_postgres::Error> {
     let payload = serde_json::to_vec(&ExportJob { export_id }).expect("serializable");
     let ulid: ulid::Ulid = job_id.parse().expect("job ids are ULIDs");
-    let task: PgTask = TaskBuilder::new(payload)
-        .task_id(TaskId::from_ulid(ulid))
-        .max_attempts(QUEUE_MAX_ATTEMPTS)
-        .build();
+    let task: PgTask =
+        TaskBuilder::new(payload).task_id(TaskId::from_ulid(ulid)).max_attempts(QUEUE_MAX_ATTEMPTS).build();
     apalis_postgres::queries::push_tasks(conn, QUEUE, vec![task]).await
 }
 
@@ -57,10 +51,7 @@ pub fn new_job_id() -> String {
 
 /// Worker names must be unique per process start.
 pub fn worker_name(index: u32) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "host".into());
     let nonce = &Uuid::new_v4().simple().to_string()[..8];
     format!("exportd-{host}-{}-{nonce}-{index}", std::process::id())
 }
@@ -79,21 +70,13 @@ pub fn monitor(
         let pool = pool.clone();
         let engine = engine.clone();
         monitor = monitor.register(move |_restarts| {
-            let config = Config::default()
-                .queue(QUEUE)
-                .batch_size(1)
-                .heartbeat_interval(heartbeat)
-                .missed_heartbeats(3);
+            let config =
+                Config::default().queue(QUEUE).batch_size(1).heartbeat_interval(heartbeat).missed_heartbeats(3);
             let strategy = apalis::prelude::Strategy::new()
                 .stream(Pubsub::new(pool.clone(), QUEUE.to_owned()))
                 .interval(Duration::from_secs(1));
-            let backend = PostgresStorage::<ExportJob>::new(&pool)
-                .with_config(config)
-                .poll_with_strategy(strategy);
-            WorkerBuilder::new(name.clone())
-                .backend(backend)
-                .data(engine.clone())
-                .build(run_export_job)
+            let backend = PostgresStorage::<ExportJob>::new(&pool).with_config(config).poll_with_strategy(strategy);
+            WorkerBuilder::new(name.clone()).backend(backend).data(engine.clone()).build(run_export_job)
         });
     }
     monitor
@@ -101,15 +84,9 @@ pub fn monitor(
 
 /// The job handler: runs the export; a release at shutdown goes back to the queue at once
 /// without counting as a failure.
-async fn run_export_job(
-    job: ExportJob,
-    engine: Data<Arc<Engine>>,
-    worker: WorkerContext,
-) -> Result<(), BoxDynError> {
+async fn run_export_job(job: ExportJob, engine: Data<Arc<Engine>>, worker: WorkerContext) -> Result<(), BoxDynError> {
     match engine.execute(job.export_id, worker.name()).await {
-        Outcome::Released => {
-            Err(DeferredError::new(std::io::Error::other("released at shutdown")).into())
-        }
+        Outcome::Released => Err(DeferredError::new(std::io::Error::other("released at shutdown")).into()),
         Outcome::Crashed => Err("simulated crash".into()),
         Outcome::Completed | Outcome::AlreadyFinished | Outcome::Failed | Outcome::Lost => Ok(()),
     }
@@ -124,9 +101,7 @@ pub async fn requeue_orphans(pool: &PgPool) -> crate::error::Result<usize> {
         let mut tx = pool.begin().await?;
         let job_id = new_job_id();
         if db::exports::set_job(&mut tx, id, &job_id).await? {
-            enqueue(&mut tx, &job_id, id)
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+            enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e))?;
             tx.commit().await?;
             tracing::warn!(export_id = %id, %job_id, "unfinished export had no live queue job; re-enqueued");
             n += 1;

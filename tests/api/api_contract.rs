@@ -15,20 +15,14 @@ async fn app_with_rows(rows: i64) -> TestApp {
 
 mod db {
     pub async fn seed(db: &crate::helpers::TestDb, rows: i64) {
-        exportd::db::seed::seed_orders(&db.pool, rows, |_| {})
-            .await
-            .unwrap();
+        exportd::db::seed::seed_orders(&db.pool, rows, |_| {}).await.unwrap();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_answers_202_with_links_and_location() {
     let app = app_with_rows(2_000).await;
-    for body in [
-        None,
-        Some(json!({})),
-        Some(json!({"chunkSize": 500, "maxRowsPerSecond": 100000})),
-    ] {
+    for body in [None, Some(json!({})), Some(json!({"chunkSize": 500, "maxRowsPerSecond": 100000}))] {
         let mut req = app.client.post(app.url("/api/export"));
         if let Some(b) = &body {
             req = req.json(b);
@@ -43,23 +37,16 @@ async fn create_answers_202_with_links_and_location() {
         assert_eq!(v["downloadUrl"], format!("/api/export/{id}/download"));
         assert_eq!(location, format!("/api/export/{id}/status"));
         // The export row and its queue job exist together.
-        let job: i64 = sqlx::query_scalar(
-            "select count(*) from apalis.jobs j join exports e on e.job_id = j.id where e.id = $1",
-        )
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+        let job: i64 =
+            sqlx::query_scalar("select count(*) from apalis.jobs j join exports e on e.job_id = j.id where e.id = $1")
+                .bind(id)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
         assert_eq!(job, 1);
     }
     // A bare POST with no Content-Type at all works too.
-    let resp = app
-        .client
-        .post(app.url("/api/export"))
-        .body("")
-        .send()
-        .await
-        .unwrap();
+    let resp = app.client.post(app.url("/api/export")).body("").send().await.unwrap();
     assert_eq!(resp.status(), 202);
 }
 
@@ -103,41 +90,20 @@ async fn status_reports_every_field_through_to_completion() {
 async fn download_headers_and_conflict_before_completion() {
     let app = app_with_rows(3_000).await;
     // A slow export: still running when we ask for its file.
-    let id = app
-        .create_export(Some(json!({"chunkSize": 100, "maxRowsPerSecond": 1000})))
-        .await;
-    let resp = app
-        .client
-        .get(app.url(&format!("/api/export/{id}/download")))
-        .send()
-        .await
-        .unwrap();
+    let id = app.create_export(Some(json!({"chunkSize": 100, "maxRowsPerSecond": 1000}))).await;
+    let resp = app.client.get(app.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
     assert_eq!(resp.status(), 409);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"], "conflict");
-    assert!(
-        ["queued", "running"].contains(&v["status"].as_str().unwrap()),
-        "{v}"
-    );
-    assert!(
-        v["message"].as_str().unwrap().contains("not completed"),
-        "{v}"
-    );
+    assert!(["queued", "running"].contains(&v["status"].as_str().unwrap()), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("not completed"), "{v}");
 
     app.wait_finished(id, Duration::from_secs(30)).await;
-    let resp = app
-        .client
-        .get(app.url(&format!("/api/export/{id}/download")))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.client.get(app.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let h = resp.headers().clone();
     assert_eq!(h["content-type"], "text/csv; charset=utf-8");
-    assert_eq!(
-        h["content-disposition"],
-        format!("attachment; filename=\"orders-{id}.csv\"")
-    );
+    assert_eq!(h["content-disposition"], format!("attachment; filename=\"orders-{id}.csv\""));
     let len: usize = h["content-length"].to_str().unwrap().parse().unwrap();
     let body = resp.bytes().await.unwrap();
     assert_eq!(body.len(), len);
@@ -147,18 +113,12 @@ async fn download_headers_and_conflict_before_completion() {
 async fn expect_error(resp: reqwest::Response, status: u16, mentions: &str) -> Value {
     assert_eq!(resp.status(), status);
     assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json"),
+        resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"),
         "error responses are JSON"
     );
     let v: Value = resp.json().await.unwrap();
     let message = v["message"].as_str().unwrap_or_default().to_owned();
-    assert!(
-        message.contains(mentions),
-        "message {message:?} should mention {mentions:?}"
-    );
+    assert!(message.contains(mentions), "message {message:?} should mention {mentions:?}");
     assert!(v["error"].is_string());
     v
 }
@@ -167,86 +127,31 @@ async fn expect_error(resp: reqwest::Response, status: u16, mentions: &str) -> V
 async fn bad_input_gets_a_4xx_that_names_the_problem() {
     let app = app_with_rows(10).await;
     let post = |body: &'static str| {
-        app.client
-            .post(app.url("/api/export"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        app.client.post(app.url("/api/export")).header("content-type", "application/json").body(body).send()
     };
     expect_error(post("{not json").await.unwrap(), 400, "not valid JSON").await;
     expect_error(post(r#"{"chunkSize": 5}"#).await.unwrap(), 400, "chunkSize").await;
-    expect_error(
-        post(r#"{"chunkSize": 100001}"#).await.unwrap(),
-        400,
-        "chunkSize",
-    )
-    .await;
-    expect_error(
-        post(r#"{"chunkSize": "big"}"#).await.unwrap(),
-        400,
-        "chunkSize",
-    )
-    .await;
-    expect_error(
-        post(r#"{"maxRowsPerSecond": 0}"#).await.unwrap(),
-        400,
-        "maxRowsPerSecond",
-    )
-    .await;
-    expect_error(
-        post(r#"{"chunksize": 500}"#).await.unwrap(),
-        400,
-        "chunksize",
-    )
-    .await;
+    expect_error(post(r#"{"chunkSize": 100001}"#).await.unwrap(), 400, "chunkSize").await;
+    expect_error(post(r#"{"chunkSize": "big"}"#).await.unwrap(), 400, "chunkSize").await;
+    expect_error(post(r#"{"maxRowsPerSecond": 0}"#).await.unwrap(), 400, "maxRowsPerSecond").await;
+    expect_error(post(r#"{"chunksize": 500}"#).await.unwrap(), 400, "chunksize").await;
     expect_error(post(r#"{"dataset": "users"}"#).await.unwrap(), 400, "users").await;
     expect_error(post("[1, 2]").await.unwrap(), 400, "").await;
-    let resp = app
-        .client
-        .post(app.url("/api/export"))
-        .header("content-type", "text/plain")
-        .body("hi")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        app.client.post(app.url("/api/export")).header("content-type", "text/plain").body("hi").send().await.unwrap();
     expect_error(resp, 415, "Content-Type").await;
 
     let get = |path: String| app.client.get(app.url(&path)).send();
-    expect_error(
-        get("/api/export/not-a-uuid/status".into()).await.unwrap(),
-        400,
-        "id",
-    )
-    .await;
-    expect_error(
-        get("/api/export/not-a-uuid/download".into()).await.unwrap(),
-        400,
-        "id",
-    )
-    .await;
+    expect_error(get("/api/export/not-a-uuid/status".into()).await.unwrap(), 400, "id").await;
+    expect_error(get("/api/export/not-a-uuid/download".into()).await.unwrap(), 400, "id").await;
     let unknown = Uuid::new_v4();
-    expect_error(
-        get(format!("/api/export/{unknown}/status")).await.unwrap(),
-        404,
-        &unknown.to_string(),
-    )
-    .await;
-    expect_error(
-        get(format!("/api/export/{unknown}/download"))
-            .await
-            .unwrap(),
-        404,
-        &unknown.to_string(),
-    )
-    .await;
+    expect_error(get(format!("/api/export/{unknown}/status")).await.unwrap(), 404, &unknown.to_string()).await;
+    expect_error(get(format!("/api/export/{unknown}/download")).await.unwrap(), 404, &unknown.to_string()).await;
     expect_error(get("/api/nothing-here".into()).await.unwrap(), 404, "").await;
     let resp = app.client.delete(app.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.status(), 405);
     // Nothing was created by any of the bad requests.
-    let n: i64 = sqlx::query_scalar("select count(*) from exports")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let n: i64 = sqlx::query_scalar("select count(*) from exports").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(n, 0);
 }
 
@@ -258,15 +163,7 @@ async fn health_spec_and_docs_are_served() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["status"], "ok");
 
-    let spec: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(spec["paths"]["/api/export"]["post"].is_object());
     assert!(spec["paths"]["/api/export/{id}/status"]["get"].is_object());
     assert!(spec["paths"]["/api/export/{id}/download"]["get"].is_object());
@@ -276,28 +173,17 @@ async fn health_spec_and_docs_are_served() {
 
     // The committed spec is the one the service serves (regenerate with `make openapi`).
     let committed: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/exportd.json"))
-            .unwrap(),
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/exportd.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        committed, spec,
-        "openapi/exportd.json is stale: run `make openapi`"
-    );
+    assert_eq!(committed, spec, "openapi/exportd.json is stale: run `make openapi`");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_503_when_the_database_is_unreachable() {
     // A pool pointing at a port where nothing listens: the check fails fast, no hang, no 500.
     let db = test_db().await;
-    let app = spawn_app(
-        db,
-        AppOptions {
-            workers: 0,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
     let mut args = exportd::config::DbArgs::parse_defaults();
     args.database_url = "postgres://postgres@127.0.0.1:1/none".into();
     let dead = exportd::db::connect(&args).await.unwrap();
@@ -307,14 +193,8 @@ async fn health_is_503_when_the_database_is_unreachable() {
         default_chunk_size: 10_000,
         public_url: String::new(),
     });
-    let resp = poem::test::TestClient::new(exportd::api::routes(state.clone()))
-        .get("/healthz")
-        .send()
-        .await;
+    let resp = poem::test::TestClient::new(exportd::api::routes(state.clone())).get("/healthz").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
-    let resp = poem::test::TestClient::new(exportd::api::routes(state))
-        .post("/api/export")
-        .send()
-        .await;
+    let resp = poem::test::TestClient::new(exportd::api::routes(state)).post("/api/export").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
 }

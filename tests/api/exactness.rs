@@ -37,9 +37,7 @@ async fn default_settings_export_of_200k_rows_equals_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_table_gives_the_header_only() {
     let db = test_db().await;
-    exportd::db::seed::seed_orders(&db.pool, 0, |_| {})
-        .await
-        .unwrap();
+    exportd::db::seed::seed_orders(&db.pool, 0, |_| {}).await.unwrap();
     let reference = copy_reference(&db.pool).await;
     assert!(reference.starts_with(b"id,created_at,"));
     let app = spawn_app(db, AppOptions::default()).await;
@@ -56,16 +54,12 @@ async fn rows_inserted_during_an_export_stop_at_the_high_water_mark() {
     seed_nasty(&db.pool, 5_000).await;
     let reference = copy_reference(&db.pool).await;
     let app = spawn_app(db, AppOptions::default()).await;
-    let id = app
-        .create_export(Some(json!({"chunkSize": 500, "maxRowsPerSecond": 10000})))
-        .await;
+    let id = app.create_export(Some(json!({"chunkSize": 500, "maxRowsPerSecond": 10000}))).await;
     // Rows added after the export was created lie above its upper bound.
-    sqlx::query(
-        "insert into orders (created_at, note) select now(), 'late' from generate_series(1, 3000)",
-    )
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
+    sqlx::query("insert into orders (created_at, note) select now(), 'late' from generate_series(1, 3000)")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
     let s = app.wait_finished(id, Duration::from_secs(30)).await;
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(s["upperBoundId"], 9_000_009);

@@ -13,18 +13,9 @@ async fn a_superseded_runner_changes_nothing() {
     let db = test_db().await;
     seed_nasty(&db.pool, 6_000).await;
     let reference = copy_reference(&db.pool).await;
-    let app = spawn_app(
-        db,
-        AppOptions {
-            workers: 0,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
     // Slow enough that both runners overlap: 200-row chunks at 2000 rows/s.
-    let id = app
-        .create_export(Some(json!({"chunkSize": 200, "maxRowsPerSecond": 2000})))
-        .await;
+    let id = app.create_export(Some(json!({"chunkSize": 200, "maxRowsPerSecond": 2000}))).await;
 
     let first = tokio::spawn({
         let engine = app.engine.clone();
@@ -33,10 +24,7 @@ async fn a_superseded_runner_changes_nothing() {
     // Wait until A has checkpointed a few chunks, then let B take over as a redelivery would.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while export_row(&app.db.pool, id).await.rows_written < 600 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "runner A made no progress"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "runner A made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let a_file = export_row(&app.db.pool, id).await.file_name.unwrap();
@@ -45,33 +33,17 @@ async fn a_superseded_runner_changes_nothing() {
         async move { engine.execute(id, "runner-B").await }
     });
 
-    assert_eq!(
-        first.await.unwrap(),
-        Outcome::Lost,
-        "A notices at its next checkpoint and stops"
-    );
+    assert_eq!(first.await.unwrap(), Outcome::Lost, "A notices at its next checkpoint and stops");
     assert_eq!(second.await.unwrap(), Outcome::Completed);
 
     let row = export_row(&app.db.pool, id).await;
-    assert_ne!(
-        row.file_name.as_deref(),
-        Some(a_file.as_str()),
-        "B never wrote into A's file"
-    );
+    assert_ne!(row.file_name.as_deref(), Some(a_file.as_str()), "B never wrote into A's file");
     assert_same_bytes(&app.download(id).await, &reference);
 
-    let runs = exportd::db::exports::list_runs(&app.db.pool, id)
-        .await
-        .unwrap();
+    let runs = exportd::db::exports::list_runs(&app.db.pool, id).await.unwrap();
     assert_eq!(runs.len(), 2);
-    assert_eq!(
-        (runs[0].worker.as_str(), runs[0].outcome.as_deref()),
-        ("runner-A", Some("superseded"))
-    );
-    assert_eq!(
-        (runs[1].worker.as_str(), runs[1].outcome.as_deref()),
-        ("runner-B", Some("completed"))
-    );
+    assert_eq!((runs[0].worker.as_str(), runs[0].outcome.as_deref()), ("runner-A", Some("superseded")));
+    assert_eq!((runs[1].worker.as_str(), runs[1].outcome.as_deref()), ("runner-B", Some("completed")));
     // A's run was ended when B claimed the export: ownership never overlapped.
     assert!(runs[0].ended_at.unwrap() <= runs[1].started_at);
 }
@@ -80,34 +52,16 @@ async fn a_superseded_runner_changes_nothing() {
 async fn fenced_checkpoint_rejects_a_stale_token() {
     let db = test_db().await;
     seed_nasty(&db.pool, 10).await;
-    let app = spawn_app(
-        db,
-        AppOptions {
-            workers: 0,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
     let id = app.create_export(None).await;
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     use exportd::db::exports::{Checkpoint, claim_export, complete_export, save_checkpoint};
     claim_export(&app.db.pool, id, a, "A", 5).await.unwrap();
-    let cp = |last: i64| Checkpoint {
-        last_id: Some(last),
-        rows: last,
-        bytes: last * 10,
-        file_name: "x".into(),
-    };
+    let cp = |last: i64| Checkpoint { last_id: Some(last), rows: last, bytes: last * 10, file_name: "x".into() };
     assert!(save_checkpoint(&app.db.pool, id, a, &cp(5)).await.unwrap());
     claim_export(&app.db.pool, id, b, "B", 5).await.unwrap();
-    assert!(
-        !save_checkpoint(&app.db.pool, id, a, &cp(9)).await.unwrap(),
-        "stale token cannot checkpoint"
-    );
-    assert!(
-        !complete_export(&app.db.pool, id, a, &cp(9)).await.unwrap(),
-        "stale token cannot complete"
-    );
+    assert!(!save_checkpoint(&app.db.pool, id, a, &cp(9)).await.unwrap(), "stale token cannot checkpoint");
+    assert!(!complete_export(&app.db.pool, id, a, &cp(9)).await.unwrap(), "stale token cannot complete");
     let row = export_row(&app.db.pool, id).await;
     assert_eq!((row.last_processed_id, row.owner), (Some(5), Some(b)));
 }

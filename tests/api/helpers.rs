@@ -16,8 +16,7 @@ use uuid::Uuid;
 
 /// The server that holds the test databases (`make test` sets it).
 pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must point at a PostgreSQL server (make test sets it)")
+    std::env::var("DATABASE_URL").expect("DATABASE_URL must point at a PostgreSQL server (make test sets it)")
 }
 
 /// `url` with its database replaced by `name`.
@@ -44,11 +43,7 @@ pub struct TestDb {
 pub async fn test_db() -> TestDb {
     let admin = admin_url();
     let name = format!("exportd_t_{}", Uuid::new_v4().simple());
-    let admin_pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin)
-        .await
-        .expect("connect to DATABASE_URL");
+    let admin_pool = PgPoolOptions::new().max_connections(1).connect(&admin).await.expect("connect to DATABASE_URL");
     sqlx::query(sqlx::AssertSqlSafe(format!("create database \"{name}\"")))
         .execute(&admin_pool)
         .await
@@ -71,10 +66,7 @@ pub struct AppOptions {
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self {
-            workers: 2,
-            chunk_size: 10_000,
-        }
+        Self { workers: 2, chunk_size: 10_000 }
     }
 }
 
@@ -105,15 +97,7 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     let base = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine().clone();
     let handle = tokio::spawn(app.run());
-    TestApp {
-        base,
-        db,
-        storage,
-        engine,
-        shutdown,
-        client: reqwest::Client::new(),
-        handle,
-    }
+    TestApp { base, db, storage, engine, shutdown, client: reqwest::Client::new(), handle }
 }
 
 impl TestApp {
@@ -134,12 +118,7 @@ impl TestApp {
     }
 
     pub async fn status(&self, id: Uuid) -> Value {
-        let resp = self
-            .client
-            .get(self.url(&format!("/api/export/{id}/status")))
-            .send()
-            .await
-            .unwrap();
+        let resp = self.client.get(self.url(&format!("/api/export/{id}/status"))).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.json().await.unwrap()
     }
@@ -152,21 +131,13 @@ impl TestApp {
             if ["completed", "failed", "cancelled"].contains(&s["status"].as_str().unwrap()) {
                 return s;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "export {id} not finished in {limit:?}: {s}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "export {id} not finished in {limit:?}: {s}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn download(&self, id: Uuid) -> Vec<u8> {
-        let resp = self
-            .client
-            .get(self.url(&format!("/api/export/{id}/download")))
-            .send()
-            .await
-            .unwrap();
+        let resp = self.client.get(self.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap().to_vec()
     }
@@ -187,10 +158,7 @@ impl TestApp {
 /// on a connection with `TimeZone = 'UTC'`: what every export must equal byte for byte.
 pub async fn copy_reference(pool: &PgPool) -> Vec<u8> {
     let mut conn = pool.acquire().await.unwrap();
-    let tz: String = sqlx::query_scalar("show timezone")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+    let tz: String = sqlx::query_scalar("show timezone").fetch_one(&mut *conn).await.unwrap();
     assert_eq!(tz, "UTC");
     let query = exportd::db::dataset::copy_reference_query(&ORDERS);
     let mut stream = conn.copy_out_raw(&query).await.unwrap();
@@ -224,10 +192,7 @@ analyze orders;
 
 /// The export row, read directly.
 pub async fn export_row(pool: &PgPool, id: Uuid) -> ExportRecord {
-    db::exports::find_export(pool, id)
-        .await
-        .unwrap()
-        .expect("export exists")
+    db::exports::find_export(pool, id).await.unwrap().expect("export exists")
 }
 
 /// Bytes of a stored file.
@@ -241,14 +206,8 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8]) {
     if actual == expected {
         return;
     }
-    let at = actual
-        .iter()
-        .zip(expected)
-        .position(|(a, b)| a != b)
-        .unwrap_or(actual.len().min(expected.len()));
-    let show = |b: &[u8]| {
-        String::from_utf8_lossy(&b[at.saturating_sub(80)..(at + 80).min(b.len())]).into_owned()
-    };
+    let at = actual.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(actual.len().min(expected.len()));
+    let show = |b: &[u8]| String::from_utf8_lossy(&b[at.saturating_sub(80)..(at + 80).min(b.len())]).into_owned();
     panic!(
         "files differ at byte {at} (lengths {} vs {} expected)\nactual:   {:?}\nexpected: {:?}",
         actual.len(),

@@ -5,5 +5,6 @@ mod exactness;
 mod fencing;
 mod helpers;
 mod process;
+mod queue;
 mod resume;
 mod throttle;

@@ -17,11 +17,7 @@ struct Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn start(db_url: &str, storage: &std::path::Path, port: u16) -> Proc {
@@ -38,11 +34,7 @@ async fn start(db_url: &str, storage: &std::path::Path, port: u16) -> Proc {
         .expect("start exportd");
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{base}/healthz"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
+    while reqwest::get(format!("{base}/healthz")).await.map(|r| r.status() != 200).unwrap_or(true) {
         assert!(Instant::now() < deadline, "exportd did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -50,21 +42,12 @@ async fn start(db_url: &str, storage: &std::path::Path, port: u16) -> Proc {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig}");
 }
 
 async fn status(base: &str, id: Uuid) -> Value {
-    reqwest::get(format!("{base}/api/export/{id}/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    reqwest::get(format!("{base}/api/export/{id}/status")).await.unwrap().json().await.unwrap()
 }
 
 async fn create(base: &str, body: Value) -> Uuid {
@@ -101,13 +84,7 @@ async fn wait_completed(base: &str, id: Uuid, limit: Duration) -> Value {
 }
 
 async fn download(base: &str, id: Uuid) -> Vec<u8> {
-    reqwest::get(format!("{base}/api/export/{id}/download"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec()
+    reqwest::get(format!("{base}/api/export/{id}/download")).await.unwrap().bytes().await.unwrap().to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +95,7 @@ async fn kill_9_mid_export_then_restart_resumes_within_15s_identically() {
     let storage = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut p = start(&db.url, storage.path(), port).await;
-    let id = create(
-        &p.base,
-        json!({"chunkSize": 1000, "maxRowsPerSecond": 5000}),
-    )
-    .await;
+    let id = create(&p.base, json!({"chunkSize": 1000, "maxRowsPerSecond": 5000})).await;
     wait_rows(&p.base, id, 3_000).await;
     signal(&p.child, "-9");
     p.child.wait().unwrap();
@@ -142,18 +115,12 @@ async fn kill_9_mid_export_then_restart_resumes_within_15s_identically() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let resumed_after = restarted.elapsed();
-    assert!(
-        resumed_after < Duration::from_secs(15),
-        "resumed after {resumed_after:?}"
-    );
+    assert!(resumed_after < Duration::from_secs(15), "resumed after {resumed_after:?}");
     let s = wait_completed(&p.base, id, Duration::from_secs(60)).await;
     assert_eq!(s["attempts"], 2);
     assert_same_bytes(&download(&p.base, id).await, &reference);
     let runs = exportd::db::exports::list_runs(&db.pool, id).await.unwrap();
-    assert!(
-        runs[1].start_id.unwrap() >= killed_at.1,
-        "resumed from the checkpoint"
-    );
+    assert!(runs[1].start_id.unwrap() >= killed_at.1, "resumed from the checkpoint");
     signal(&p.child, "-TERM");
     p.child.wait().unwrap();
 }
@@ -174,11 +141,7 @@ async fn sigterm_releases_at_a_chunk_boundary_and_exits_quickly() {
     let storage = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut p = start(&db.url, storage.path(), port).await;
-    let id = create(
-        &p.base,
-        json!({"chunkSize": 1000, "maxRowsPerSecond": 5000}),
-    )
-    .await;
+    let id = create(&p.base, json!({"chunkSize": 1000, "maxRowsPerSecond": 5000})).await;
     wait_rows(&p.base, id, 2_000).await;
     let stopping = Instant::now();
     signal(&p.child, "-TERM");
@@ -218,10 +181,7 @@ async fn download_streams_a_file_far_larger_than_memory() {
     let id = Uuid::new_v4();
     std::fs::create_dir_all(storage.path().join(id.to_string())).unwrap();
     let name = format!("{id}/big.csv");
-    std::fs::File::create(storage.path().join(&name))
-        .unwrap()
-        .set_len(SIZE)
-        .unwrap();
+    std::fs::File::create(storage.path().join(&name)).unwrap().set_len(SIZE).unwrap();
     sqlx::query(
         "insert into exports (id, status, file_name, bytes_written, rows_written, finished_at, started_at) \
          values ($1, 'completed', $2, $3, 0, now(), now())",
@@ -236,9 +196,7 @@ async fn download_streams_a_file_far_larger_than_memory() {
     let port = free_port();
     let mut p = start(&db.url, storage.path(), port).await;
     let before = peak_rss_kib(p.child.id());
-    let resp = reqwest::get(format!("{}/api/export/{id}/download", p.base))
-        .await
-        .unwrap();
+    let resp = reqwest::get(format!("{}/api/export/{id}/download", p.base)).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-length"], SIZE.to_string().as_str());
     let mut stream = resp.bytes_stream();
@@ -251,15 +209,8 @@ async fn download_streams_a_file_far_larger_than_memory() {
     assert_eq!(total, SIZE);
     let peak = peak_rss_kib(p.child.id());
     // Buffering even a tenth of the file would show; streaming stays within a few MiB.
-    assert!(
-        peak < 100 * 1024,
-        "peak RSS {peak} KiB while serving a {SIZE}-byte file (before: {before} KiB)"
-    );
-    assert!(
-        peak - before < 32 * 1024,
-        "RSS grew by {} KiB while serving",
-        peak - before
-    );
+    assert!(peak < 100 * 1024, "peak RSS {peak} KiB while serving a {SIZE}-byte file (before: {before} KiB)");
+    assert!(peak - before < 32 * 1024, "RSS grew by {} KiB while serving", peak - before);
     signal(&p.child, "-TERM");
     p.child.wait().unwrap();
 }

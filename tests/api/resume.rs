@@ -15,57 +15,30 @@ async fn api_only_app(rows: i64) -> (TestApp, Vec<u8>) {
     let db = test_db().await;
     seed_nasty(&db.pool, rows).await;
     let reference = copy_reference(&db.pool).await;
-    (
-        spawn_app(
-            db,
-            AppOptions {
-                workers: 0,
-                ..Default::default()
-            },
-        )
-        .await,
-        reference,
-    )
+    (spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await, reference)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_write_before_checkpoint_resumes_identically() {
     let (app, reference) = api_only_app(10_000).await;
     let id = app.create_export(Some(json!({"chunkSize": 1000}))).await;
-    let crashing = (*app.engine).clone().with_faults(Faults {
-        crash_before_checkpoint: Some(3),
-        ..Default::default()
-    });
-    assert_eq!(
-        crashing.execute(id, "test-worker-1").await,
-        Outcome::Crashed
-    );
+    let crashing = (*app.engine).clone().with_faults(Faults { crash_before_checkpoint: Some(3), ..Default::default() });
+    assert_eq!(crashing.execute(id, "test-worker-1").await, Outcome::Crashed);
 
     let row = export_row(&app.db.pool, id).await;
     assert_eq!(row.rows_written, 2_000, "two chunks checkpointed");
     assert_eq!(row.last_processed_id, Some(2_000));
     assert!(row.owner.is_some(), "a crashed run does not release");
     let on_disk = stored_file(app.storage.path(), row.file_name.as_deref().unwrap());
-    assert!(
-        on_disk.len() as i64 > row.bytes_written,
-        "the third chunk is on disk past the checkpoint"
-    );
+    assert!(on_disk.len() as i64 > row.bytes_written, "the third chunk is on disk past the checkpoint");
 
-    assert_eq!(
-        app.engine.execute(id, "test-worker-2").await,
-        Outcome::Completed
-    );
+    assert_eq!(app.engine.execute(id, "test-worker-2").await, Outcome::Completed);
     let s = app.status(id).await;
     assert_eq!(s["status"], "completed");
     assert_eq!(s["attempts"], 2);
     assert_same_bytes(&app.download(id).await, &reference);
-    let runs = exportd::db::exports::list_runs(&app.db.pool, id)
-        .await
-        .unwrap();
-    let outcomes: Vec<_> = runs
-        .iter()
-        .map(|r| r.outcome.clone().unwrap_or_default())
-        .collect();
+    let runs = exportd::db::exports::list_runs(&app.db.pool, id).await.unwrap();
+    let outcomes: Vec<_> = runs.iter().map(|r| r.outcome.clone().unwrap_or_default()).collect();
     assert_eq!(outcomes, ["superseded", "completed"]);
     assert_eq!(runs[1].start_id, Some(2_000));
 }
@@ -74,20 +47,11 @@ async fn crash_after_write_before_checkpoint_resumes_identically() {
 async fn crash_right_after_checkpoint_resumes_identically() {
     let (app, reference) = api_only_app(10_000).await;
     let id = app.create_export(Some(json!({"chunkSize": 1000}))).await;
-    let crashing = (*app.engine).clone().with_faults(Faults {
-        crash_after_checkpoint: Some(4),
-        ..Default::default()
-    });
-    assert_eq!(
-        crashing.execute(id, "test-worker-1").await,
-        Outcome::Crashed
-    );
+    let crashing = (*app.engine).clone().with_faults(Faults { crash_after_checkpoint: Some(4), ..Default::default() });
+    assert_eq!(crashing.execute(id, "test-worker-1").await, Outcome::Crashed);
     let row = export_row(&app.db.pool, id).await;
     assert_eq!(row.rows_written, 4_000);
-    assert_eq!(
-        app.engine.execute(id, "test-worker-2").await,
-        Outcome::Completed
-    );
+    assert_eq!(app.engine.execute(id, "test-worker-2").await, Outcome::Completed);
     assert_same_bytes(&app.download(id).await, &reference);
 }
 
@@ -98,18 +62,10 @@ async fn crash_in_the_last_chunk_and_repeated_crashes_resume_identically() {
     // Five crashes in a row, each after one more chunk is checkpointed (the last one after
     // the final chunk, before completion): the export still ends exact.
     for n in 1..=5 {
-        let crashing = (*app.engine).clone().with_faults(Faults {
-            crash_after_checkpoint: Some(1),
-            ..Default::default()
-        });
-        assert_eq!(
-            crashing.execute(id, &format!("w{n}")).await,
-            Outcome::Crashed
-        );
-        assert_eq!(
-            export_row(&app.db.pool, id).await.rows_written,
-            (n * 1000).min(5_008)
-        );
+        let crashing =
+            (*app.engine).clone().with_faults(Faults { crash_after_checkpoint: Some(1), ..Default::default() });
+        assert_eq!(crashing.execute(id, &format!("w{n}")).await, Outcome::Crashed);
+        assert_eq!(export_row(&app.db.pool, id).await.rows_written, (n * 1000).min(5_008));
     }
     assert_eq!(app.engine.execute(id, "w-last").await, Outcome::Completed);
     let s = app.status(id).await;
@@ -121,10 +77,7 @@ async fn crash_in_the_last_chunk_and_repeated_crashes_resume_identically() {
 async fn torn_tail_is_cut_off_on_resume() {
     let (app, reference) = api_only_app(3_000).await;
     let id = app.create_export(Some(json!({"chunkSize": 1000}))).await;
-    let crashing = (*app.engine).clone().with_faults(Faults {
-        crash_after_checkpoint: Some(1),
-        ..Default::default()
-    });
+    let crashing = (*app.engine).clone().with_faults(Faults { crash_after_checkpoint: Some(1), ..Default::default() });
     assert_eq!(crashing.execute(id, "w1").await, Outcome::Crashed);
     // Half a row after the checkpoint, as a write cut short by a crash leaves it.
     let row = export_row(&app.db.pool, id).await;
@@ -143,10 +96,7 @@ async fn torn_tail_is_cut_off_on_resume() {
 async fn lost_checkpoint_file_restarts_the_export_from_scratch() {
     let (app, reference) = api_only_app(3_000).await;
     let id = app.create_export(Some(json!({"chunkSize": 1000}))).await;
-    let crashing = (*app.engine).clone().with_faults(Faults {
-        crash_after_checkpoint: Some(2),
-        ..Default::default()
-    });
+    let crashing = (*app.engine).clone().with_faults(Faults { crash_after_checkpoint: Some(2), ..Default::default() });
     assert_eq!(crashing.execute(id, "w1").await, Outcome::Crashed);
     let row = export_row(&app.db.pool, id).await;
     std::fs::remove_file(app.storage.path().join(row.file_name.unwrap())).unwrap();
@@ -158,10 +108,7 @@ async fn lost_checkpoint_file_restarts_the_export_from_scratch() {
 async fn poison_export_fails_after_bounded_attempts_with_the_database_message() {
     let (app, _) = api_only_app(100).await;
     let id = app.create_export(None).await;
-    sqlx::query("alter table orders rename column note to remark")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    sqlx::query("alter table orders rename column note to remark").execute(&app.db.pool).await.unwrap();
     let started = std::time::Instant::now();
     assert_eq!(app.engine.execute(id, "w1").await, Outcome::Failed);
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -169,36 +116,19 @@ async fn poison_export_fails_after_bounded_attempts_with_the_database_message() 
     assert_eq!(s["status"], "failed");
     assert_eq!(s["attempts"], 5, "{s}");
     let error = s["error"].as_str().unwrap();
-    assert!(
-        error.contains("column t.note does not exist") && error.contains("5 attempts"),
-        "{error}"
-    );
-    let resp = app
-        .client
-        .get(app.url(&format!("/api/export/{id}/download")))
-        .send()
-        .await
-        .unwrap();
+    assert!(error.contains("column t.note does not exist") && error.contains("5 attempts"), "{error}");
+    let resp = app.client.get(app.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
     assert_eq!(resp.status(), 409);
     // Crashes count too: an export whose runs keep dying fails after the same bound.
-    sqlx::query("alter table orders rename column remark to note")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    sqlx::query("alter table orders rename column remark to note").execute(&app.db.pool).await.unwrap();
     let id = app.create_export(Some(json!({"chunkSize": 100}))).await;
-    let dying = (*app.engine).clone().with_faults(Faults {
-        crash_before_checkpoint: Some(1),
-        ..Default::default()
-    });
+    let dying = (*app.engine).clone().with_faults(Faults { crash_before_checkpoint: Some(1), ..Default::default() });
     for _ in 0..5 {
         assert_eq!(dying.execute(id, "w").await, Outcome::Crashed);
     }
     assert_eq!(app.engine.execute(id, "w").await, Outcome::Failed);
     let s = app.status(id).await;
-    assert!(
-        s["error"].as_str().unwrap().contains("without progress"),
-        "{s}"
-    );
+    assert!(s["error"].as_str().unwrap().contains("without progress"), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
