@@ -4,6 +4,7 @@ mod api_contract;
 mod exactness;
 mod fencing;
 mod helpers;
+mod plans;
 mod process;
 mod queue;
 mod resume;
