@@ -10,23 +10,38 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The keyset chunk query. Binds: `$1` the export's upper bound (inclusive), `$2` the chunk
-/// size and, unless `first`, `$3` the last key written (exclusive). Column 0 is the key as
-/// `bigint`; columns 1.. are the exported columns as PostgreSQL's own text output (the same
-/// text `COPY` writes). Two statements rather than `$3 is null or ...`, so that even a
-/// generic plan is a range scan of the key index. The key is qualified in `ORDER BY`: an
-/// unqualified `id` would sort by the *text* output column and skip rows.
-pub fn chunk_query(ds: &Dataset, first: bool) -> String {
+/// Where the key is in each row a chunk query returns: one of the exported columns, or an
+/// extra last column (to be cut off) when the key is not exported.
+pub fn key_position(ds: &Dataset) -> (usize, bool) {
+    match ds.columns.iter().position(|c| c.name == ds.key) {
+        Some(i) => (i, false),
+        None => (ds.columns.len(), true),
+    }
+}
+
+/// The keyset chunk query: rows with `after < key <= upper` (no lower bound for the first
+/// chunk), in key order, at most `limit`. Always a range scan of the key index; the key is
+/// qualified in `ORDER BY` (an output column of the same name must not be what sorts).
+/// The bounds are integers we computed, never request data.
+pub fn chunk_select(ds: &Dataset, after: Option<i64>, upper: i64, limit: i64) -> String {
     let key = format!("t.{}", ident(ds.key));
-    let cols: Vec<String> = ds.columns.iter().map(|c| format!("t.{}::text", ident(c.name))).collect();
-    let lower = if first { String::new() } else { format!("{key} > $3 and ") };
+    let mut cols: Vec<String> = ds.columns.iter().map(|c| format!("t.{}", ident(c.name))).collect();
+    if key_position(ds).1 {
+        cols.push(key.clone());
+    }
+    let lower = after.map(|a| format!("{key} > {a} and ")).unwrap_or_default();
     format!(
-        "select {key}, {cols} from {table} as t \
-         where {lower}{key} <= $1 \
-         order by {key} limit $2",
+        "select {cols} from {table} as t where {lower}{key} <= {upper} order by {key} limit {limit}",
         cols = cols.join(", "),
         table = ident(ds.table),
     )
+}
+
+/// The chunk as PostgreSQL's own CSV (`COPY ... TO STDOUT`): the server formats every value
+/// and applies the CSV quoting, so the bytes are COPY's by construction. With `header`, the
+/// first CopyData message is the header line. The server sends one CopyData message per row.
+pub fn chunk_copy(ds: &Dataset, after: Option<i64>, upper: i64, limit: i64, header: bool) -> String {
+    format!("copy ({}) to stdout with (format csv, header {header})", chunk_select(ds, after, upper, limit))
 }
 
 /// The largest key now: the high-water mark an export created now will stop at.

@@ -1,110 +1,80 @@
-//! CSV encoding that matches PostgreSQL's `COPY ... WITH (FORMAT csv)` byte for byte.
+//! Reading one field back out of a CSV row (the key of a chunk's last row, to checkpoint it).
 //!
-//! Not csv-async: it writes NULL and the empty string the same way (an empty unquoted field),
-//! while `COPY` writes `""` for the empty string, and we promise COPY's bytes. The rules, from
-//! PostgreSQL's `CopyAttributeOutCSV`: NULL is the NULL text (empty) unquoted; a value is
-//! quoted when it equals the NULL text, contains the delimiter, the quote, CR or LF, or is
-//! `\.` alone in a one-column row; quotes inside are doubled. Records end with LF.
+//! The bytes of an export are PostgreSQL's own `COPY ... (FORMAT csv)` output; this module
+//! only needs to find a field in one row, honouring quotes (doubled inside quoted fields).
 
-/// Encodes fields into a caller-owned buffer.
-#[derive(Debug, Clone)]
-pub struct CsvEncoder {
-    delimiter: u8,
-    quote: u8,
-    null: Vec<u8>,
-    single_column: bool,
+use std::borrow::Cow;
+
+/// The `index`-th field (0-based) of one CSV `row` (its line ending included or not), unquoted.
+pub fn field(row: &[u8], index: usize, delimiter: u8, quote: u8) -> Option<Cow<'_, [u8]>> {
+    let (mut current, mut start, mut in_quotes) = (0, 0, false);
+    for (i, &b) in row.iter().enumerate() {
+        if b == quote {
+            in_quotes = !in_quotes;
+        } else if !in_quotes && (b == delimiter || b == b'\n' || b == b'\r') {
+            if current == index {
+                return Some(unquote(&row[start..i], quote));
+            }
+            if b != delimiter {
+                return None; // the record ended before field `index`
+            }
+            current += 1;
+            start = i + 1;
+        }
+    }
+    (current == index).then(|| unquote(&row[start..], quote))
 }
 
-impl CsvEncoder {
-    /// `COPY`'s defaults: comma, double quote, empty NULL, LF.
-    pub fn postgres_default(columns: usize) -> Self {
-        Self { delimiter: b',', quote: b'"', null: Vec::new(), single_column: columns == 1 }
-    }
-
-    /// Appends one field; `first` is true for the first field of a record.
-    #[inline]
-    pub fn field(&self, out: &mut Vec<u8>, value: Option<&[u8]>, first: bool) {
-        if !first {
-            out.push(self.delimiter);
-        }
-        let Some(value) = value else {
-            out.extend_from_slice(&self.null);
-            return;
-        };
-        if self.needs_quotes(value) {
-            out.push(self.quote);
-            let mut start = 0;
-            for (i, &b) in value.iter().enumerate() {
-                if b == self.quote {
-                    out.extend_from_slice(&value[start..=i]);
-                    out.push(self.quote);
-                    start = i + 1;
-                }
+fn unquote(raw: &[u8], quote: u8) -> Cow<'_, [u8]> {
+    if raw.len() >= 2 && raw[0] == quote && raw[raw.len() - 1] == quote {
+        let inner = &raw[1..raw.len() - 1];
+        let doubled = [quote, quote];
+        if inner.windows(2).any(|w| w == doubled) {
+            let mut out = Vec::with_capacity(inner.len());
+            let mut j = 0;
+            while j < inner.len() {
+                out.push(inner[j]);
+                j += if inner[j] == quote { 2 } else { 1 };
             }
-            out.extend_from_slice(&value[start..]);
-            out.push(self.quote);
-        } else {
-            out.extend_from_slice(value);
+            return Cow::Owned(out);
         }
+        return Cow::Borrowed(inner);
     }
+    Cow::Borrowed(raw)
+}
 
-    /// Ends a record.
-    #[inline]
-    pub fn end_record(&self, out: &mut Vec<u8>) {
-        out.push(b'\n');
-    }
-
-    /// Appends a whole record of non-null values (the header).
-    pub fn record<'a>(&self, out: &mut Vec<u8>, values: impl IntoIterator<Item = &'a str>) {
-        for (i, v) in values.into_iter().enumerate() {
-            self.field(out, Some(v.as_bytes()), i == 0);
-        }
-        self.end_record(out);
-    }
-
-    #[inline]
-    fn needs_quotes(&self, value: &[u8]) -> bool {
-        value == self.null.as_slice()
-            || (self.single_column && value == b"\\.")
-            || value.iter().any(|&b| b == self.delimiter || b == self.quote || b == b'\n' || b == b'\r')
-    }
+/// The key (an integer) in the `index`-th field of a row.
+pub fn key(row: &[u8], index: usize) -> Option<i64> {
+    let f = field(row, index, b',', b'"')?;
+    std::str::from_utf8(&f).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(values: &[Option<&str>]) -> String {
-        let enc = CsvEncoder::postgres_default(values.len());
-        let mut out = Vec::new();
-        for (i, v) in values.iter().enumerate() {
-            enc.field(&mut out, v.map(str::as_bytes), i == 0);
-        }
-        enc.end_record(&mut out);
-        String::from_utf8(out).unwrap()
+    fn f(row: &str, i: usize) -> Option<String> {
+        field(row.as_bytes(), i, b',', b'"').map(|c| String::from_utf8(c.into_owned()).unwrap())
     }
 
     #[test]
-    fn null_and_empty_differ() {
-        assert_eq!(row(&[None, Some(""), Some("x")]), ",\"\",x\n");
+    fn plain_and_quoted_fields() {
+        let row = "42,\"a,b\",\"say \"\"hi\"\"\",,\"\",\"l1\nl2\",last\n";
+        assert_eq!(f(row, 0).as_deref(), Some("42"));
+        assert_eq!(f(row, 1).as_deref(), Some("a,b"));
+        assert_eq!(f(row, 2).as_deref(), Some("say \"hi\""));
+        assert_eq!(f(row, 3).as_deref(), Some(""));
+        assert_eq!(f(row, 4).as_deref(), Some(""));
+        assert_eq!(f(row, 5).as_deref(), Some("l1\nl2"));
+        assert_eq!(f(row, 6).as_deref(), Some("last"));
+        assert_eq!(f(row, 7), None);
     }
 
     #[test]
-    fn quoting_rules() {
-        assert_eq!(
-            row(&[Some("a,b"), Some("say \"hi\""), Some("l1\nl2"), Some("cr\r")]),
-            "\"a,b\",\"say \"\"hi\"\"\",\"l1\nl2\",\"cr\r\"\n"
-        );
-        // Spaces, tabs, backslashes and non-ASCII are not special in COPY's CSV.
-        assert_eq!(
-            row(&[Some(" padded "), Some("tab\there"), Some("back\\slash"), Some("Zürich 東京")]),
-            " padded ,tab\there,back\\slash,Zürich 東京\n"
-        );
-    }
-
-    #[test]
-    fn end_of_data_marker_is_quoted_only_alone() {
-        assert_eq!(row(&[Some("\\.")]), "\"\\.\"\n");
-        assert_eq!(row(&[Some("\\."), Some("x")]), "\\.,x\n");
+    fn keys() {
+        assert_eq!(key(b"9000009,x\n", 0), Some(9_000_009));
+        assert_eq!(key(b"\"a,\"\"b\",-7\n", 1), Some(-7));
+        assert_eq!(key(b"\"17\"\n", 0), Some(17));
+        assert_eq!(key(b"x,y\n", 0), None);
     }
 }

@@ -2,14 +2,14 @@
 //! backpressure, and after each chunk fsync then a fenced checkpoint.
 //!
 //! Two halves joined by a small bounded channel: the *producer* reads chunks (`WHERE key >
-//! last ORDER BY key LIMIT n`) and encodes CSV into pieces; the *writer* appends the pieces,
+//! last ORDER BY key LIMIT n`) as PostgreSQL's own CSV (`COPY (...) TO STDOUT`) in pieces; the *writer* appends the pieces,
 //! and at each chunk's end syncs the file and saves the checkpoint. The next chunk is read
 //! while the previous one is synced, and memory is bounded by the channel whatever the size.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::TryStreamExt;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::{io::AsyncWriteExt, sync::mpsc, time::Instant};
 use uuid::Uuid;
 
@@ -18,7 +18,7 @@ use crate::{
         self,
         exports::{Checkpoint, Claim, ExportRecord},
     },
-    export::{csv::CsvEncoder, dataset},
+    export::{csv, dataset},
     shutdown::Shutdown,
     storage::{PrepareError, Storage},
 };
@@ -26,7 +26,7 @@ use crate::{
 /// Encoded CSV is handed to the writer in pieces of about this size.
 const PIECE_BYTES: usize = 256 * 1024;
 /// Pieces in flight between producer and writer (the backpressure bound).
-const PIECES_IN_FLIGHT: usize = 4;
+const PIECES_IN_FLIGHT: usize = 16;
 /// Longest wait between two runs of a failing export.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -238,65 +238,81 @@ impl Engine {
         }
     }
 
-    /// Reads chunks from the checkpoint up to the export's upper bound and encodes them.
+    /// Reads chunks from the checkpoint up to the export's upper bound, as PostgreSQL's own
+    /// CSV (`COPY (chunk query) TO STDOUT`), and hands them to the writer in pieces.
     async fn produce(
         &self,
         export: &ExportRecord,
         mut last: Option<i64>,
-        header: bool,
+        mut header: bool,
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Produced> {
         let ds = dataset::find(&export.dataset).expect("checked by run");
         let spec = &export.spec.0;
-        let enc = CsvEncoder::postgres_default(ds.columns.len());
-        let mut buf = Vec::with_capacity(PIECE_BYTES + 64 * 1024);
-        if header {
-            enc.record(&mut buf, ds.header());
-        }
-        let Some(upper) = export.upper_bound_id else {
-            // The table was empty when the export was created: header only.
-            return send_rest(&tx, buf).await;
-        };
+        let (key_index, key_appended) = db::dataset::key_position(ds);
+        // No upper bound: the table was empty when the export was created (header only).
+        let upper = export.upper_bound_id;
         let rate = spec.max_rows_per_second.filter(|r| *r > 0);
         // With a throttle, a chunk is at most one second of rows, so pacing stays smooth.
         let limit = i64::from(match rate {
             Some(r) => spec.chunk_size.min(r),
             None => spec.chunk_size,
         });
-        let (first_query, next_query) = (db::dataset::chunk_query(ds, true), db::dataset::chunk_query(ds, false));
+        // One connection for the whole run; closed (not pooled) afterwards, so a COPY left
+        // unread by an early return never reaches another user of the pool.
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        let mut buf = Vec::with_capacity(PIECE_BYTES + 64 * 1024);
         let started = Instant::now();
         let mut rows_this_run = 0u64;
+        let (mut t_start, mut t_read, mut t_send) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         loop {
             if self.shutdown.is_triggered() {
                 return Ok(Produced::Stopped);
             }
-            if last.is_some_and(|l| l >= upper) {
-                break;
-            }
-            let query = match last {
-                None => sqlx::query(sqlx::AssertSqlSafe(first_query.as_str())).bind(upper).bind(limit),
-                Some(l) => sqlx::query(sqlx::AssertSqlSafe(next_query.as_str())).bind(upper).bind(limit).bind(l),
-            };
-            let mut rows = query.fetch(&self.pool);
+            let Some(upper) = upper.filter(|u| last.is_none_or(|l| l < *u)) else { break };
+            let sql = db::dataset::chunk_copy(ds, last, upper, limit, header);
+            let t = Instant::now();
+            let mut stream = conn.copy_out_raw(&sql).await?;
+            t_start += t.elapsed();
             let mut count = 0u64;
-            let mut chunk_last = None;
-            while let Some(row) = rows.try_next().await? {
-                chunk_last = Some(row.try_get::<i64, _>(0)?);
-                for i in 0..ds.columns.len() {
-                    let value: Option<&str> = row.try_get(i + 1)?;
-                    enc.field(&mut buf, value.map(str::as_bytes), i == 0);
+            let mut last_row = None;
+            loop {
+                let t = Instant::now();
+                let Some(message) = stream.try_next().await? else { break };
+                t_read += t.elapsed();
+                // PostgreSQL sends one CopyData message per row (the first one is the header
+                // line when asked for).
+                if header {
+                    header = false;
+                } else {
+                    count += 1;
                 }
-                enc.end_record(&mut buf);
-                count += 1;
+                if key_appended {
+                    let cut = message.iter().rposition(|b| *b == b',').unwrap_or(message.len());
+                    buf.extend_from_slice(&message[..cut]);
+                    buf.push(b'\n');
+                } else {
+                    buf.extend_from_slice(&message);
+                }
+                last_row = Some(message);
                 if buf.len() >= PIECE_BYTES {
                     let piece = std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
+                    let t = Instant::now();
                     if tx.send(Piece::Data(piece)).await.is_err() {
                         return Ok(Produced::WriterGone);
                     }
+                    t_send += t.elapsed();
                 }
             }
-            drop(rows);
-            let Some(last_id) = chunk_last else { break };
+            drop(stream);
+            if count == 0 {
+                break;
+            }
+            let row = last_row.expect("a row was read");
+            let last_id = csv::key(&row, key_index).ok_or_else(|| {
+                anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
+            })?;
             if !buf.is_empty() {
                 let piece = std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
                 if tx.send(Piece::Data(piece)).await.is_err() {
@@ -320,7 +336,19 @@ impl Engine {
                 break; // a short chunk: nothing is left up to the upper bound
             }
         }
-        send_rest(&tx, buf).await
+        tracing::debug!(export_id = %export.id, total = ?started.elapsed(), start = ?t_start, read = ?t_read, send = ?t_send, "producer timings");
+        if header {
+            // Nothing at all to export and no header yet: ask COPY for the header alone.
+            let sql = db::dataset::chunk_copy(ds, None, 0, 0, true);
+            let mut stream = conn.copy_out_raw(&sql).await?;
+            while let Some(message) = stream.try_next().await? {
+                buf.extend_from_slice(&message);
+            }
+        }
+        if !buf.is_empty() && tx.send(Piece::Data(buf)).await.is_err() {
+            return Ok(Produced::WriterGone);
+        }
+        Ok(Produced::Finished)
     }
 
     /// Appends pieces; at each chunk end syncs the file, then saves the checkpoint (fenced).
@@ -336,15 +364,25 @@ impl Engine {
     ) -> anyhow::Result<(Checkpoint, Option<RunEnd>)> {
         let mut written = cp.bytes;
         let mut chunks = 0u64;
-        while let Some(piece) = rx.recv().await {
+        let (mut t_write, mut t_sync, mut t_checkpoint, mut t_idle) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let started = Instant::now();
+        loop {
+            let t = Instant::now();
+            let Some(piece) = rx.recv().await else { break };
+            t_idle += t.elapsed();
             match piece {
                 Piece::Data(bytes) => {
+                    let t = Instant::now();
                     file.write_all(&bytes).await.map_err(storage_error)?;
+                    t_write += t.elapsed();
                     written += bytes.len() as i64;
                 }
                 Piece::ChunkEnd { last_id, rows } => {
+                    let t = Instant::now();
                     file.flush().await.map_err(storage_error)?;
                     file.sync_data().await.map_err(storage_error)?;
+                    t_sync += t.elapsed();
                     chunks += 1;
                     if self.faults.crash_before_checkpoint == Some(chunks) {
                         return Ok((cp, Some(RunEnd::Crashed)));
@@ -355,9 +393,11 @@ impl Engine {
                         bytes: written,
                         file_name: cp.file_name.clone(),
                     };
+                    let t = Instant::now();
                     if !db::exports::save_checkpoint(&self.pool, export_id, token, &next).await? {
                         return Ok((cp, Some(RunEnd::Lost)));
                     }
+                    t_checkpoint += t.elapsed();
                     cp = next;
                     if self.faults.crash_after_checkpoint == Some(chunks) {
                         return Ok((cp, Some(RunEnd::Crashed)));
@@ -370,15 +410,9 @@ impl Engine {
         file.flush().await.map_err(storage_error)?;
         file.sync_data().await.map_err(storage_error)?;
         cp.bytes = written;
+        tracing::debug!(%export_id, chunks, total = ?started.elapsed(), idle = ?t_idle, write = ?t_write, sync = ?t_sync, checkpoint = ?t_checkpoint, "writer timings");
         Ok((cp, None))
     }
-}
-
-async fn send_rest(tx: &mpsc::Sender<Piece>, buf: Vec<u8>) -> anyhow::Result<Produced> {
-    if !buf.is_empty() && tx.send(Piece::Data(buf)).await.is_err() {
-        return Ok(Produced::WriterGone);
-    }
-    Ok(Produced::Finished)
 }
 
 /// Names a full disk as such: it is the one storage error users can act on.
