@@ -10,8 +10,8 @@
 //! - [`export`]: the engine. [`export::create_export`] inserts the export row and its queue job
 //!   in one transaction; [`export::queue`] hands it to a worker (apalis-postgres);
 //!   [`export::engine`] claims it with a fencing token, resumes from the checkpoint and
-//!   streams keyset chunks to the file, syncing then checkpointing after each chunk;
-//!   [`export::csv`] writes exactly what PostgreSQL's `COPY ... (FORMAT csv)` writes.
+//!   streams keyset chunks (PostgreSQL's own `COPY ... (FORMAT csv)` output) to the file,
+//!   syncing then checkpointing after each chunk; [`export::csv`] reads a row's key back.
 //! - [`storage`]: one file per run, so a stale runner cannot touch the served bytes.
 //! - [`db`]: the pool, migrations and every SQL statement.
 

@@ -24,9 +24,9 @@ use crate::{
 };
 
 /// Encoded CSV is handed to the writer in pieces of about this size.
-const PIECE_BYTES: usize = 256 * 1024;
+const PIECE_BYTES: usize = 1024 * 1024;
 /// Pieces in flight between producer and writer (the backpressure bound).
-const PIECES_IN_FLIGHT: usize = 16;
+const PIECES_IN_FLIGHT: usize = 4;
 /// Longest wait between two runs of a failing export.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -218,14 +218,26 @@ impl Engine {
         cp.file_name = run_file.name;
 
         let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
-        let producer = self.produce(export, cp.last_id, cp.bytes == 0, tx);
-        let writer = self.write(run_file.file, rx, cp, export.id, token);
-        let (produced, written) = tokio::join!(producer, writer);
-        let (cp, end) = written?;
+        // The producer runs as its own task, so reading from PostgreSQL never waits for the
+        // writer's turn on this one; it is aborted (closing its connection) if the writer stops.
+        let producer = tokio::spawn({
+            let (engine, export, last, header) = (self.clone(), export.clone(), cp.last_id, cp.bytes == 0);
+            async move { engine.produce(&export, last, header, tx).await }
+        });
+        let written = self.write(run_file.file, rx, cp, export.id, token).await;
+        let (cp, end) = match written {
+            Ok((cp, None)) => (cp, None),
+            Ok((cp, Some(end))) => (cp, Some(end)),
+            Err(e) => {
+                producer.abort();
+                return Err(e);
+            }
+        };
         if let Some(end) = end {
+            producer.abort();
             return Ok(end);
         }
-        match produced? {
+        match producer.await?? {
             Produced::Stopped => Ok(RunEnd::Stopped),
             Produced::WriterGone => Err(anyhow::anyhow!("the file writer stopped unexpectedly")),
             Produced::Finished => {
