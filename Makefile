@@ -10,7 +10,7 @@ BIN := target/release/exportd
 # The database: DATABASE_URL when set, else the private cluster (started on demand).
 DB = $${DATABASE_URL:-$$(scripts/pg.sh start)}
 
-.PHONY: help build run seed test lint fmt openapi verify pg-stop clean
+.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -47,3 +47,7 @@ pg-stop: ## stop the private PostgreSQL cluster
 
 clean: ## remove build output and exported files
 	$(CARGO) clean; rm -rf exports
+
+bench: ## psql \copy vs exportd end to end, memory, download, API latency (ROWS=, ROUNDS=)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	db=$(DB) && DATABASE_URL=$$db ROWS=$(ROWS) $(CARGO) bench --locked --bench export

@@ -47,10 +47,3 @@ pub const ORDERS: Dataset = Dataset {
 pub fn find(name: &str) -> Option<&'static Dataset> {
     [&ORDERS].into_iter().find(|d| d.name == name)
 }
-
-impl Dataset {
-    /// Header names, in file order.
-    pub fn header(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.columns.iter().map(|c| c.name)
-    }
-}

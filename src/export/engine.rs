@@ -150,7 +150,7 @@ impl Engine {
                 }
                 Ok(RunEnd::Crashed) => return Outcome::Crashed,
                 Ok(RunEnd::Lost) => {
-                    tracing::warn!(%export_id, %token, "export taken over by another run; this run stopped");
+                    tracing::warn!(%export_id, %token, "export lost: another run took it over (or it was deleted); this run stopped");
                     let _ = db::exports::mark_run_lost(&self.pool, token).await;
                     return Outcome::Lost;
                 }

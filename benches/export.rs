@@ -1,0 +1,328 @@
+//! `make bench`: exportd against PostgreSQL's own `psql \copy`, side by side in one run.
+//!
+//! Seeds the demo dataset (ROWS, default 1,000,000) once, starts the real `exportd serve`, then
+//! alternates for ROUNDS rounds (default 3): `psql \copy (SELECT ... ORDER BY id) TO file WITH
+//! (FORMAT csv, HEADER)`, and an end-to-end export through the API (POST, poll until completed,
+//! file synced on disk) with exportd's peak RSS during it. Then the download rate of the
+//! finished file, and API latency under 50 concurrent clients (wrk) while two exports run.
+//! Prints a table and writes target/bench/results-<rows>.json.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use exportd::{config::DbArgs, db, export::dataset::ORDERS};
+use serde_json::{Value, json};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map(|(b, q)| (b, format!("?{q}"))).unwrap_or((url, String::new()));
+    let base = base.trim_end_matches('/');
+    let i = base.rfind('/').expect("a database URL");
+    let prefix = if base[..i].ends_with('/') { base } else { &base[..i] };
+    format!("{prefix}/{name}{query}")
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the kernel's peak-RSS counter of `pid`, so VmHWM measures from now.
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_server(db_url: &str, storage: &Path) -> anyhow::Result<Server> {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_exportd"))
+        .arg("serve")
+        .env("DATABASE_URL", db_url)
+        .env("EXPORTD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EXPORTD_STORAGE_DIR", storage)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting exportd")?;
+    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/healthz", server.base)).await
+            && r.status() == 200
+        {
+            return Ok(server);
+        }
+        if Instant::now() > deadline {
+            bail!("exportd did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create_export(client: &reqwest::Client, base: &str, body: Value) -> anyhow::Result<String> {
+    let v: Value = client.post(format!("{base}/api/export")).json(&body).send().await?.json().await?;
+    Ok(v["jobId"].as_str().context("jobId")?.to_owned())
+}
+
+async fn wait_completed(client: &reqwest::Client, base: &str, id: &str) -> anyhow::Result<Value> {
+    loop {
+        let s: Value = client.get(format!("{base}/api/export/{id}/status")).send().await?.json().await?;
+        match s["status"].as_str() {
+            Some("completed") => return Ok(s),
+            Some("failed" | "cancelled") => bail!("export {id} ended {s}"),
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+fn psql_copy(db_url: &str, target: &Path) -> anyhow::Result<f64> {
+    let cols: Vec<&str> = ORDERS.columns.iter().map(|c| c.name).collect();
+    let command = format!(
+        "\\copy (select {} from orders order by id) to '{}' with (format csv, header)",
+        cols.join(", "),
+        target.display()
+    );
+    let started = Instant::now();
+    let status =
+        Command::new("psql").arg(db_url).args(["-q", "-c", &command]).env("PGOPTIONS", "-c TimeZone=UTC").status()?;
+    if !status.success() {
+        bail!("psql \\copy failed");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn same_files(a: &Path, b: &Path) -> bool {
+    Command::new("cmp").args(["-s"]).arg(a).arg(b).status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// Runs wrk and returns (p99 ms, requests/s).
+fn wrk(url: &str, script: Option<&Path>, seconds: u32) -> anyhow::Result<(f64, f64)> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c50", &format!("-d{seconds}s"), "--timeout", "5s", "--latency"]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd.arg(url).output().context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(parse_wrk_duration)
+        .context(format!("no p99 in wrk output:\n{text}"))?;
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let errors = text.lines().find(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if let Some(e) = errors {
+        eprintln!("wrk reported: {}", e.trim());
+    }
+    Ok((p99, rps))
+}
+
+fn parse_wrk_duration(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let admin = std::env::var("DATABASE_URL").context("DATABASE_URL (make bench sets it)")?;
+    let rows: i64 = env_or("ROWS", 1_000_000);
+    let rounds: usize = env_or("ROUNDS", 3);
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let storage = out_dir.join("storage");
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(&storage)?;
+
+    // The dataset, seeded once per row count and reused by later runs.
+    let name = format!("exportd_bench_{rows}");
+    let admin_pool = sqlx::PgPool::connect(&admin).await?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&admin_pool)
+        .await?;
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database \"{name}\""))).execute(&admin_pool).await?;
+    }
+    let db_url = with_database(&admin, &name);
+    let mut args = DbArgs::parse_defaults();
+    args.database_url = db_url.clone();
+    let pool = db::connect(&args).await?;
+    db::migrate(&pool).await?;
+    if db::seed::orders_count(&pool).await? != Some(rows) {
+        db::seed::seed_orders(&pool, rows, db::seed::print_progress(rows)).await?;
+        sqlx::query("vacuum analyze orders").execute(&pool).await?;
+    }
+    sqlx::raw_sql("delete from apalis.jobs; delete from exports;").execute(&pool).await?;
+
+    let server = start_server(&db_url, &storage).await?;
+    let pid = server.child.id();
+    let client = reqwest::Client::new();
+    let psql_file = out_dir.join("psql.csv");
+    let (mut psql_secs, mut export_secs, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
+    let mut identical = true;
+    let mut last_file = PathBuf::new();
+    let mut last_id = String::new();
+    println!("{rows} rows, {rounds} rounds, alternating psql \\copy and exportd");
+    for round in 1..=rounds {
+        let p = psql_copy(&db_url, &psql_file)?;
+        reset_peak_rss(pid);
+        let started = Instant::now();
+        let id = create_export(&client, &server.base, json!({})).await?;
+        wait_completed(&client, &server.base, &id).await?;
+        let e = started.elapsed().as_secs_f64();
+        let peak = peak_rss_kib(pid);
+        let row: (String,) =
+            sqlx::query_as("select file_name from exports where id = $1::uuid").bind(&id).fetch_one(&pool).await?;
+        last_file = storage.join(row.0);
+        identical &= same_files(&last_file, &psql_file);
+        println!(
+            "round {round}: psql \\copy {p:.2}s, exportd {e:.2}s ({:.3}x), peak RSS {:.1} MiB",
+            e / p,
+            peak as f64 / 1024.0
+        );
+        psql_secs.push(p);
+        export_secs.push(e);
+        peaks.push(peak);
+        last_id = id;
+    }
+    let (p, e) = (median(&psql_secs), median(&export_secs));
+    let peak_mib = *peaks.iter().max().unwrap() as f64 / 1024.0;
+
+    // Download of the finished file.
+    reset_peak_rss(pid);
+    let size = std::fs::metadata(&last_file)?.len();
+    let started = Instant::now();
+    let mut resp = client.get(format!("{}/api/export/{last_id}/download", server.base)).send().await?;
+    let mut got = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        got += chunk.len() as u64;
+    }
+    let dl_secs = started.elapsed().as_secs_f64();
+    let dl_mb_s = got as f64 / dl_secs / 1e6;
+    let dl_peak_mib = peak_rss_kib(pid) as f64 / 1024.0;
+    if got != size {
+        bail!("downloaded {got} bytes of {size}");
+    }
+
+    // API latency while two exports run (throttled so they outlast the load).
+    let throttle = (rows / 30).max(1000);
+    for _ in 0..2 {
+        create_export(&client, &server.base, json!({"maxRowsPerSecond": throttle})).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let running: i64 =
+        sqlx::query_scalar("select count(*) from exports where status = 'running'").fetch_one(&pool).await?;
+    let (status_p99, status_rps) = wrk(&format!("{}/api/export/{last_id}/status", server.base), None, 5)?;
+    let script = out_dir.join("post.lua");
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\nwrk.body = '{\"maxRowsPerSecond\": 1}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    )?;
+    let load_started = chrono::Utc::now();
+    let (post_p99, post_rps) = wrk(&format!("{}/api/export", server.base), Some(&script), 3)?;
+    // The exports the POST load created are not part of the benchmark: drop them.
+    sqlx::query(
+        "delete from apalis.jobs where id in (select job_id from exports where created_at >= $1 and status = 'queued')",
+    )
+    .bind(load_started)
+    .execute(&pool)
+    .await?;
+    sqlx::query("delete from exports where created_at >= $1 and status = 'queued'")
+        .bind(load_started)
+        .execute(&pool)
+        .await?;
+    drop(server);
+
+    let ratio = e / p;
+    let results = json!({
+        "rows": rows,
+        "rounds": rounds,
+        "psql_copy_median_s": p,
+        "exportd_median_s": e,
+        "ratio": ratio,
+        "exportd_rows_per_s": rows as f64 / e,
+        "psql_rows_per_s": rows as f64 / p,
+        "exportd_peak_rss_mib": peak_mib,
+        "identical_to_psql_copy": identical,
+        "file_bytes": size,
+        "download_mb_per_s": dl_mb_s,
+        "download_peak_rss_mib": dl_peak_mib,
+        "exports_running_during_load": running,
+        "status_p99_ms": status_p99,
+        "status_requests_per_s": status_rps,
+        "post_p99_ms": post_p99,
+        "post_requests_per_s": post_rps,
+        "psql_copy_s": psql_secs,
+        "exportd_s": export_secs,
+    });
+    let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
+    println!();
+    println!("| measure ({rows} rows) | value | target |");
+    println!("|---|---|---|");
+    println!("| psql \\copy, median | {p:.2} s ({:.0} rows/s) | |", rows as f64 / p);
+    println!("| exportd end-to-end, median | {e:.2} s ({:.0} rows/s) | |", rows as f64 / e);
+    println!("| exportd / psql \\copy | {ratio:.3}x | <= 1.05x {} |", mark(ratio <= 1.05));
+    println!("| exportd peak RSS during export | {peak_mib:.1} MiB | < 40 MiB {} |", mark(peak_mib < 40.0));
+    println!("| file identical to psql \\copy | {identical} | true {} |", mark(identical));
+    println!(
+        "| download | {dl_mb_s:.0} MB/s, peak RSS {dl_peak_mib:.1} MiB | >= 500 MB/s {} |",
+        mark(dl_mb_s >= 500.0)
+    );
+    println!(
+        "| GET status p99, 50 clients, {running} exports running | {status_p99:.1} ms ({status_rps:.0} req/s) | < 50 ms {} |",
+        mark(status_p99 < 50.0)
+    );
+    println!(
+        "| POST /api/export p99, 50 clients | {post_p99:.1} ms ({post_rps:.0} req/s) | < 50 ms {} |",
+        mark(post_p99 < 50.0)
+    );
+    let out = out_dir.join(format!("results-{rows}.json"));
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!("\nwritten to {}", out.display());
+    Ok(())
+}
