@@ -218,13 +218,16 @@ impl Engine {
         cp.file_name = run_file.name;
 
         let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
+        // Written pieces go back to the producer for reuse: a fixed set of buffers for the
+        // whole run, so memory stays flat however many chunks there are.
+        let (recycle, recycled) = mpsc::channel(PIECES_IN_FLIGHT + 2);
         // The producer runs as its own task, so reading from PostgreSQL never waits for the
         // writer's turn on this one; it is aborted (closing its connection) if the writer stops.
         let producer = tokio::spawn({
             let (engine, export, last, header) = (self.clone(), export.clone(), cp.last_id, cp.bytes == 0);
-            async move { engine.produce(&export, last, header, tx).await }
+            async move { engine.produce(&export, last, header, tx, recycled).await }
         });
-        let written = self.write(run_file.file, rx, cp, export.id, token).await;
+        let written = self.write(run_file.file, rx, recycle, cp, export.id, token).await;
         let (cp, end) = match written {
             Ok((cp, None)) => (cp, None),
             Ok((cp, Some(end))) => (cp, Some(end)),
@@ -258,6 +261,7 @@ impl Engine {
         mut last: Option<i64>,
         mut header: bool,
         tx: mpsc::Sender<Piece>,
+        mut recycled: mpsc::Receiver<Vec<u8>>,
     ) -> anyhow::Result<Produced> {
         let ds = dataset::find(&export.dataset).expect("checked by run");
         let spec = &export.spec.0;
@@ -274,7 +278,14 @@ impl Engine {
         // unread by an early return never reaches another user of the pool.
         let mut conn = self.pool.acquire().await?;
         conn.close_on_drop();
-        let mut buf = Vec::with_capacity(PIECE_BYTES + 64 * 1024);
+        let mut next_buffer = move || match recycled.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(PIECE_BYTES + 64 * 1024),
+        };
+        let mut buf = next_buffer();
         let started = Instant::now();
         let mut rows_this_run = 0u64;
         let (mut t_start, mut t_read, mut t_send) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -309,7 +320,7 @@ impl Engine {
                 }
                 last_row = Some(message);
                 if buf.len() >= PIECE_BYTES {
-                    let piece = std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
+                    let piece = std::mem::replace(&mut buf, next_buffer());
                     let t = Instant::now();
                     if tx.send(Piece::Data(piece)).await.is_err() {
                         return Ok(Produced::WriterGone);
@@ -326,7 +337,7 @@ impl Engine {
                 anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
             })?;
             if !buf.is_empty() {
-                let piece = std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BYTES + 64 * 1024));
+                let piece = std::mem::replace(&mut buf, next_buffer());
                 if tx.send(Piece::Data(piece)).await.is_err() {
                     return Ok(Produced::WriterGone);
                 }
@@ -370,6 +381,7 @@ impl Engine {
         &self,
         mut file: tokio::fs::File,
         mut rx: mpsc::Receiver<Piece>,
+        recycle: mpsc::Sender<Vec<u8>>,
         mut cp: Checkpoint,
         export_id: Uuid,
         token: Uuid,
@@ -389,6 +401,7 @@ impl Engine {
                     file.write_all(&bytes).await.map_err(storage_error)?;
                     t_write += t.elapsed();
                     written += bytes.len() as i64;
+                    let _ = recycle.try_send(bytes);
                 }
                 Piece::ChunkEnd { last_id, rows } => {
                     let t = Instant::now();
