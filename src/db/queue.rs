@@ -1,4 +1,5 @@
-//! Queue hygiene: apalis-postgres never deletes finished jobs or dead workers; we do.
+//! The queue's tables beyond what apalis-postgres does: waking workers after a commit, and
+//! hygiene (apalis-postgres never deletes finished jobs or dead workers; we do).
 
 use std::time::Duration;
 
@@ -32,4 +33,18 @@ pub async fn purge_dead_workers(pool: &PgPool, queue: &str, dead_after: Duration
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Tells listening workers that job `job_id` of `queue` is ready, with the payload apalis'
+/// own (disabled, see migrations/0002) insert trigger sends. Call after the commit.
+pub async fn notify_workers(pool: &PgPool, queue: &str, job_id: &str) -> Result<()> {
+    sqlx::query(
+        "select pg_notify('apalis::job::insert', \
+         json_build_object('job_type', $1::text, 'id', $2::text, 'run_at', now())::text)",
+    )
+    .bind(queue)
+    .bind(job_id)
+    .execute(pool)
+    .await?;
+    Ok(())
 }

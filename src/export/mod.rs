@@ -88,5 +88,6 @@ pub async fn create_export(
     .await?;
     queue::enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e).context("enqueueing the export job"))?;
     tx.commit().await?;
+    queue::wake_workers(pool, &job_id).await;
     Ok(record)
 }

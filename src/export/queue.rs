@@ -34,14 +34,21 @@ pub struct ExportJob {
 /// `max_stalled_attempts`); this only has to be larger.
 const QUEUE_MAX_ATTEMPTS: usize = 1000;
 
-/// Inserts the job for an export on `conn` (the transaction that inserts or updates the
-/// export row), and returns its id.
+/// Inserts job `job_id` for an export on `conn`, the transaction that inserts or updates the
+/// export row; call [`wake_workers`] once it has committed.
 pub async fn enqueue(conn: &mut PgConnection, job_id: &str, export_id: Uuid) -> Result<(), apalis_postgres::Error> {
     let payload = serde_json::to_vec(&ExportJob { export_id }).expect("serializable");
     let ulid: ulid::Ulid = job_id.parse().expect("job ids are ULIDs");
     let task: PgTask =
         TaskBuilder::new(payload).task_id(TaskId::from_ulid(ulid)).max_attempts(QUEUE_MAX_ATTEMPTS).build();
     apalis_postgres::queries::push_tasks(conn, QUEUE, vec![task]).await
+}
+
+/// Wakes listening workers for a job just committed (best effort: they also poll every second).
+pub async fn wake_workers(pool: &PgPool, job_id: &str) {
+    if let Err(e) = db::queue::notify_workers(pool, QUEUE, job_id).await {
+        tracing::debug!(error = %e, %job_id, "could not notify workers; they will find the job by polling");
+    }
 }
 
 /// A fresh job id.
@@ -103,6 +110,7 @@ pub async fn requeue_orphans(pool: &PgPool) -> crate::error::Result<usize> {
         if db::exports::set_job(&mut tx, id, &job_id).await? {
             enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e))?;
             tx.commit().await?;
+            wake_workers(pool, &job_id).await;
             tracing::warn!(export_id = %id, %job_id, "unfinished export had no live queue job; re-enqueued");
             n += 1;
         }

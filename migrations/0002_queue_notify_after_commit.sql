@@ -1,0 +1,12 @@
+-- Wake queue workers after the enqueueing transaction commits, not from inside it.
+--
+-- apalis-postgres notifies workers of a new job from an AFTER INSERT trigger on apalis.jobs,
+-- i.e. inside the transaction that inserts the job. PostgreSQL holds its global notify-queue
+-- lock from pre-commit until the commit record is flushed, so concurrent POST /api/export
+-- requests queue behind each other's WAL flush. Measured here with 50 clients and no export
+-- running: 2035 req/s and p99 80 ms with the trigger, 2976 req/s and p99 27 ms without.
+--
+-- exportd sends the same notification itself right after each commit that enqueues a job
+-- (export::queue::notify_workers); its workers also poll every second, so a lost
+-- notification only delays a pickup. Runs after apalis-postgres' own migrations (db::migrate).
+alter table apalis.jobs disable trigger notify_workers;
