@@ -38,12 +38,13 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options))
 }
 
-/// Applies exportd's migrations and the job queue's own (schema `apalis`).
+/// Applies the job queue's migrations (schema `apalis`), then exportd's (which adjust the
+/// queue's schema too, so they come second).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations").run(pool).await.context("applying exportd migrations")?;
     apalis_postgres::PostgresStorage::setup(pool)
         .await
         .context("applying the job queue's migrations (schema apalis)")?;
+    sqlx::migrate!("./migrations").run(pool).await.context("applying exportd migrations")?;
     Ok(())
 }
 
