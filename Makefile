@@ -10,7 +10,7 @@ BIN := target/release/exportd
 # The database: DATABASE_URL when set, else the private cluster (started on demand).
 DB = $${DATABASE_URL:-$$(scripts/pg.sh start)}
 
-.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench
+.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,3 +51,7 @@ clean: ## remove build output and exported files
 bench: ## psql \copy vs exportd end to end, memory, download, API latency (ROWS=, ROUNDS=)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	db=$(DB) && DATABASE_URL=$$db ROWS=$(ROWS) $(CARGO) bench --locked --bench export
+
+chaos: ## the whole fault-injection suite (kills, pauses, database restarts, full disk)
+	$(CARGO) test --release --locked --test chaos -- --include-ignored --test-threads 1 2>&1 | tee target/chaos.log; \
+	  status=$${PIPESTATUS[0]}; grep -E '^test result:' target/chaos.log; exit $$status

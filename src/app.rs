@@ -134,21 +134,22 @@ impl Workers {
             self.shutdown.wait().await;
             return Ok(());
         }
-        let monitor = queue::monitor(
-            &self.pool,
-            self.engine.clone(),
-            self.settings.worker_concurrency,
-            self.settings.heartbeat,
-            self.settings.shutdown_timeout,
-        );
-        let shutdown = self.shutdown.clone();
-        let signal = async move {
-            shutdown.wait().await;
-            Ok(())
-        };
+        let slots = (0..self.settings.worker_concurrency).map(|index| {
+            tokio::spawn(queue::run_worker_slot(
+                self.pool.clone(),
+                self.engine.clone(),
+                index,
+                self.settings.heartbeat,
+                self.settings.shutdown_timeout,
+                self.shutdown.clone(),
+            ))
+        });
+        let slots = futures::future::join_all(slots.collect::<Vec<_>>());
         let housekeeping = housekeeping(self.pool.clone(), self.shutdown.clone());
-        let (monitor, ()) = tokio::join!(monitor.run_with_signal(signal), housekeeping);
-        monitor.context("queue workers")?;
+        let (slots, ()) = tokio::join!(slots, housekeeping);
+        for slot in slots {
+            slot.context("queue worker slot panicked")?;
+        }
         Ok(())
     }
 }

@@ -141,6 +141,16 @@ impl Storage {
         }
     }
 
+    /// Deletes every file of an export (it failed for good: nothing partial stays on disk).
+    pub async fn remove_export(&self, export_id: Uuid) {
+        let dir = self.root.join(export_id.to_string());
+        if let Err(e) = fs::remove_dir_all(&dir).await
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove a failed export's files");
+        }
+    }
+
     /// Opens a finished file for reading.
     pub async fn open(&self, name: &str) -> io::Result<File> {
         File::open(self.path(name)).await

@@ -129,6 +129,7 @@ impl Engine {
                 Ok(Claim::Finished) => return Outcome::AlreadyFinished,
                 Ok(Claim::GaveUp) => {
                     tracing::warn!(%export_id, "export failed: too many attempts without progress");
+                    self.storage.remove_export(export_id).await;
                     return Outcome::Failed;
                 }
                 Err(e) => {
@@ -167,7 +168,7 @@ impl Engine {
                     return Outcome::Released;
                 }
                 Err(e) => {
-                    let message = format!("{e:#}");
+                    let message = describe(&e);
                     tracing::warn!(%export_id, %token, error = %message, "export run failed");
                     let _ = db::exports::release_export(&self.pool, export_id, token, Some(&message), false).await;
                     let wait = self.backoff(export.stalled_attempts.max(1) as u32);
@@ -440,11 +441,18 @@ impl Engine {
     }
 }
 
-/// Names a full disk as such: it is the one storage error users can act on.
+/// Context for file write errors.
 fn storage_error(e: std::io::Error) -> anyhow::Error {
-    if e.raw_os_error() == Some(28) {
-        anyhow::anyhow!("disk full: no space left on the storage device while writing the export ({e})")
-    } else {
-        anyhow::Error::new(e).context("writing the export file")
-    }
+    anyhow::Error::new(e).context("writing the export file")
+}
+
+/// The error as users read it in `error`: the whole cause chain, and a full disk named as such
+/// (the one storage error they can act on), wherever in the run it struck.
+fn describe(e: &anyhow::Error) -> String {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            || c.downcast_ref::<PrepareError>()
+                .is_some_and(|p| matches!(p, PrepareError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull))
+    });
+    if full { format!("disk full: no space left on the storage device ({e:#})") } else { format!("{e:#}") }
 }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::{
     db,
     export::engine::{Engine, Outcome},
+    shutdown::Shutdown,
 };
 
 /// Queue (apalis job type) carrying exports.
@@ -63,30 +64,53 @@ pub fn worker_name(index: u32) -> String {
     format!("exportd-{host}-{}-{nonce}-{index}", std::process::id())
 }
 
-/// Builds the monitor running `concurrency` workers (one export each) on this process.
-pub fn monitor(
-    pool: &PgPool,
+/// How long a worker slot waits before starting a new worker after its worker died.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// One worker slot (one export at a time), supervised: apalis ends a worker for good when its
+/// backend fails (e.g. the database restarts), so the slot starts a new worker, with a new
+/// name, a second later, until the process stops. A new name matters: a worker that reuses
+/// the dead one's name would keep its jobs looking alive; under a new name they are
+/// re-enqueued after the heartbeat timeout and resumed from their checkpoints.
+pub async fn run_worker_slot(
+    pool: PgPool,
     engine: Arc<Engine>,
-    concurrency: u32,
+    index: u32,
     heartbeat: Duration,
     shutdown_timeout: Duration,
-) -> Monitor {
-    let mut monitor = Monitor::new().shutdown_timeout(shutdown_timeout);
-    for index in 0..concurrency {
+    shutdown: Shutdown,
+) {
+    loop {
         let name = worker_name(index);
-        let pool = pool.clone();
-        let engine = engine.clone();
-        monitor = monitor.register(move |_restarts| {
-            let config =
-                Config::default().queue(QUEUE).batch_size(1).heartbeat_interval(heartbeat).missed_heartbeats(3);
-            let strategy = apalis::prelude::Strategy::new()
-                .stream(Pubsub::new(pool.clone(), QUEUE.to_owned()))
-                .interval(Duration::from_secs(1));
-            let backend = PostgresStorage::<ExportJob>::new(&pool).with_config(config).poll_with_strategy(strategy);
-            WorkerBuilder::new(name.clone()).backend(backend).data(engine.clone()).build(run_export_job)
-        });
+        let factory = {
+            let (pool, engine, name) = (pool.clone(), engine.clone(), name.clone());
+            move |_restarts| {
+                let config =
+                    Config::default().queue(QUEUE).batch_size(1).heartbeat_interval(heartbeat).missed_heartbeats(3);
+                let strategy = Strategy::new()
+                    .stream(Pubsub::new(pool.clone(), QUEUE.to_owned()))
+                    .interval(Duration::from_secs(1));
+                let backend = PostgresStorage::<ExportJob>::new(&pool).with_config(config).poll_with_strategy(strategy);
+                WorkerBuilder::new(name.clone()).backend(backend).data(engine.clone()).build(run_export_job)
+            }
+        };
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.wait().await;
+                Ok(())
+            }
+        };
+        let ended = Monitor::new().shutdown_timeout(shutdown_timeout).register(factory).run_with_signal(signal).await;
+        if shutdown.is_triggered() {
+            return;
+        }
+        tracing::warn!(worker = %name, result = ?ended, "queue worker stopped; starting a new one");
+        tokio::select! {
+            _ = tokio::time::sleep(RESTART_DELAY) => {}
+            _ = shutdown.wait() => return,
+        }
     }
-    monitor
 }
 
 /// The job handler: runs the export; a release at shutdown goes back to the queue at once

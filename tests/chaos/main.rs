@@ -1,0 +1,368 @@
+//! Fault injection: real `exportd` processes killed, paused and stopped with real signals, a
+//! throwaway PostgreSQL cluster stopped and restarted, a storage filesystem that fills up.
+//! Every scenario ends with the downloaded file compared byte for byte with PostgreSQL's own
+//! `COPY`, or (where failure is expected) a `failed` export with a readable error.
+//!
+//! `make test` runs the quick scenarios; `make chaos` runs them all (the `#[ignore]`d ones too).
+
+mod cluster;
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+mod procs;
+
+use std::time::{Duration, Instant};
+
+use cluster::Cluster;
+use exportd::db::exports::{RunRecord, list_runs};
+use helpers::{assert_same_bytes, copy_reference, seed_nasty};
+use procs::{Exportd, chaos_env};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A cluster with a seeded database, a storage directory, and the COPY reference.
+struct Setup {
+    cluster: Cluster,
+    db_url: String,
+    pool: PgPool,
+    storage: tempfile::TempDir,
+    reference: Vec<u8>,
+}
+
+async fn setup(rows: i64) -> Setup {
+    let cluster = Cluster::start();
+    let admin = sqlx::PgPool::connect(&cluster.url("postgres")).await.unwrap();
+    sqlx::query("create database exportd").execute(&admin).await.unwrap();
+    admin.close().await;
+    let db_url = cluster.url("exportd");
+    let mut args = exportd::config::DbArgs::parse_defaults();
+    args.database_url = db_url.clone();
+    let pool = exportd::db::connect(&args).await.unwrap();
+    exportd::db::migrate(&pool).await.unwrap();
+    seed_nasty(&pool, rows).await;
+    let reference = copy_reference(&pool).await;
+    Setup { cluster, db_url, pool, storage: tempfile::tempdir().unwrap(), reference }
+}
+
+impl Setup {
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = chaos_env(&self.db_url, self.storage.path());
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    async fn runs(&self, id: Uuid) -> Vec<RunRecord> {
+        list_runs(&self.pool, id).await.unwrap()
+    }
+
+    async fn rows_written(&self, id: Uuid) -> i64 {
+        sqlx::query_scalar("select rows_written from exports where id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `check` holds (polling), or panics with `what` after `limit`.
+    async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + limit;
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+async fn create(base: &str, body: Value) -> Uuid {
+    let resp = client().post(format!("{base}/api/export")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let v: Value = resp.json().await.unwrap();
+    v["jobId"].as_str().unwrap().parse().unwrap()
+}
+
+async fn status(base: &str, id: Uuid) -> Value {
+    client().get(format!("{base}/api/export/{id}/status")).send().await.unwrap().json().await.unwrap()
+}
+
+async fn wait_finished(base: &str, id: Uuid, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = status(base, id).await;
+        if ["completed", "failed", "cancelled"].contains(&s["status"].as_str().unwrap_or("")) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "export {id} not finished after {limit:?}: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn download(base: &str, id: Uuid) -> Vec<u8> {
+    let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap().to_vec()
+}
+
+/// Which of `procs` runs the export's current run (worker names carry the process id).
+fn owner_index(procs: &[&Exportd], run: &RunRecord) -> usize {
+    procs
+        .iter()
+        .position(|p| run.worker.contains(&format!("-{}-", p.pid())))
+        .unwrap_or_else(|| panic!("run by {} belongs to none of the processes", run.worker))
+}
+
+/// Ownership never overlaps: each run ended (was superseded, released, ...) before the next began.
+fn assert_runs_never_overlap(runs: &[RunRecord]) {
+    for pair in runs.windows(2) {
+        let ended = pair[0].ended_at.expect("an earlier run is ended");
+        assert!(ended <= pair[1].started_at, "runs overlap: {:?} then {:?}", pair[0], pair[1]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_owner_is_fenced_out() {
+    let s = setup(30_000).await;
+    let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
+    let base = serve.base.clone().unwrap();
+    let w1 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
+    let w2 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
+    let id = create(&base, json!({"chunkSize": 1000, "maxRowsPerSecond": 5000})).await;
+    s.wait_for("first progress", Duration::from_secs(20), || async { s.rows_written(id).await >= 3_000 }).await;
+
+    let first = s.runs(id).await.remove(0);
+    let workers = [&w1, &w2];
+    let paused = workers[owner_index(&workers, &first)];
+    paused.signal("-STOP");
+    let frozen = s.rows_written(id).await;
+    // The other worker presumes the paused one dead and takes over, then makes progress.
+    s.wait_for("takeover", Duration::from_secs(20), || async { s.runs(id).await.len() >= 2 }).await;
+    s.wait_for("progress after takeover", Duration::from_secs(20), || async {
+        s.rows_written(id).await >= frozen + 5_000
+    })
+    .await;
+    paused.signal("-CONT");
+    let done = wait_finished(&base, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    // Give the resumed stale runner time to try its next checkpoint (it must fail and stop).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = status(&base, id).await;
+    assert_eq!(
+        (after["status"].clone(), after["bytesWritten"].clone()),
+        (done["status"].clone(), done["bytesWritten"].clone())
+    );
+    assert_same_bytes(&download(&base, id).await, &s.reference);
+
+    let runs = s.runs(id).await;
+    assert_eq!(runs[0].token, first.token);
+    assert_eq!(runs[0].outcome.as_deref(), Some("superseded"), "{runs:?}");
+    assert_ne!(runs[1].worker, runs[0].worker);
+    assert_eq!(runs.last().unwrap().outcome.as_deref(), Some("completed"));
+    assert_runs_never_overlap(&runs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_restart_fast_and_immediate() {
+    let s = setup(20_000).await;
+    let serve = Exportd::serve(s.env(&[])).await;
+    let base = serve.base.clone().unwrap();
+    for mode in ["fast", "immediate"] {
+        let id = create(&base, json!({"chunkSize": 1000, "maxRowsPerSecond": 4000})).await;
+        s.wait_for("progress", Duration::from_secs(20), || async { s.rows_written(id).await >= 4_000 }).await;
+        s.cluster.stop_server(mode);
+        let down = Instant::now();
+        // While the database is down: 503s with JSON bodies, promptly, never a 500 or a hang.
+        for path in ["/healthz".to_owned(), format!("/api/export/{id}/status")] {
+            let asked = Instant::now();
+            let resp = client().get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(resp.status(), 503, "{path} with the database down ({mode})");
+            assert!(asked.elapsed() < Duration::from_secs(5), "{path} took {:?}", asked.elapsed());
+            let body: Value = resp.json().await.unwrap();
+            assert!(body.is_object(), "{body}");
+        }
+        let resp = client().post(format!("{base}/api/export")).json(&json!({})).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
+        s.cluster.start_server();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client().get(format!("{base}/healthz")).send().await.unwrap().status() != 200 {
+            assert!(Instant::now() < deadline, "healthz not back to 200");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let done = wait_finished(&base, id, Duration::from_secs(90)).await;
+        assert_eq!(done["status"], "completed", "{mode}: {done}");
+        assert_same_bytes(&download(&base, id).await, &s.reference);
+        assert_runs_never_overlap(&s.runs(id).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_and_another_worker_resumes_within_seconds() {
+    let s = setup(30_000).await;
+    let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
+    let base = serve.base.clone().unwrap();
+    let mut w1 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
+    let mut w2 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
+    let id = create(&base, json!({"chunkSize": 1000, "maxRowsPerSecond": 5000})).await;
+    s.wait_for("progress", Duration::from_secs(20), || async { s.rows_written(id).await >= 3_000 }).await;
+    let first = s.runs(id).await.remove(0);
+    let owner_is_w1 = owner_index(&[&w1, &w2], &first) == 0;
+    let owner = if owner_is_w1 { &mut w1 } else { &mut w2 };
+    let (took, clean) = owner.terminate();
+    assert!(clean, "exit status");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    let released = Instant::now();
+    s.wait_for("resumed by the other worker", Duration::from_secs(10), || async { s.runs(id).await.len() >= 2 }).await;
+    assert!(released.elapsed() < Duration::from_secs(5), "resumed after {:?}", released.elapsed());
+    let done = wait_finished(&base, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["attempts"], 1, "a release gives its attempt back");
+    assert_same_bytes(&download(&base, id).await, &s.reference);
+    let runs = s.runs(id).await;
+    assert_eq!(runs[0].outcome.as_deref(), Some("released"));
+    assert_runs_never_overlap(&runs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_whose_runs_keep_crashing_fails_after_bounded_attempts() {
+    let s = setup(20_000).await;
+    let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
+    let base = serve.base.clone().unwrap();
+    let id = create(&base, json!({})).await;
+    // Every run blocks on its first chunk (the table is locked) and is killed there, before
+    // its first checkpoint: five crashes in a row without progress.
+    let mut locker = s.pool.begin().await.unwrap();
+    sqlx::query("lock table orders in access exclusive mode").execute(&mut *locker).await.unwrap();
+    let mut worker = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
+    for kill in 1..=5 {
+        s.wait_for("a new run", Duration::from_secs(20), || async { s.runs(id).await.len() >= kill }).await;
+        worker.kill9();
+        worker.start().await;
+    }
+    locker.rollback().await.unwrap();
+    let done = wait_finished(&base, id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["attempts"], 5);
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("without progress") && error.contains("crash or kill"), "{error}");
+    let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
+    assert_eq!(resp.status(), 409, "nothing partial can be downloaded");
+    assert!(!s.storage.path().join(id.to_string()).exists(), "partial files are removed");
+    // The same data exports fine when nothing kills the worker.
+    let again = create(&base, json!({})).await;
+    assert_eq!(wait_finished(&base, again, Duration::from_secs(60)).await["status"], "completed");
+    assert_same_bytes(&download(&base, again).await, &s.reference);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_fails_cleanly_and_a_retry_succeeds_after_space_is_freed() {
+    if !procs::is_root() {
+        eprintln!("SKIPPED: mounting a size-limited tmpfs needs root");
+        return;
+    }
+    let s = setup(60_000).await;
+    let mount = tempfile::tempdir().unwrap();
+    let small = procs::Tmpfs::mount(mount.path(), "4m");
+    let mut env = s.env(&[]);
+    env.retain(|(k, _)| k != "EXPORTD_STORAGE_DIR");
+    env.push(("EXPORTD_STORAGE_DIR".into(), mount.path().display().to_string()));
+    let serve = Exportd::serve(env).await;
+    let base = serve.base.clone().unwrap();
+    let id = create(&base, json!({"chunkSize": 1000})).await;
+    let done = wait_finished(&base, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(done["error"].as_str().unwrap().contains("disk full"), "{done}");
+    let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    assert!(!mount.path().join(id.to_string()).exists(), "the partial file is removed");
+    assert_eq!(client().get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "the service stays up");
+    small.resize("64m");
+    let again = create(&base, json!({})).await;
+    assert_eq!(wait_finished(&base, again, Duration::from_secs(60)).await["status"], "completed");
+    assert_same_bytes(&download(&base, again).await, &s.reference);
+    drop(serve);
+}
+
+/// A tiny deterministic random source (the seed is printed, so a failure can be replayed).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        eprintln!("chaos seed: {seed} (CHAOS_SEED={seed} replays it)");
+        Self(seed | 1)
+    }
+
+    /// Uniform in `lo..hi` milliseconds.
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        Duration::from_millis(lo + self.0 % (hi - lo))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: run by make chaos"]
+async fn crash_storm_of_20_kills_during_a_million_row_export() {
+    let s = setup(1_000_000).await;
+    let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
+    let base = serve.base.clone().unwrap();
+    let mut worker = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
+    let mut rng = Rng::new();
+    // About 12 s of work at full chunk size, so 20 lives each end mid-export.
+    let id = create(&base, json!({"chunkSize": 10000, "maxRowsPerSecond": 80000})).await;
+    for kill in 1..=20 {
+        // Kill only while a run is in progress: after it starts, at a random moment.
+        s.wait_for("a run in progress", Duration::from_secs(30), || async { s.runs(id).await.len() >= kill }).await;
+        tokio::time::sleep(rng.millis(50, 900)).await;
+        worker.kill9();
+        worker.start().await;
+    }
+    let done = wait_finished(&base, id, Duration::from_secs(180)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(done["attempts"].as_i64().unwrap() >= 21, "attempts reflect the kills: {done}");
+    assert_same_bytes(&download(&base, id).await, &s.reference);
+    let runs = s.runs(id).await;
+    assert_eq!(runs.len() as i64, done["attempts"].as_i64().unwrap());
+    assert_runs_never_overlap(&runs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: run by make chaos"]
+async fn many_workers_twenty_exports_random_kills() {
+    let s = setup(30_000).await;
+    let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
+    let base = serve.base.clone().unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "2")])).await);
+    }
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(create(&base, json!({"chunkSize": 1000, "maxRowsPerSecond": 15000})).await);
+    }
+    let mut rng = Rng::new();
+    let storm = Instant::now();
+    while storm.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(rng.millis(500, 2000)).await;
+        let victim = (rng.millis(0, 3000).as_millis() / 1000) as usize;
+        workers[victim].kill9();
+        workers[victim].start().await;
+    }
+    for id in &ids {
+        let done = wait_finished(&base, *id, Duration::from_secs(180)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_same_bytes(&download(&base, *id).await, &s.reference);
+        assert_runs_never_overlap(&s.runs(*id).await);
+    }
+}

@@ -1,0 +1,146 @@
+//! Real `exportd` processes, started from the built binary and stopped with real signals.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// One `exportd serve` or `exportd worker` process, restartable with the same settings.
+pub struct Exportd {
+    child: Option<Child>,
+    command: &'static str,
+    env: Vec<(String, String)>,
+    /// Base URL of the API (serve only).
+    pub base: Option<String>,
+}
+
+/// Settings every chaos process shares: fast failure detection, short backoff.
+pub fn chaos_env(db_url: &str, storage: &Path) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", db_url.to_owned()),
+        ("EXPORTD_STORAGE_DIR", storage.display().to_string()),
+        ("EXPORTD_HEARTBEAT", "500ms".into()),
+        ("EXPORTD_RETRY_BACKOFF", "200ms".into()),
+        ("EXPORTD_STATEMENT_TIMEOUT", "10s".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+impl Exportd {
+    /// `exportd serve` on a free port, once `/healthz` answers.
+    pub async fn serve(env: Vec<(String, String)>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut env = env;
+        env.push(("EXPORTD_LISTEN".into(), format!("127.0.0.1:{port}")));
+        let mut p = Self { child: None, command: "serve", env, base: Some(format!("http://127.0.0.1:{port}")) };
+        p.start().await;
+        p
+    }
+
+    /// `exportd worker`.
+    pub async fn worker(env: Vec<(String, String)>) -> Self {
+        let mut p = Self { child: None, command: "worker", env, base: None };
+        p.start().await;
+        p
+    }
+
+    /// (Re)starts the process with its settings.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(env!("CARGO_BIN_EXE_exportd"))
+            .arg(self.command)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start exportd");
+        self.child = Some(child);
+        if let Some(base) = &self.base {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !matches!(reqwest::get(format!("{base}/healthz")).await, Ok(r) if r.status() == 200) {
+                assert!(Instant::now() < deadline, "exportd serve did not come up");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal (`-9`, `-TERM`, `-STOP`, `-CONT`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.pid().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(&mut self) {
+        self.signal("-9");
+        self.child.take().unwrap().wait().unwrap();
+    }
+
+    /// SIGTERM; returns how long the process took to exit, and whether it exited cleanly.
+    pub fn terminate(&mut self) -> (Duration, bool) {
+        let started = Instant::now();
+        self.signal("-TERM");
+        let status = self.child.take().unwrap().wait().unwrap();
+        (started.elapsed(), status.success())
+    }
+}
+
+impl Drop for Exportd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// True when running as root (needed to mount a tmpfs).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
+}
+
+/// A size-limited tmpfs, unmounted on drop.
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Self {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        Self { path: path.to_owned() }
+    }
+
+    /// Grows (or shrinks) the filesystem: "freeing space".
+    pub fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
