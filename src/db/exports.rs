@@ -169,10 +169,8 @@ pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, ma
             .last_error
             .as_deref()
             .unwrap_or("the worker process stopped (crash or kill) before its first checkpoint");
-        let message = format!(
-            "gave up after {} attempts in a row without progress; last error: {cause}",
-            current.stalled_attempts
-        );
+        let message =
+            format!("{cause} (gave up after {} attempts in a row without progress)", current.stalled_attempts);
         sqlx::query(
             "update exports set status = 'failed', error = $2, owner = null, finished_at = now() where id = $1",
         )

@@ -268,21 +268,27 @@ async fn disk_full_fails_cleanly_and_a_retry_succeeds_after_space_is_freed() {
         return;
     }
     let s = setup(60_000).await;
+    // Room for one export and 4 MiB more: the first export fits, the second fills the disk.
     let mount = tempfile::tempdir().unwrap();
-    let small = procs::Tmpfs::mount(mount.path(), "4m");
+    let room = format!("{}k", s.reference.len() / 1024 + 4096);
+    let small = procs::Tmpfs::mount(mount.path(), &room);
     let mut env = s.env(&[]);
     env.retain(|(k, _)| k != "EXPORTD_STORAGE_DIR");
     env.push(("EXPORTD_STORAGE_DIR".into(), mount.path().display().to_string()));
     let serve = Exportd::serve(env).await;
     let base = serve.base.clone().unwrap();
+    let first = create(&base, json!({})).await;
+    assert_eq!(wait_finished(&base, first, Duration::from_secs(60)).await["status"], "completed");
+
     let id = create(&base, json!({"chunkSize": 1000})).await;
     let done = wait_finished(&base, id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done}");
-    assert!(done["error"].as_str().unwrap().contains("disk full"), "{done}");
+    assert!(done["error"].as_str().unwrap().starts_with("disk full"), "{done}");
     let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
     assert_eq!(resp.status(), 409);
     assert!(!mount.path().join(id.to_string()).exists(), "the partial file is removed");
     assert_eq!(client().get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "the service stays up");
+    assert_same_bytes(&download(&base, first).await, &s.reference);
     small.resize("64m");
     let again = create(&base, json!({})).await;
     assert_eq!(wait_finished(&base, again, Duration::from_secs(60)).await["status"], "completed");
