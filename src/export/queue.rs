@@ -67,7 +67,8 @@ pub fn worker_name(index: u32) -> String {
 /// How long a worker slot waits before starting a new worker after its worker died.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
-/// One worker slot (one export at a time), supervised: apalis ends a worker for good when its
+/// One worker slot, running one export at a time (`concurrency(1)`: without it an apalis
+/// worker starts every job it fetches at once), supervised: apalis ends a worker for good when its
 /// backend fails (e.g. the database restarts), so the slot starts a new worker, with a new
 /// name, a second later, until the process stops. A new name matters: a worker that reuses
 /// the dead one's name would keep its jobs looking alive; under a new name they are
@@ -91,7 +92,11 @@ pub async fn run_worker_slot(
                     .stream(Pubsub::new(pool.clone(), QUEUE.to_owned()))
                     .interval(Duration::from_secs(1));
                 let backend = PostgresStorage::<ExportJob>::new(&pool).with_config(config).poll_with_strategy(strategy);
-                WorkerBuilder::new(name.clone()).backend(backend).data(engine.clone()).build(run_export_job)
+                WorkerBuilder::new(name.clone())
+                    .backend(backend)
+                    .concurrency(1)
+                    .data(engine.clone())
+                    .build(run_export_job)
             }
         };
         let signal = {

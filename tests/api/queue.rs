@@ -44,3 +44,31 @@ async fn finished_jobs_and_dead_workers_are_purged() {
     assert_eq!(count("select count(*) from apalis.workers where id = 'dead-worker'").await, 0);
     assert_eq!(count("select count(*) from apalis.workers").await, live, "live workers are kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_concurrency_bounds_the_exports_running_at_once() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 2_000).await;
+    let app = spawn_app(db, AppOptions { workers: 2, ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.create_export(Some(serde_json::json!({"chunkSize": 500, "maxRowsPerSecond": 4000}))).await);
+    }
+    let mut most = 0;
+    loop {
+        let running: i64 = sqlx::query_scalar("select count(*) from exports where owner is not null")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        most = most.max(running);
+        let done: i64 = sqlx::query_scalar("select count(*) from exports where status = 'completed'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        if done == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, 2, "EXPORTD_WORKER_CONCURRENCY=2 runs at most two exports at once");
+}
