@@ -229,18 +229,17 @@ impl Engine {
             async move { engine.produce(&export, last, header, tx, recycled).await }
         });
         let written = self.write(run_file.file, rx, recycle, cp, export.id, token).await;
-        let (cp, end) = match written {
-            Ok((cp, None)) => (cp, None),
-            Ok((cp, Some(end))) => (cp, Some(end)),
+        let cp = match written {
+            Ok((cp, None)) => cp,
+            Ok((_, Some(end))) => {
+                producer.abort();
+                return Ok(end);
+            }
             Err(e) => {
                 producer.abort();
                 return Err(e);
             }
         };
-        if let Some(end) = end {
-            producer.abort();
-            return Ok(end);
-        }
         match producer.await?? {
             Produced::Stopped => Ok(RunEnd::Stopped),
             Produced::WriterGone => Err(anyhow::anyhow!("the file writer stopped unexpectedly")),
