@@ -27,6 +27,8 @@ use crate::{
 const PIECE_BYTES: usize = 1024 * 1024;
 /// Pieces in flight between producer and writer (the backpressure bound).
 const PIECES_IN_FLIGHT: usize = 4;
+/// Write buffers kept for reuse by all runs of the process (beyond these, freed).
+const POOLED_BUFFERS: usize = 16;
 /// Longest wait between two runs of a failing export.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -83,6 +85,29 @@ pub struct Engine {
     settings: EngineSettings,
     shutdown: Shutdown,
     faults: Arc<Faults>,
+    buffers: BufferPool,
+}
+
+/// Write buffers shared by every run of the process: a piece goes from the producer to the
+/// writer and back here, so the same few buffers serve every export and memory stays flat
+/// (a fresh 1 MiB buffer per piece cost an mmap, page faults and an munmap each time, and
+/// freed buffers lingered in per-thread malloc arenas from one export to the next).
+#[derive(Debug, Clone, Default)]
+struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    fn take(&self) -> Vec<u8> {
+        let pooled = self.0.lock().expect("buffer pool lock").pop();
+        pooled.unwrap_or_else(|| Vec::with_capacity(PIECE_BYTES + 64 * 1024))
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = self.0.lock().expect("buffer pool lock");
+        if pool.len() < POOLED_BUFFERS {
+            pool.push(buf);
+        }
+    }
 }
 
 enum Piece {
@@ -98,7 +123,7 @@ enum Produced {
 
 impl Engine {
     pub fn new(pool: PgPool, storage: Storage, settings: EngineSettings, shutdown: Shutdown) -> Self {
-        Self { pool, storage, settings, shutdown, faults: Arc::default() }
+        Self { pool, storage, settings, shutdown, faults: Arc::default(), buffers: BufferPool::default() }
     }
 
     /// The same engine with fault points armed (tests).
@@ -219,16 +244,13 @@ impl Engine {
         cp.file_name = run_file.name;
 
         let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
-        // Written pieces go back to the producer for reuse: a fixed set of buffers for the
-        // whole run, so memory stays flat however many chunks there are.
-        let (recycle, recycled) = mpsc::channel(PIECES_IN_FLIGHT + 2);
         // The producer runs as its own task, so reading from PostgreSQL never waits for the
         // writer's turn on this one; it is aborted (closing its connection) if the writer stops.
         let producer = tokio::spawn({
             let (engine, export, last, header) = (self.clone(), export.clone(), cp.last_id, cp.bytes == 0);
-            async move { engine.produce(&export, last, header, tx, recycled).await }
+            async move { engine.produce(&export, last, header, tx).await }
         });
-        let written = self.write(run_file.file, rx, recycle, cp, export.id, token).await;
+        let written = self.write(run_file.file, rx, cp, export.id, token).await;
         let cp = match written {
             Ok((cp, None)) => cp,
             Ok((_, Some(end))) => {
@@ -261,7 +283,6 @@ impl Engine {
         mut last: Option<i64>,
         mut header: bool,
         tx: mpsc::Sender<Piece>,
-        mut recycled: mpsc::Receiver<Vec<u8>>,
     ) -> anyhow::Result<Produced> {
         let ds = dataset::find(&export.dataset).expect("checked by run");
         let spec = &export.spec.0;
@@ -278,14 +299,7 @@ impl Engine {
         // unread by an early return never reaches another user of the pool.
         let mut conn = self.pool.acquire().await?;
         conn.close_on_drop();
-        let mut next_buffer = move || match recycled.try_recv() {
-            Ok(mut b) => {
-                b.clear();
-                b
-            }
-            Err(_) => Vec::with_capacity(PIECE_BYTES + 64 * 1024),
-        };
-        let mut buf = next_buffer();
+        let mut buf = self.buffers.take();
         let started = Instant::now();
         let mut rows_this_run = 0u64;
         let (mut t_start, mut t_read, mut t_send) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -320,7 +334,7 @@ impl Engine {
                 }
                 last_row = Some(message);
                 if buf.len() >= PIECE_BYTES {
-                    let piece = std::mem::replace(&mut buf, next_buffer());
+                    let piece = std::mem::replace(&mut buf, self.buffers.take());
                     let t = Instant::now();
                     if tx.send(Piece::Data(piece)).await.is_err() {
                         return Ok(Produced::WriterGone);
@@ -337,7 +351,7 @@ impl Engine {
                 anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
             })?;
             if !buf.is_empty() {
-                let piece = std::mem::replace(&mut buf, next_buffer());
+                let piece = std::mem::replace(&mut buf, self.buffers.take());
                 if tx.send(Piece::Data(piece)).await.is_err() {
                     return Ok(Produced::WriterGone);
                 }
@@ -368,7 +382,9 @@ impl Engine {
                 buf.extend_from_slice(&message);
             }
         }
-        if !buf.is_empty() && tx.send(Piece::Data(buf)).await.is_err() {
+        if buf.is_empty() {
+            self.buffers.give(buf);
+        } else if tx.send(Piece::Data(buf)).await.is_err() {
             return Ok(Produced::WriterGone);
         }
         Ok(Produced::Finished)
@@ -381,7 +397,6 @@ impl Engine {
         &self,
         mut file: tokio::fs::File,
         mut rx: mpsc::Receiver<Piece>,
-        recycle: mpsc::Sender<Vec<u8>>,
         mut cp: Checkpoint,
         export_id: Uuid,
         token: Uuid,
@@ -401,7 +416,7 @@ impl Engine {
                     file.write_all(&bytes).await.map_err(storage_error)?;
                     t_write += t.elapsed();
                     written += bytes.len() as i64;
-                    let _ = recycle.try_send(bytes);
+                    self.buffers.give(bytes);
                 }
                 Piece::ChunkEnd { last_id, rows } => {
                     let t = Instant::now();
