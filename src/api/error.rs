@@ -83,7 +83,8 @@ pub async fn render_any_error(err: poem::Error) -> Response {
     } else if status == StatusCode::NOT_FOUND && err.to_string().is_empty() {
         "no such route".to_owned()
     } else {
-        err.to_string()
+        // poem-openapi names path parameters by position in its messages; ours is always `id`.
+        err.to_string().replace("path `param0`", "path parameter `id`")
     };
     let mut resp = poem::web::Json(serde_json::json!({ "error": kind, "message": message })).into_response();
     resp.set_status(status);

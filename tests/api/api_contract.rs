@@ -142,8 +142,8 @@ async fn bad_input_gets_a_4xx_that_names_the_problem() {
     expect_error(resp, 415, "Content-Type").await;
 
     let get = |path: String| app.client.get(app.url(&path)).send();
-    expect_error(get("/api/export/not-a-uuid/status".into()).await.unwrap(), 400, "id").await;
-    expect_error(get("/api/export/not-a-uuid/download".into()).await.unwrap(), 400, "id").await;
+    expect_error(get("/api/export/not-a-uuid/status".into()).await.unwrap(), 400, "path parameter `id`").await;
+    expect_error(get("/api/export/not-a-uuid/download".into()).await.unwrap(), 400, "path parameter `id`").await;
     let unknown = Uuid::new_v4();
     expect_error(get(format!("/api/export/{unknown}/status")).await.unwrap(), 404, &unknown.to_string()).await;
     expect_error(get(format!("/api/export/{unknown}/download")).await.unwrap(), 404, &unknown.to_string()).await;
