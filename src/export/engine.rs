@@ -302,7 +302,7 @@ impl Engine {
         let mut buf = self.buffers.take();
         let started = Instant::now();
         let mut rows_this_run = 0u64;
-        let (mut t_start, mut t_read, mut t_send) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut t_start, mut t_stream, mut t_send) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         loop {
             if self.shutdown.is_triggered() {
                 return Ok(Produced::Stopped);
@@ -312,12 +312,10 @@ impl Engine {
             let t = Instant::now();
             let mut stream = conn.copy_out_raw(&sql).await?;
             t_start += t.elapsed();
+            let streaming = Instant::now();
             let mut count = 0u64;
             let mut last_row = None;
-            loop {
-                let t = Instant::now();
-                let Some(message) = stream.try_next().await? else { break };
-                t_read += t.elapsed();
+            while let Some(message) = stream.try_next().await? {
                 // PostgreSQL sends one CopyData message per row (the first one is the header
                 // line when asked for).
                 if header {
@@ -343,6 +341,7 @@ impl Engine {
                 }
             }
             drop(stream);
+            t_stream += streaming.elapsed();
             if count == 0 {
                 break;
             }
@@ -373,7 +372,7 @@ impl Engine {
                 break; // a short chunk: nothing is left up to the upper bound
             }
         }
-        tracing::debug!(export_id = %export.id, total = ?started.elapsed(), start = ?t_start, read = ?t_read, send = ?t_send, "producer timings");
+        tracing::debug!(export_id = %export.id, total = ?started.elapsed(), start = ?t_start, stream = ?t_stream, blocked_on_writer = ?t_send, "producer timings");
         if header {
             // Nothing at all to export and no header yet: ask COPY for the header alone.
             let sql = db::dataset::chunk_copy(ds, None, 0, 0, true);
