@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use exportd::{config::DbArgs, db, export::dataset::ORDERS};
+use exportd::{config::DbArgs, db, export::dataset::default_config_columns};
 use serde_json::{Value, json};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -109,7 +109,7 @@ async fn wait_completed(client: &reqwest::Client, base: &str, id: &str) -> anyho
 }
 
 fn psql_copy(db_url: &str, target: &Path) -> anyhow::Result<f64> {
-    let cols: Vec<&str> = ORDERS.columns.iter().map(|c| c.name).collect();
+    let cols = default_config_columns("orders").expect("orders is in the built-in config");
     let command = format!(
         "\\copy (select {} from orders order by id) to '{}' with (format csv, header)",
         cols.join(", "),

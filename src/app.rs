@@ -14,6 +14,7 @@ use crate::{
     config::{DbArgs, ServeArgs, WorkerSettings},
     db,
     export::{
+        dataset::Datasets,
         engine::{Engine, EngineSettings},
         queue,
     },
@@ -41,7 +42,8 @@ impl App {
     /// Connects, migrates, binds the listener (port 0 picks a free one).
     pub async fn build(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
         let pool = connect_and_migrate(&args.db).await?;
-        let workers = Workers::new(&pool, &args.worker, shutdown.clone())?;
+        let datasets = load_datasets(&pool, &args.worker).await?;
+        let workers = Workers::new(&pool, datasets.clone(), &args.worker, shutdown.clone())?;
         let acceptor = TcpListener::bind(args.listen.to_string())
             .into_acceptor()
             .await
@@ -56,6 +58,8 @@ impl App {
             pool,
             storage: workers.engine.storage().clone(),
             default_chunk_size: args.worker.chunk_size,
+            retention: args.worker.retention,
+            datasets,
             public_url,
         });
         Ok(Self { acceptor, port, state, workers, shutdown })
@@ -94,7 +98,16 @@ impl App {
 /// `exportd worker`: workers only, until the shutdown signal.
 pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pool = connect_and_migrate(db_args).await?;
-    Workers::new(&pool, settings, shutdown)?.run().await
+    let datasets = load_datasets(&pool, settings).await?;
+    Workers::new(&pool, datasets, settings, shutdown)?.run().await
+}
+
+/// Reads the datasets config and checks it against the catalog (start-up fails if it is wrong).
+async fn load_datasets(pool: &PgPool, settings: &WorkerSettings) -> anyhow::Result<Arc<Datasets>> {
+    let datasets = Datasets::load(pool, settings.datasets.as_deref()).await?;
+    let names: Vec<&str> = datasets.all().iter().map(|d| d.name.as_str()).collect();
+    tracing::info!(datasets = ?names, default = datasets.default_name(), "datasets checked against the catalog");
+    Ok(Arc::new(datasets))
 }
 
 /// Connects (waiting up to 30 s for the database) and applies migrations.
@@ -114,15 +127,22 @@ struct Workers {
 }
 
 impl Workers {
-    fn new(pool: &PgPool, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<Self> {
+    fn new(
+        pool: &PgPool,
+        datasets: Arc<Datasets>,
+        settings: &WorkerSettings,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
         let storage = Storage::new(&settings.storage_dir)
             .with_context(|| format!("creating storage directory {}", settings.storage_dir.display()))?;
         let engine = Engine::new(
             pool.clone(),
             storage,
+            datasets,
             EngineSettings {
                 max_stalled_attempts: settings.max_stalled_attempts,
                 retry_backoff: settings.retry_backoff,
+                retention: settings.retention,
             },
             shutdown.clone(),
         );
@@ -145,7 +165,7 @@ impl Workers {
             ))
         });
         let slots = futures::future::join_all(slots.collect::<Vec<_>>());
-        let housekeeping = housekeeping(self.pool.clone(), self.shutdown.clone());
+        let housekeeping = housekeeping(self.pool.clone(), self.engine.storage().clone(), self.shutdown.clone());
         let (slots, ()) = tokio::join!(slots, housekeeping);
         for slot in slots {
             slot.context("queue worker slot panicked")?;
@@ -155,8 +175,9 @@ impl Workers {
 }
 
 /// Periodic repair and hygiene: unfinished exports whose queue job is gone get a new one;
-/// finished jobs and dead workers are deleted so the queue tables do not grow without bound.
-async fn housekeeping(pool: PgPool, shutdown: Shutdown) {
+/// completed exports past their retention expire and their files are deleted; finished jobs
+/// and dead workers are deleted so the queue tables do not grow without bound.
+async fn housekeeping(pool: PgPool, storage: Storage, shutdown: Shutdown) {
     for round in 0u64.. {
         tokio::select! {
             _ = tokio::time::sleep(REQUEUE_EVERY) => {}
@@ -165,6 +186,7 @@ async fn housekeeping(pool: PgPool, shutdown: Shutdown) {
         if let Err(e) = queue::requeue_orphans(&pool).await {
             tracing::warn!(error = %e, "re-enqueueing orphaned exports failed; will retry");
         }
+        expire(&pool, &storage).await;
         if round % 6 == 0 {
             let purged = async {
                 let jobs = db::queue::purge_finished_jobs(&pool, queue::QUEUE, KEEP_FINISHED_JOBS).await?;
@@ -177,5 +199,21 @@ async fn housekeeping(pool: PgPool, shutdown: Shutdown) {
                 Err(e) => tracing::warn!(error = %e, "queue hygiene failed; will retry"),
             }
         }
+    }
+}
+
+/// Expires completed exports past their retention and deletes their files. The status
+/// changes first: a file is only deleted once no download can start on it.
+pub async fn expire(pool: &PgPool, storage: &Storage) {
+    match db::exports::expire_due(pool, 100).await {
+        Ok(ids) => {
+            for id in &ids {
+                storage.remove_export(*id).await;
+            }
+            if !ids.is_empty() {
+                tracing::info!(count = ids.len(), "expired exports past their retention; files deleted");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "expiring exports failed; will retry"),
     }
 }

@@ -43,9 +43,17 @@ pub struct DbArgs {
     pub statement_timeout: Duration,
 }
 
-/// Settings of the export workers.
+/// Settings of the export workers (and of what the API accepts).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
+    /// Datasets config file (TOML; see config/datasets.toml). Default: that file, built in.
+    #[arg(long, env = "EXPORTD_DATASETS")]
+    pub datasets: Option<PathBuf>,
+
+    /// How long a completed export's file is kept before it is deleted (status `expired`), e.g. "7d".
+    #[arg(long, env = "EXPORTD_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+
     /// Directory the CSV files are written to (created if missing).
     #[arg(long, env = "EXPORTD_STORAGE_DIR", default_value = "exports")]
     pub storage_dir: PathBuf,
@@ -151,20 +159,21 @@ impl DbArgs {
     }
 }
 
-/// Parses "500ms", "2s", "1m", "1h" or a bare number of seconds.
+/// Parses "500ms", "2s", "1m", "1h", "7d" or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m, 7d"))?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+        "d" => value * 86400.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m, h or d")),
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -179,6 +188,7 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert!(parse_duration("2 weeks").is_err());
         assert!(parse_duration("x").is_err());
     }

@@ -14,6 +14,12 @@ pub enum Error {
     /// The export is in the wrong state for the request (409), e.g. downloading a running export.
     #[error("{message}")]
     Conflict { message: String, status: String },
+    /// The export's file will never be available (410): expired, cancelled or failed.
+    #[error("{message}")]
+    Gone { message: String, status: String },
+    /// The `Idempotency-Key` was used before with a different request (422).
+    #[error("Idempotency-Key: this key was already used for export {0} with a different request")]
+    IdempotencyMismatch(uuid::Uuid),
     /// The database cannot be reached or timed out (503): the client may retry.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -44,6 +50,8 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Gone { .. } => StatusCode::GONE,
+            Error::IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Io(_) | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

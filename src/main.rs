@@ -51,6 +51,8 @@ async fn main() -> anyhow::Result<()> {
                 pool: db::connect(&DbArgs::parse_defaults()).await?,
                 storage: Storage::at("exports"),
                 default_chunk_size: 10_000,
+                retention: std::time::Duration::ZERO,
+                datasets: Arc::new(exportd::export::dataset::Datasets::none()),
                 public_url: String::new(),
             });
             println!("{}", api::spec_json(state));

@@ -1,6 +1,6 @@
 //! Where export files live: one file per run, durable appends, truncation on resume, streaming out.
 //!
-//! Each run writes its own file (`<export>/<run token>.csv`). A run that takes over from a run
+//! Each run writes its own file (`<export>/<run token>.csv`, or `.csv.gz`). A run that takes over from a run
 //! that may still be alive (crashed, paused, partitioned) copies the checkpointed prefix into a
 //! new file instead of touching the old one, so a stale runner, whatever it still writes, can
 //! never change a byte of the file that will be served. A run that takes over from a run that
@@ -73,12 +73,13 @@ impl Storage {
         previous: Option<&str>,
         bytes: u64,
         adopt: bool,
+        extension: &str,
     ) -> Result<RunFile, PrepareError> {
         let dir = self.root.join(export_id.to_string());
         fs::create_dir_all(&dir).await?;
         let previous = match previous {
             Some(p) if bytes > 0 => p,
-            _ => return Ok(self.create(&dir, export_id, token).await?),
+            _ => return Ok(self.create(&dir, export_id, token, extension).await?),
         };
         let lost = || PrepareError::CheckpointLost { name: previous.to_owned(), bytes };
         let old_path = self.path(previous);
@@ -97,7 +98,7 @@ impl Storage {
             file.seek(io::SeekFrom::Start(bytes)).await?;
             return Ok(RunFile { file, name: previous.to_owned() });
         }
-        let run = self.create(&dir, export_id, token).await?;
+        let run = self.create(&dir, export_id, token, extension).await?;
         let new_path = self.path(&run.name);
         let copied = tokio::task::spawn_blocking(move || -> io::Result<u64> {
             use std::io::Read;
@@ -117,8 +118,8 @@ impl Storage {
         Ok(RunFile { file, name: run.name })
     }
 
-    async fn create(&self, dir: &Path, export_id: Uuid, token: Uuid) -> io::Result<RunFile> {
-        let name = format!("{export_id}/{token}.csv");
+    async fn create(&self, dir: &Path, export_id: Uuid, token: Uuid, extension: &str) -> io::Result<RunFile> {
+        let name = format!("{export_id}/{token}.{extension}");
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(self.path(&name)).await?;
         // Make the new directory entry durable too.
         File::open(dir).await?.sync_all().await?;
@@ -141,13 +142,13 @@ impl Storage {
         }
     }
 
-    /// Deletes every file of an export (it failed for good: nothing partial stays on disk).
+    /// Deletes every file of an export (failed, cancelled or expired: nothing stays on disk).
     pub async fn remove_export(&self, export_id: Uuid) {
         let dir = self.root.join(export_id.to_string());
         if let Err(e) = fs::remove_dir_all(&dir).await
             && e.kind() != io::ErrorKind::NotFound
         {
-            tracing::warn!(path = %dir.display(), error = %e, "could not remove a failed export's files");
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove an export's files");
         }
     }
 

@@ -12,7 +12,7 @@ pub struct ErrorBody {
     pub error: String,
     /// What went wrong, for humans.
     pub message: String,
-    /// The export's current status, when the error is about it (409).
+    /// The export's current status, when the error is about it (409, 410).
     #[oai(skip_serializing_if_is_none)]
     pub status: Option<String>,
 }
@@ -36,6 +36,13 @@ pub enum ApiError {
     /// `status` gives its current status.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The file will never be available: the export expired, was cancelled, or failed;
+    /// `status` gives its current status.
+    #[oai(status = 410)]
+    Gone(Json<ErrorBody>),
+    /// The `Idempotency-Key` was already used with a different request.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
     /// The database is unavailable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -53,6 +60,10 @@ impl From<Error> for ApiError {
             Error::Conflict { status, .. } => {
                 ApiError::Conflict(Json(ErrorBody { error: "conflict".into(), message, status: Some(status) }))
             }
+            Error::Gone { status, .. } => {
+                ApiError::Gone(Json(ErrorBody { error: "gone".into(), message, status: Some(status) }))
+            }
+            Error::IdempotencyMismatch(_) => ApiError::Unprocessable(ErrorBody::new("idempotency_key_reused", message)),
             Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),
             Error::Database(_) | Error::Io(_) | Error::Other(_) => {
                 ApiError::Internal(ErrorBody::new("internal", message))

@@ -1,22 +1,20 @@
-//! `/api/export`: create an export, follow its progress, download its file.
+//! `/api/export` and `/api/exports`: create, follow, list and cancel exports.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use poem::Body;
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
-    param::Path,
-    payload::{Binary, Json},
+    param::{Header, Path, Query},
+    payload::Json,
 };
-use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
 use crate::{
-    api::{ApiTags, AppState, body::OptionalJson, error::ApiError},
-    db::exports::ExportRecord,
+    api::{ApiTags, AppState, body::OptionalJson, error::ApiError, request::CreateExportRequest},
+    db::{self, exports::ExportRecord},
     error::Error,
-    export::{self, ExportSpec, ExportStatus, dataset},
+    export::{self, Created, ExportStatus},
 };
 
 /// Export operations.
@@ -24,30 +22,9 @@ pub struct ExportApi {
     pub state: Arc<AppState>,
 }
 
-/// What to export and how. Every field is optional: `{}` (or no body) exports the whole
-/// `orders` dataset with the server's defaults.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateExportRequest {
-    /// Dataset to export. Only `orders` exists for now.
-    #[oai(default = "default_dataset")]
-    pub dataset: String,
-    /// Rows read per chunk (100 to 100000; server default 10000). A durable checkpoint follows
-    /// every chunk, so a crash loses at most one chunk of work.
-    #[oai(validator(minimum(value = "100"), maximum(value = "100000")))]
-    pub chunk_size: Option<u32>,
-    /// Throttle: read at most this many rows per second (1 to 10000000), to keep the export
-    /// gentle on a busy database. Omit for full speed.
-    #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
-    pub max_rows_per_second: Option<u32>,
-}
-
-fn default_dataset() -> String {
-    dataset::ORDERS.name.to_owned()
-}
-
-/// Where an export is in its life: `queued` → `running` → `completed` | `failed` | `cancelled`.
-#[derive(Debug, Enum, Clone, Copy)]
+/// Where an export is in its life: `queued` → `running` → `completed` | `failed` |
+/// `cancelled`; `completed` → `expired` when its file is deleted (retention, or DELETE).
+#[derive(Debug, Enum, Clone, Copy, PartialEq, Eq)]
 #[oai(rename_all = "lowercase")]
 pub enum StatusName {
     Queued,
@@ -55,6 +32,7 @@ pub enum StatusName {
     Completed,
     Failed,
     Cancelled,
+    Expired,
 }
 
 impl From<ExportStatus> for StatusName {
@@ -65,6 +43,20 @@ impl From<ExportStatus> for StatusName {
             ExportStatus::Completed => StatusName::Completed,
             ExportStatus::Failed => StatusName::Failed,
             ExportStatus::Cancelled => StatusName::Cancelled,
+            ExportStatus::Expired => StatusName::Expired,
+        }
+    }
+}
+
+impl From<StatusName> for ExportStatus {
+    fn from(s: StatusName) -> Self {
+        match s {
+            StatusName::Queued => ExportStatus::Queued,
+            StatusName::Running => ExportStatus::Running,
+            StatusName::Completed => ExportStatus::Completed,
+            StatusName::Failed => ExportStatus::Failed,
+            StatusName::Cancelled => ExportStatus::Cancelled,
+            StatusName::Expired => ExportStatus::Expired,
         }
     }
 }
@@ -75,7 +67,7 @@ impl From<ExportStatus> for StatusName {
 pub struct ExportCreated {
     /// The export's id.
     pub job_id: Uuid,
-    /// Always `queued`: no row has been read yet.
+    /// `queued` for a new export (no row has been read yet); for a repeated idempotent request, the export's status now.
     pub status: StatusName,
     /// Where to poll progress.
     pub status_url: String,
@@ -89,18 +81,28 @@ pub struct ExportCreated {
 pub struct ExportStatusView {
     pub job_id: Uuid,
     pub status: StatusName,
+    /// The dataset exported.
+    pub dataset: String,
+    /// The options the export runs with, after defaults: columns, filters, format, compression.
+    pub options: serde_json::Value,
     /// Data rows in the file so far (checkpointed).
     pub rows_written: i64,
-    /// Bytes in the file so far (checkpointed), header included.
+    /// Bytes in the file so far (checkpointed), header included (compressed bytes for gzip).
     pub bytes_written: i64,
     /// Key of the last row written; the export resumes after it.
     pub last_processed_id: Option<i64>,
-    /// The export covers keys up to this one: the largest key when it was created.
+    /// The export covers keys up to this one: the largest key when it was created. Rows
+    /// inserted later with larger keys are not in the file.
     pub upper_bound_id: Option<i64>,
-    /// Estimate of the rows to export (planner statistics, no count); may be null.
+    /// Estimate of the rows to export, taken at creation without counting (planner
+    /// statistics, of the filtered query when there are filters); may be null.
     pub total_rows: Option<i64>,
     /// 0 to 1; exactly 1 only when completed.
     pub progress: f64,
+    /// Average rows per second since the export started (null before its first checkpoint).
+    pub rows_per_second: Option<f64>,
+    /// Seconds left at that rate, from the estimate (null when unknown; 0 when completed).
+    pub eta_seconds: Option<i64>,
     /// Runs started so far (a run interrupted by a crash counts; one released at shutdown does not).
     pub attempts: i32,
     /// Why the export failed; null unless `status` is `failed`.
@@ -108,19 +110,32 @@ pub struct ExportStatusView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When the file will be (or was) deleted; set once completed.
+    pub expires_at: Option<DateTime<Utc>>,
     /// Where to download the file (valid once completed).
     pub download_url: String,
+}
+
+/// A page of exports.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ExportList {
+    /// Newest first.
+    pub items: Vec<ExportStatusView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /api/export`.
 #[derive(Debug, ApiResponse)]
 pub enum CreateExportResponse {
-    /// Accepted: the export is queued and runs in the background. `Location` points at its status.
+    /// Accepted: the export is queued and runs in the background (or, with an
+    /// `Idempotency-Key` used before for the same request, that export). `Location` points at its status.
     #[oai(status = 202)]
     Accepted(Json<ExportCreated>, #[oai(header = "Location")] String),
 }
 
-/// `GET /api/export/{id}/status`.
+/// `GET /api/export/{id}/status` and `DELETE /api/export/{id}`.
 #[derive(Debug, ApiResponse)]
 pub enum StatusResponse {
     /// The export's progress.
@@ -128,38 +143,47 @@ pub enum StatusResponse {
     Ok(Json<ExportStatusView>),
 }
 
-/// `GET /api/export/{id}/download`.
+/// `GET /api/exports`.
 #[derive(Debug, ApiResponse)]
-pub enum DownloadResponse {
-    /// The CSV file, streamed from storage.
-    #[oai(status = 200, content_type = "text/csv; charset=utf-8")]
-    Ok(Binary<Body>, #[oai(header = "Content-Length")] u64, #[oai(header = "Content-Disposition")] String),
+pub enum ListResponse {
+    /// A page of exports, newest first.
+    #[oai(status = 200)]
+    Ok(Json<ExportList>),
 }
+
+/// Page size bounds of `GET /api/exports`.
+const DEFAULT_PAGE: u32 = 20;
 
 #[OpenApi(tag = "ApiTags::Exports")]
 impl ExportApi {
     /// Start an export
     ///
-    /// Creates the export and its queue job, and answers at once, before any row is read.
+    /// Validates the request (dataset, columns, filters, format), creates the export and its
+    /// queue job, and answers at once, before any row is read. With an `Idempotency-Key`
+    /// header, repeating the same request returns the same export; the same key with a
+    /// different request is a 422.
     #[oai(path = "/api/export", method = "post", operation_id = "createExport")]
-    async fn create(&self, body: OptionalJson<CreateExportRequest>) -> Result<CreateExportResponse, ApiError> {
-        let req = body.0.unwrap_or_else(|| CreateExportRequest {
-            dataset: default_dataset(),
-            chunk_size: None,
-            max_rows_per_second: None,
-        });
-        let ds = dataset::find(&req.dataset)
-            .ok_or_else(|| Error::BadRequest(format!("dataset: unknown dataset {:?} (known: orders)", req.dataset)))?;
-        let spec = ExportSpec {
-            chunk_size: req.chunk_size.unwrap_or(self.state.default_chunk_size),
-            max_rows_per_second: req.max_rows_per_second,
+    async fn create(
+        &self,
+        body: OptionalJson<CreateExportRequest>,
+        /// Any string up to 200 characters identifying this request, e.g. a UUID.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+    ) -> Result<CreateExportResponse, ApiError> {
+        let key = idempotency_key.0.filter(|k| !k.is_empty());
+        if key.as_ref().is_some_and(|k| k.len() > 200) {
+            return Err(Error::BadRequest("Idempotency-Key: at most 200 characters".into()).into());
+        }
+        let req = body.0.unwrap_or_else(CreateExportRequest::empty);
+        let (ds, spec) = req.into_spec(&self.state).await?;
+        let record = match export::create_export(&self.state.pool, &ds, &spec, key.as_deref()).await? {
+            Created::New(r) | Created::Existing(r) => r,
         };
-        let record = export::create_export(&self.state.pool, ds, &spec).await?;
         let status_url = self.state.url(&format!("/api/export/{}/status", record.id));
         Ok(CreateExportResponse::Accepted(
             Json(ExportCreated {
                 job_id: record.id,
-                status: StatusName::Queued,
+                status: record.status.into(),
                 status_url: status_url.clone(),
                 download_url: self.state.url(&format!("/api/export/{}/download", record.id)),
             }),
@@ -169,38 +193,67 @@ impl ExportApi {
 
     /// Export status
     ///
-    /// Progress, counts and outcome of an export.
+    /// Progress, counts, rate, estimate and outcome of an export.
     #[oai(path = "/api/export/:id/status", method = "get", operation_id = "getExportStatus")]
     async fn status(&self, id: Path<Uuid>) -> Result<StatusResponse, ApiError> {
         let record = self.find(id.0).await?;
         Ok(StatusResponse::Ok(Json(self.view(&record))))
     }
 
-    /// Download the file
+    /// Cancel or delete an export
     ///
-    /// Streams the finished CSV from storage. 409 while the export is not completed.
-    #[oai(path = "/api/export/:id/download", method = "get", operation_id = "downloadExport")]
-    async fn download(&self, id: Path<Uuid>) -> Result<DownloadResponse, ApiError> {
-        let record = self.find(id.0).await?;
-        let (ExportStatus::Completed, Some(name)) = (record.status, record.file_name.as_deref()) else {
-            return Err(Error::Conflict {
-                message: format!(
-                    "export {} is {}, not completed: there is no file to download yet",
-                    record.id,
-                    record.status.as_str()
-                ),
-                status: record.status.as_str().to_owned(),
-            }
-            .into());
-        };
-        let len = record.bytes_written as u64;
-        let file = self.state.storage.open(name).await.map_err(Error::Io)?;
-        // Exactly the checkpointed bytes, read 256 KiB at a time: memory stays flat, and the
-        // pieces are large enough for loopback speeds.
-        let body = Body::from_bytes_stream(tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024));
-        let filename = format!("{}-{}.csv", record.dataset, record.id);
-        Ok(DownloadResponse::Ok(Binary(body), len, format!("attachment; filename=\"{filename}\"")))
+    /// A queued or running export is cancelled: the runner stops at its next chunk boundary,
+    /// the partial file is deleted and the status becomes `cancelled` for good. A completed
+    /// export's file is deleted and its status becomes `expired`. A failed, cancelled or
+    /// expired export is left as it is. Answers with the export's status.
+    #[oai(path = "/api/export/:id", method = "delete", operation_id = "cancelExport")]
+    async fn cancel(&self, id: Path<Uuid>) -> Result<StatusResponse, ApiError> {
+        let record = db::exports::cancel_export(&self.state.pool, id.0).await?.ok_or(Error::NotFound(id.0))?;
+        if matches!(record.status, ExportStatus::Cancelled | ExportStatus::Expired) {
+            self.state.storage.remove_export(record.id).await;
+        }
+        Ok(StatusResponse::Ok(Json(self.view(&record))))
     }
+
+    /// List exports
+    ///
+    /// Newest first, `limit` at a time (1 to 100, default 20); pass `nextCursor` back as
+    /// `cursor` for the next page. `status` keeps only exports in that status.
+    #[oai(path = "/api/exports", method = "get", operation_id = "listExports")]
+    async fn list(
+        &self,
+        /// Only exports in this status.
+        status: Query<Option<StatusName>>,
+        /// Page size, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+        /// `nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<ListResponse, ApiError> {
+        let limit = limit.0.unwrap_or(DEFAULT_PAGE);
+        let after = match cursor.0.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                Error::BadRequest("cursor: malformed; pass nextCursor of the previous page as it is".into())
+            })?),
+        };
+        let mut rows =
+            db::exports::list_exports(&self.state.pool, status.0.map(Into::into), after, i64::from(limit) + 1).await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_cursor = if more { rows.last().map(|r| make_cursor(r.created_at, r.id)) } else { None };
+        Ok(ListResponse::Ok(Json(ExportList { items: rows.iter().map(|r| self.view(r)).collect(), next_cursor })))
+    }
+}
+
+/// The cursor after an export: its creation time (microseconds) and id.
+fn make_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}_{}", at.timestamp_micros(), id.simple())
+}
+
+fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = c.split_once('_')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
 }
 
 impl ExportApi {
@@ -209,22 +262,48 @@ impl ExportApi {
     }
 
     fn view(&self, r: &ExportRecord) -> ExportStatusView {
+        let rate = rows_per_second(r);
         ExportStatusView {
             job_id: r.id,
             status: r.status.into(),
+            dataset: r.dataset.clone(),
+            options: serde_json::to_value(&r.spec.0).unwrap_or_default(),
             rows_written: r.rows_written,
             bytes_written: r.bytes_written,
             last_processed_id: r.last_processed_id,
             upper_bound_id: r.upper_bound_id,
             total_rows: r.total_rows,
             progress: progress(r),
+            rows_per_second: rate,
+            eta_seconds: eta(r, rate),
             attempts: r.attempts,
             error: if r.status == ExportStatus::Failed { r.error.clone() } else { None },
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            expires_at: r.expires_at,
             download_url: self.state.url(&format!("/api/export/{}/download", r.id)),
         }
+    }
+}
+
+/// Rows written over the time since the export started (until it finished).
+fn rows_per_second(r: &ExportRecord) -> Option<f64> {
+    let started = r.started_at?;
+    let end = r.finished_at.unwrap_or_else(Utc::now);
+    let secs = (end - started).num_milliseconds() as f64 / 1000.0;
+    (r.rows_written > 0 && secs > 0.0).then(|| (r.rows_written as f64 / secs * 10.0).round() / 10.0)
+}
+
+/// Seconds left: 0 once completed; while running, the rows the estimate says are left at the current rate.
+fn eta(r: &ExportRecord, rate: Option<f64>) -> Option<i64> {
+    match r.status {
+        ExportStatus::Completed => Some(0),
+        ExportStatus::Running => {
+            let left = (r.total_rows? - r.rows_written).max(0) as f64;
+            rate.filter(|v| *v > 0.0).map(|v| (left / v).ceil() as i64)
+        }
+        _ => None,
     }
 }
 

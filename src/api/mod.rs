@@ -1,9 +1,12 @@
 //! The HTTP API (poem-openapi): routes, the OpenAPI spec, Swagger UI, and error rendering.
 
 pub mod body;
+pub mod datasets;
+pub mod download;
 pub mod error;
 pub mod export;
 pub mod health;
+pub mod request;
 
 use std::sync::Arc;
 
@@ -11,7 +14,7 @@ use poem::{EndpointExt, Route};
 use poem_openapi::{OpenApiService, Tags};
 use sqlx::PgPool;
 
-use crate::storage::Storage;
+use crate::{export::dataset::Datasets, storage::Storage};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -20,6 +23,10 @@ pub struct AppState {
     pub storage: Storage,
     /// Chunk size of exports that do not ask for one.
     pub default_chunk_size: u32,
+    /// How long completed files are kept (shown as `expiresAt`).
+    pub retention: std::time::Duration,
+    /// What can be exported.
+    pub datasets: Arc<Datasets>,
     /// Prefix of the links we return ("" = relative links).
     pub public_url: String,
 }
@@ -34,18 +41,25 @@ impl AppState {
 /// Operation groups in the spec.
 #[derive(Tags)]
 pub enum ApiTags {
-    /// Create exports, follow them, download their files.
+    /// Create exports, follow them, list and cancel them, download their files.
     Exports,
+    /// What can be exported.
+    Datasets,
     /// Liveness of the service and its database.
     Health,
 }
 
-type Apis = (export::ExportApi, health::HealthApi);
+type Apis = (export::ExportApi, download::DownloadApi, datasets::DatasetsApi, health::HealthApi);
 
 /// The OpenAPI service (also used to print the spec).
 pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (export::ExportApi { state: state.clone() }, health::HealthApi { state }),
+        (
+            export::ExportApi { state: state.clone() },
+            download::DownloadApi { state: state.clone() },
+            datasets::DatasetsApi { state: state.clone() },
+            health::HealthApi { state },
+        ),
         "exportd",
         env!("CARGO_PKG_VERSION"),
     )

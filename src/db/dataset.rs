@@ -1,62 +1,174 @@
-//! SQL over an exportable dataset: the keyset chunk query, the high-water mark, the COPY reference.
+//! SQL over an exportable dataset: the keyset chunk query with its filters, the COPY options
+//! of the CSV dialect, the high-water mark, estimates and the COPY reference.
 //!
-//! Identifiers come from the dataset definition (never from a request) and are quoted;
-//! values are always bound parameters.
+//! Identifiers come from the validated dataset definition (never from a request) and are
+//! quoted. Filter values never enter SQL text: `COPY` cannot take bound parameters, so each
+//! run binds them once with `set_config('exportd.pN', $1)` on its connection, and the chunk
+//! query reads them back with `current_setting('exportd.pN')::type`, a stable expression the
+//! planner uses as an index condition. Only integers we computed (key bounds, limits) and the
+//! dialect's validated characters are written into the text.
 
-use crate::export::dataset::Dataset;
+use crate::export::{
+    dataset::Dataset,
+    spec::{ExportSpec, Filter, FilterOp, OutputColumn},
+};
 
 /// Double-quotes an SQL identifier.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Where the key is in each row a chunk query returns: one of the exported columns, or an
+/// Single-quotes an SQL string literal (for COPY options only, whose values are validated).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Where the key is in each row a chunk query returns: one of the output columns, or an
 /// extra last column (to be cut off) when the key is not exported.
-pub fn key_position(ds: &Dataset) -> (usize, bool) {
-    match ds.columns.iter().position(|c| c.name == ds.key) {
+pub fn key_position(ds: &Dataset, columns: &[OutputColumn]) -> (usize, bool) {
+    match columns.iter().position(|c| c.name == ds.key) {
         Some(i) => (i, false),
-        None => (ds.columns.len(), true),
+        None => (columns.len(), true),
     }
 }
 
-/// The keyset chunk query: rows with `after < key <= upper` (no lower bound for the first
-/// chunk), in key order, at most `limit`. Always a range scan of the key index; the key is
-/// qualified in `ORDER BY` (an output column of the same name must not be what sorts).
-/// The bounds are integers we computed, never request data.
-pub fn chunk_select(ds: &Dataset, after: Option<i64>, upper: i64, limit: i64) -> String {
-    let key = format!("t.{}", ident(ds.key));
-    let mut cols: Vec<String> = ds.columns.iter().map(|c| format!("t.{}", ident(c.name))).collect();
-    if key_position(ds).1 {
+/// The filter predicates, each value written by `param(n)` (n counts values from 1).
+fn predicates(ds: &Dataset, filters: &[Filter], param: impl Fn(usize) -> String) -> Vec<String> {
+    let mut n = 0;
+    let mut next = |ty: &str| {
+        n += 1;
+        format!("{}::{ty}", param(n))
+    };
+    filters
+        .iter()
+        .map(|f| {
+            let col = format!("t.{}", ident(&f.column));
+            let ty = ds.column(&f.column).map(|c| c.sql_type.as_str()).unwrap_or("text");
+            match f.op {
+                FilterOp::IsNull => format!("{col} is null"),
+                FilterOp::IsNotNull => format!("{col} is not null"),
+                FilterOp::In => {
+                    let values: Vec<String> = f.values.iter().map(|_| next(ty)).collect();
+                    format!("{col} in ({})", values.join(", "))
+                }
+                op => {
+                    let sym = match op {
+                        FilterOp::Eq => "=",
+                        FilterOp::Gt => ">",
+                        FilterOp::Gte => ">=",
+                        FilterOp::Lt => "<",
+                        _ => "<=",
+                    };
+                    format!("{col} {sym} {}", next(ty))
+                }
+            }
+        })
+        .collect()
+}
+
+/// The filter values in parameter order.
+pub fn filter_values(spec: &ExportSpec) -> Vec<&str> {
+    spec.filters.iter().flat_map(|f| f.values.iter().map(String::as_str)).collect()
+}
+
+/// A run's session set-up: time zone and filter values, bound as parameters (`$1` the time
+/// zone, then the values), so the chunk queries can read them with `current_setting`.
+pub fn session_setup(spec: &ExportSpec) -> String {
+    let mut sets = vec!["set_config('TimeZone', $1, false)".to_owned()];
+    for n in 1..=filter_values(spec).len() {
+        sets.push(format!("set_config('exportd.p{n}', ${}, false)", n + 1));
+    }
+    format!("select {}", sets.join(", "))
+}
+
+fn setting_param(n: usize) -> String {
+    format!("current_setting('exportd.p{n}')")
+}
+
+/// The keyset chunk query: filtered rows with `after < key <= upper` (no lower bound for the
+/// first chunk), in key order, at most `limit`. The key is qualified in `ORDER BY` (an output
+/// column of the same name must not be what sorts).
+pub fn chunk_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64) -> String {
+    let key = format!("t.{}", ident(&ds.key));
+    let columns = spec.output_columns(ds);
+    let mut cols: Vec<String> =
+        columns.iter().map(|c| format!("t.{} as {}", ident(&c.name), ident(&c.header))).collect();
+    if key_position(ds, &columns).1 {
         cols.push(key.clone());
     }
-    let lower = after.map(|a| format!("{key} > {a} and ")).unwrap_or_default();
+    let mut conds = predicates(ds, &spec.filters, setting_param);
+    if let Some(a) = after {
+        conds.push(format!("{key} > {a}"));
+    }
+    conds.push(format!("{key} <= {upper}"));
     format!(
-        "select {cols} from {table} as t where {lower}{key} <= {upper} order by {key} limit {limit}",
+        "select {cols} from {table} as t where {conds} order by {key} limit {limit}",
         cols = cols.join(", "),
-        table = ident(ds.table),
+        table = ds.table_sql,
+        conds = conds.join(" and "),
     )
+}
+
+/// `COPY`'s options for the export's dialect (delimiter, NULL text, quoting, header). CRLF,
+/// the byte order mark and the formula guard are not COPY's business: the engine adds them.
+pub fn copy_options(spec: &ExportSpec, header: bool) -> String {
+    let f = &spec.format;
+    let mut opts = format!("format csv, header {header}");
+    if f.delimiter != ',' {
+        opts += &format!(
+            ", delimiter {}",
+            if f.delimiter == '\t' { "E'\\t'".to_owned() } else { literal(&f.delimiter.to_string()) }
+        );
+    }
+    if !f.null.is_empty() {
+        opts += &format!(", null {}", literal(&f.null));
+    }
+    if f.quote_all {
+        opts += ", force_quote *";
+    }
+    opts
 }
 
 /// The chunk as PostgreSQL's own CSV (`COPY ... TO STDOUT`): the server formats every value
 /// and applies the CSV quoting, so the bytes are COPY's by construction. With `header`, the
 /// first CopyData message is the header line. The server sends one CopyData message per row.
-pub fn chunk_copy(ds: &Dataset, after: Option<i64>, upper: i64, limit: i64, header: bool) -> String {
-    format!("copy ({}) to stdout with (format csv, header {header})", chunk_select(ds, after, upper, limit))
+pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64, header: bool) -> String {
+    format!("copy ({}) to stdout with ({})", chunk_select(ds, spec, after, upper, limit), copy_options(spec, header))
 }
 
 /// The largest key now: the high-water mark an export created now will stop at.
 pub fn max_key_query(ds: &Dataset) -> String {
-    format!("select max({}) from {}", ident(ds.key), ident(ds.table))
+    format!("select max({}) from {}", ident(&ds.key), ds.table_sql)
 }
 
-/// `COPY` of the same rows, the reference an export must equal byte for byte (tests, bench).
+/// The planner's estimate of the rows a filtered export covers (`EXPLAIN`, no count), with
+/// the filter values bound as `$1..` and the upper bound as the last parameter.
+pub fn estimate_filtered_query(ds: &Dataset, spec: &ExportSpec) -> String {
+    let n = filter_values(spec).len();
+    let mut conds = predicates(ds, &spec.filters, |i| format!("${i}::text"));
+    conds.push(format!("t.{} <= ${}", ident(&ds.key), n + 1));
+    format!("explain (format json) select 1 from {} as t where {}", ds.table_sql, conds.join(" and "))
+}
+
+/// Checks that a filter value reads as the column's type (the error is PostgreSQL's own).
+pub fn value_check_query(sql_type: &str) -> String {
+    format!("select ($1::text::{sql_type}) is null")
+}
+
+/// Checks that a time zone name is known.
+pub fn time_zone_check_query() -> &'static str {
+    "select now() at time zone $1 is null"
+}
+
+/// `COPY` of every row of an unfiltered export of all columns, the reference an export must
+/// equal byte for byte (tests, bench).
 pub fn copy_reference_query(ds: &Dataset) -> String {
-    let cols: Vec<String> = ds.columns.iter().map(|c| ident(c.name)).collect();
+    let cols: Vec<String> = ds.columns.iter().map(|c| ident(&c.name)).collect();
     format!(
         "copy (select {} from {} order by {}) to stdout with (format csv, header true)",
         cols.join(", "),
-        ident(ds.table),
-        ident(ds.key)
+        ds.table_sql,
+        ident(&ds.key)
     )
 }
 

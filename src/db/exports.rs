@@ -5,6 +5,8 @@
 //! statement, so a runner that lost ownership (paused, partitioned, presumed dead) changes
 //! nothing: its update matches no row and it stops.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
@@ -38,6 +40,7 @@ pub struct ExportRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// One run (attempt) of an export, from `export_runs`.
@@ -62,6 +65,7 @@ pub struct NewExport<'a> {
     pub upper_bound_id: Option<i64>,
     pub total_rows: Option<i64>,
     pub job_id: &'a str,
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// Where a run has got to: everything up to `last_id` is in `file_name`, `bytes` long.
@@ -91,35 +95,153 @@ macro_rules! columns {
     () => {
         "id, dataset, spec, status, upper_bound_id, owner, last_processed_id, rows_written, \
          bytes_written, file_name, total_rows, attempts, stalled_attempts, last_error, error, \
-         job_id, created_at, started_at, finished_at"
+         job_id, created_at, started_at, finished_at, expires_at"
     };
 }
 
-/// The high-water mark (largest key now) and the planner's row estimate of a dataset.
-pub async fn dataset_bounds(conn: &mut PgConnection, ds: &Dataset) -> Result<(Option<i64>, Option<i64>)> {
+/// The high-water mark (largest key now) and an estimate of the rows to export: the
+/// planner's row count of the table, or of the filtered query up to the mark (`EXPLAIN`, no count).
+pub async fn dataset_bounds(
+    conn: &mut PgConnection,
+    ds: &Dataset,
+    spec: &ExportSpec,
+) -> Result<(Option<i64>, Option<i64>)> {
     let upper: Option<i64> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::max_key_query(ds))).fetch_one(&mut *conn).await?;
-    let estimate: Option<i64> =
-        sqlx::query_scalar(dataset::estimate_rows_query()).bind(ds.table).fetch_optional(&mut *conn).await?.flatten();
-    Ok((upper, estimate))
+    if spec.filters.is_empty() {
+        let estimate: Option<i64> = sqlx::query_scalar(dataset::estimate_rows_query())
+            .bind(&ds.table_sql)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+        return Ok((upper, estimate));
+    }
+    let Some(upper_id) = upper else { return Ok((None, Some(0))) };
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::estimate_filtered_query(ds, spec)));
+    for value in dataset::filter_values(spec) {
+        query = query.bind(value);
+    }
+    let plan: Json<serde_json::Value> = query.bind(upper_id).fetch_one(&mut *conn).await?;
+    let rows = plan.0[0]["Plan"]["Plan Rows"].as_f64().map(|r| r as i64);
+    Ok((upper, rows))
 }
 
-/// Inserts a new export in the `queued` state (call inside the transaction that enqueues its job).
-pub async fn insert_export(conn: &mut PgConnection, new: &NewExport<'_>) -> Result<ExportRecord> {
+/// Checks that `value` reads as `sql_type`; the error is PostgreSQL's message.
+pub async fn check_value(pool: &PgPool, sql_type: &str, value: &str) -> Result<Result<(), String>> {
+    let checked =
+        sqlx::query(sqlx::AssertSqlSafe(dataset::value_check_query(sql_type))).bind(value).execute(pool).await;
+    match checked {
+        Ok(_) => Ok(Ok(())),
+        Err(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c.starts_with("22")) => {
+            Ok(Err(db.message().to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Checks that a time zone name is known; the error is PostgreSQL's message.
+pub async fn check_time_zone(pool: &PgPool, name: &str) -> Result<Result<(), String>> {
+    match sqlx::query(dataset::time_zone_check_query()).bind(name).execute(pool).await {
+        Ok(_) => Ok(Ok(())),
+        Err(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c.starts_with("22")) => {
+            Ok(Err(db.message().to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Inserts a new export in the `queued` state (call inside the transaction that enqueues its
+/// job). None when its idempotency key is taken.
+pub async fn insert_export(conn: &mut PgConnection, new: &NewExport<'_>) -> Result<Option<ExportRecord>> {
     let row = sqlx::query_as(concat!(
-        "insert into exports (id, dataset, spec, upper_bound_id, total_rows, job_id) \
-         values ($1, $2, $3, $4, $5, $6) returning ",
+        "insert into exports (id, dataset, spec, upper_bound_id, total_rows, job_id, idempotency_key) \
+         values ($1, $2, $3, $4, $5, $6, $7) \
+         on conflict (idempotency_key) where idempotency_key is not null do nothing returning ",
         columns!()
     ))
     .bind(new.id)
-    .bind(new.dataset.name)
+    .bind(&new.dataset.name)
     .bind(Json(new.spec))
     .bind(new.upper_bound_id)
     .bind(new.total_rows)
     .bind(new.job_id)
-    .fetch_one(conn)
+    .bind(new.idempotency_key)
+    .fetch_optional(conn)
     .await?;
     Ok(row)
+}
+
+/// The export created with this idempotency key, if any.
+pub async fn find_by_idempotency_key(pool: &PgPool, key: &str) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(concat!("select ", columns!(), " from exports where idempotency_key = $1"))
+        .bind(key)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Exports newest first, after the cursor `(created_at, id)` (exclusive), optionally of one status.
+pub async fn list_exports(
+    pool: &PgPool,
+    status: Option<ExportStatus>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ExportRecord>> {
+    // No cursor: start above every possible row.
+    let far_future =
+        chrono::NaiveDate::from_ymd_opt(9999, 12, 31).expect("valid date").and_time(chrono::NaiveTime::MIN);
+    let (at, id) = after.unwrap_or((far_future.and_utc(), Uuid::max()));
+    let query = match status {
+        Some(_) => concat!(
+            "select ",
+            columns!(),
+            " from exports where status = $4 and (created_at, id) < ($1, $2) \
+             order by created_at desc, id desc limit $3"
+        ),
+        None => concat!(
+            "select ",
+            columns!(),
+            " from exports where (created_at, id) < ($1, $2) \
+             order by created_at desc, id desc limit $3"
+        ),
+    };
+    let mut q = sqlx::query_as(query).bind(at).bind(id).bind(limit);
+    if let Some(s) = status {
+        q = q.bind(s.as_str());
+    }
+    Ok(q.fetch_all(pool).await?)
+}
+
+/// Cancels an unfinished export (`cancelled`) or deletes a completed one's file (`expired`);
+/// a failed, cancelled or expired export is left as it is. Ownership is dropped, so a run still
+/// working on it fails its next fenced checkpoint and stops. Returns the export as it now is.
+pub async fn cancel_export(pool: &PgPool, id: Uuid) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(concat!(
+        "update exports set \
+           status = case when status in ('queued', 'running') then 'cancelled' \
+                         when status = 'completed' then 'expired' else status end, \
+           owner = case when status in ('queued', 'running', 'completed') then null else owner end, \
+           finished_at = coalesce(finished_at, now()), \
+           expires_at = case when status = 'completed' then now() else expires_at end \
+         where id = $1 returning ",
+        columns!()
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Marks completed exports whose retention ran out as `expired` (at most `limit`) and returns
+/// their ids, so their files can be deleted.
+pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "update exports set status = 'expired' where id in ( \
+           select id from exports where status = 'completed' and expires_at <= now() \
+           order by expires_at limit $1 for update skip locked) \
+         returning id",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Reads one export.
@@ -231,13 +353,20 @@ pub async fn save_checkpoint(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoi
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks the export completed with its final checkpoint, fenced by the run's token.
-pub async fn complete_export(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
+/// Marks the export completed with its final checkpoint, fenced by the run's token; its file
+/// is kept for `retention`.
+pub async fn complete_export(
+    pool: &PgPool,
+    id: Uuid,
+    token: Uuid,
+    cp: &Checkpoint,
+    retention: Duration,
+) -> Result<bool> {
     let mut tx = pool.begin().await?;
     let done = sqlx::query(
         "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
          bytes_written = $5, file_name = $6, owner = null, stalled_attempts = 0, \
-         finished_at = now(), error = null \
+         finished_at = now(), error = null, expires_at = now() + make_interval(secs => $7) \
          where id = $1 and owner = $2 and status = 'running'",
     )
     .bind(id)
@@ -246,6 +375,7 @@ pub async fn complete_export(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoi
     .bind(cp.rows)
     .bind(cp.bytes)
     .bind(&cp.file_name)
+    .bind(retention.as_secs_f64())
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() != 1 {

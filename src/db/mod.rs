@@ -1,5 +1,6 @@
 //! The database: connection pool, migrations, and (in submodules) every SQL statement exportd runs.
 
+pub mod catalog;
 pub mod dataset;
 pub mod exports;
 pub mod queue;

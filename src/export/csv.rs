@@ -1,7 +1,8 @@
-//! Reading one field back out of a CSV row (the key of a chunk's last row, to checkpoint it).
+//! Rows as COPY wrote them: reading the key back out (to checkpoint it), and the few changes
+//! COPY cannot make itself (CRLF line endings, the formula guard, cutting off an extra key).
 //!
-//! The bytes of an export are PostgreSQL's own `COPY ... (FORMAT csv)` output; this module
-//! only needs to find a field in one row, honouring quotes (doubled inside quoted fields).
+//! The bytes of an export are PostgreSQL's own `COPY ... (FORMAT csv)` output, one row per
+//! CopyData message, always ending in LF; quotes are doubled inside quoted fields.
 
 use std::borrow::Cow;
 
@@ -44,9 +45,98 @@ fn unquote(raw: &[u8], quote: u8) -> Cow<'_, [u8]> {
 }
 
 /// The key (an integer) in the `index`-th field of a row.
-pub fn key(row: &[u8], index: usize) -> Option<i64> {
-    let f = field(row, index, b',', b'"')?;
+pub fn key(row: &[u8], index: usize, delimiter: u8) -> Option<i64> {
+    let f = field(row, index, delimiter, b'"')?;
     std::str::from_utf8(&f).ok()?.trim().parse().ok()
+}
+
+/// First characters that make a spreadsheet read a cell as a formula (OWASP).
+const FORMULA_TRIGGERS: &[u8] = b"=+-@\t\r";
+
+/// Turns a row as COPY wrote it into the row of the file.
+#[derive(Debug, Clone)]
+pub struct RowShaper {
+    delimiter: u8,
+    /// Cut off the last field (the key, appended when it is not exported).
+    cut_key: bool,
+    crlf: bool,
+    /// Per output column: whether the formula guard applies (None = guard off).
+    guard: Option<Vec<bool>>,
+    /// How NULL is written: an unquoted field equal to it is a NULL, never guarded.
+    null: Vec<u8>,
+}
+
+impl RowShaper {
+    pub fn new(delimiter: u8, cut_key: bool, crlf: bool, guard: Option<Vec<bool>>, null: &str) -> Self {
+        Self { delimiter, cut_key, crlf, guard, null: null.as_bytes().to_vec() }
+    }
+
+    /// Whether rows go to the file exactly as COPY wrote them.
+    pub fn is_identity(&self) -> bool {
+        !self.cut_key && !self.crlf && self.guard.is_none()
+    }
+
+    /// Appends the shaped `row` (one CopyData message) to `out`. In the header row every cell
+    /// is guarded; in data rows the columns marked so.
+    pub fn shape(&self, row: &[u8], header: bool, out: &mut Vec<u8>) {
+        let mut body = row.strip_suffix(b"\n").unwrap_or(row);
+        if self.cut_key && !header {
+            body = &body[..body.iter().rposition(|b| *b == self.delimiter).unwrap_or(body.len())];
+        }
+        match &self.guard {
+            None => out.extend_from_slice(body),
+            Some(columns) => self.guard_row(body, |i| header || columns.get(i).copied().unwrap_or(false), out),
+        }
+        out.extend_from_slice(if self.crlf { b"\r\n" } else { b"\n" });
+    }
+
+    /// Copies `body`, putting a `'` before the content of each guarded cell that starts with a
+    /// trigger, inside its quotes if it has them: the result is what COPY would write for
+    /// `'` followed by the value, so the cell reads as text and keeps its value visible.
+    fn guard_row(&self, body: &[u8], guarded: impl Fn(usize) -> bool, out: &mut Vec<u8>) {
+        let (mut index, mut in_quotes, mut field_start) = (0usize, false, true);
+        for (i, &b) in body.iter().enumerate() {
+            if field_start {
+                field_start = false;
+                if guarded(index) {
+                    match self.guard_at(&body[i..]) {
+                        Some(Guard::Before) => out.push(b'\''),
+                        Some(Guard::AfterQuote) => {
+                            out.extend_from_slice(b"\"'");
+                            in_quotes = true;
+                            continue;
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if b == b'"' {
+                in_quotes = !in_quotes;
+            } else if b == self.delimiter && !in_quotes {
+                index += 1;
+                field_start = true;
+            }
+            out.push(b);
+        }
+    }
+
+    /// Whether the cell that starts `rest` needs the guard's `'`, and where.
+    fn guard_at(&self, rest: &[u8]) -> Option<Guard> {
+        match rest.first()? {
+            b'"' => rest.get(1).is_some_and(|c| FORMULA_TRIGGERS.contains(c)).then_some(Guard::AfterQuote),
+            c if FORMULA_TRIGGERS.contains(c) => {
+                let end = rest.iter().position(|b| *b == self.delimiter).unwrap_or(rest.len());
+                // An unquoted cell equal to the NULL text is a NULL, not text.
+                (rest[..end] != self.null[..]).then_some(Guard::Before)
+            }
+            _ => None,
+        }
+    }
+}
+
+enum Guard {
+    Before,
+    AfterQuote,
 }
 
 #[cfg(test)]
@@ -72,9 +162,26 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(key(b"9000009,x\n", 0), Some(9_000_009));
-        assert_eq!(key(b"\"a,\"\"b\",-7\n", 1), Some(-7));
-        assert_eq!(key(b"\"17\"\n", 0), Some(17));
-        assert_eq!(key(b"x,y\n", 0), None);
+        assert_eq!(key(b"9000009,x\n", 0, b','), Some(9_000_009));
+        assert_eq!(key(b"\"a,\"\"b\",-7\n", 1, b','), Some(-7));
+        assert_eq!(key(b"\"17\"\n", 0, b','), Some(17));
+        assert_eq!(key(b"x,y\n", 0, b','), None);
+        assert_eq!(key(b"x;\"3\"\n", 1, b';'), Some(3));
+    }
+
+    fn shaped(shaper: &RowShaper, row: &str, header: bool) -> String {
+        let mut out = Vec::new();
+        shaper.shape(row.as_bytes(), header, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn formula_guard_quoted_unquoted_null_and_crlf() {
+        let s = RowShaper::new(b',', false, true, Some(vec![true, true, false, true, true]), "-");
+        assert_eq!(shaped(&s, "=1+2,\"-a,b\",-5,-,\"-\"\n", false), "'=1+2,\"'-a,b\",-5,-,\"'-\"\r\n");
+        assert_eq!(shaped(&s, "@x,\"\"\"q\",+1,,\n", false), "'@x,\"\"\"q\",+1,,\r\n");
+        assert_eq!(shaped(&s, "a,=b,c\n", true), "a,'=b,c\r\n");
+        let cut = RowShaper::new(b'\t', true, false, None, "");
+        assert_eq!(shaped(&cut, "a\t\"b\tc\"\t42\n", false), "a\t\"b\tc\"\n");
     }
 }

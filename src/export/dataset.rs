@@ -1,49 +1,213 @@
-//! What can be exported: a table, its key column and its columns, and the chunk query built from them.
+//! What can be exported: the datasets of the config file, checked against the database catalog.
 
-/// One exportable column.
-#[derive(Debug, Clone)]
-pub struct Column {
-    /// Column name in the table, also the CSV header.
-    pub name: &'static str,
-    /// SQL type, as shown to users.
-    pub sql_type: &'static str,
+use std::{path::Path, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use sqlx::PgPool;
+
+use crate::db::catalog;
+
+/// The config shipped in the repo (`config/datasets.toml`), used when no file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/datasets.toml");
+
+/// The config file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    default: Option<String>,
+    #[serde(rename = "dataset", default)]
+    datasets: Vec<DatasetConfig>,
 }
 
-/// An exportable table. Exports walk it by `key` (unique, indexed, integer) in chunks.
+/// One `[[dataset]]` of the config file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetConfig {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    table: String,
+    key: String,
+    columns: Vec<String>,
+    #[serde(default)]
+    filterable: Vec<String>,
+}
+
+/// One exportable column, with its type as the catalog states it.
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// Column name in the table, also the default CSV header.
+    pub name: String,
+    /// SQL type (`format_type`), e.g. `numeric(12,2)`: shown to users, and what filter values are cast to.
+    pub sql_type: String,
+    /// Whether the column may be filtered on.
+    pub filterable: bool,
+    /// Whether its values are text a spreadsheet could read as a formula (everything but
+    /// numbers, dates, times, intervals and booleans): the formula guard applies to these.
+    pub textual: bool,
+}
+
+/// An exportable table or view. Exports walk it by `key` (unique, indexed, integer) in chunks.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     /// Name used in the API.
-    pub name: &'static str,
-    /// Table (or view) read.
-    pub table: &'static str,
-    /// Keyset column: unique, indexed, `bigint`.
-    pub key: &'static str,
-    /// Exported columns, in file order.
-    pub columns: &'static [Column],
+    pub name: String,
+    pub description: Option<String>,
+    /// The relation as configured (e.g. `orders`), shown to users.
+    pub table: String,
+    /// The relation as SQL, quoted by the catalog (`oid::regclass`).
+    pub table_sql: String,
+    /// Keyset column: unique, indexed, integer.
+    pub key: String,
+    /// Exportable columns, in the default file order.
+    pub columns: Vec<Column>,
 }
 
-/// The demo dataset (`exportd seed` creates it) and, for now, the only one.
-pub const ORDERS: Dataset = Dataset {
-    name: "orders",
-    table: "orders",
-    key: "id",
-    columns: &[
-        Column { name: "id", sql_type: "bigint" },
-        Column { name: "created_at", sql_type: "timestamptz" },
-        Column { name: "updated_at", sql_type: "timestamptz" },
-        Column { name: "customer_name", sql_type: "text" },
-        Column { name: "customer_email", sql_type: "text" },
-        Column { name: "country", sql_type: "char(2)" },
-        Column { name: "status", sql_type: "text" },
-        Column { name: "amount", sql_type: "numeric(12,2)" },
-        Column { name: "currency", sql_type: "char(3)" },
-        Column { name: "quantity", sql_type: "int" },
-        Column { name: "note", sql_type: "text" },
-        Column { name: "metadata", sql_type: "jsonb" },
-    ],
-};
+impl Dataset {
+    /// An exportable column by name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
 
-/// Looks a dataset up by its API name.
-pub fn find(name: &str) -> Option<&'static Dataset> {
-    [&ORDERS].into_iter().find(|d| d.name == name)
+    /// Column names, for error messages.
+    pub fn column_names(&self) -> String {
+        self.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Every dataset of the process, validated.
+#[derive(Debug, Clone)]
+pub struct Datasets {
+    list: Vec<Arc<Dataset>>,
+    default: String,
+}
+
+impl Datasets {
+    /// A dataset by its API name.
+    pub fn find(&self, name: &str) -> Option<&Arc<Dataset>> {
+        self.list.iter().find(|d| d.name == name)
+    }
+
+    /// All datasets, in config order.
+    pub fn all(&self) -> &[Arc<Dataset>] {
+        &self.list
+    }
+
+    /// The dataset of requests that name none.
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    /// Names, for error messages.
+    pub fn names(&self) -> String {
+        self.list.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// No dataset at all (printing the OpenAPI spec needs no database).
+    pub fn none() -> Self {
+        Self { list: Vec::new(), default: String::new() }
+    }
+
+    /// Reads the config (`path`, or the built-in default) and checks every dataset against
+    /// the database catalog. Errors name the file, the dataset and the problem.
+    pub async fn load(pool: &PgPool, path: Option<&Path>) -> anyhow::Result<Self> {
+        let (text, source) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).with_context(|| format!("reading datasets file {}", p.display()))?,
+                p.display().to_string(),
+            ),
+            None => (DEFAULT_CONFIG.to_owned(), "built-in config/datasets.toml".to_owned()),
+        };
+        let file: ConfigFile = toml::from_str(&text).with_context(|| format!("parsing datasets file {source}"))?;
+        let mut list: Vec<Arc<Dataset>> = Vec::new();
+        for config in &file.datasets {
+            if list.iter().any(|d| d.name == config.name) {
+                bail!("{source}: dataset {:?} is declared twice", config.name);
+            }
+            let ds = check(pool, config).await.with_context(|| format!("{source}: dataset {:?}", config.name))?;
+            list.push(Arc::new(ds));
+        }
+        let Some(first) = list.first() else { bail!("{source}: no [[dataset]] declared") };
+        let default = file.default.unwrap_or_else(|| first.name.clone());
+        if !list.iter().any(|d| d.name == default) {
+            bail!("{source}: default dataset {default:?} is not declared");
+        }
+        Ok(Self { list, default })
+    }
+}
+
+/// The exportable columns of a dataset of the built-in config, read without the database
+/// (the bench's `psql \copy` reference).
+pub fn default_config_columns(name: &str) -> Option<Vec<String>> {
+    let file: ConfigFile = toml::from_str(DEFAULT_CONFIG).ok()?;
+    file.datasets.into_iter().find(|d| d.name == name).map(|d| d.columns)
+}
+
+/// Checks one dataset against the catalog and resolves its column types.
+async fn check(pool: &PgPool, config: &DatasetConfig) -> anyhow::Result<Dataset> {
+    if config.name.is_empty() || !config.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        bail!("name must be letters, digits, '_', '-' or '.'");
+    }
+    if config.columns.is_empty() {
+        bail!("no exportable columns");
+    }
+    let Some(rel) = catalog::relation(pool, &config.table).await? else {
+        bail!("table or view {:?} does not exist (for the demo dataset, run `exportd seed`)", config.table);
+    };
+    let found = catalog::columns(pool, rel.oid).await?;
+    let find = |name: &str| found.iter().find(|c| c.name == name);
+    for (i, name) in config.columns.iter().enumerate() {
+        if config.columns[..i].contains(name) {
+            bail!("column {name:?} is listed twice");
+        }
+    }
+    let key =
+        find(&config.key).with_context(|| format!("key column {:?} does not exist in {}", config.key, rel.sql_name))?;
+    if !["smallint", "integer", "bigint"].contains(&key.sql_type.as_str()) {
+        bail!(
+            "key column {:?} is {}; the key must be an integer (smallint, integer or bigint)",
+            config.key,
+            key.sql_type
+        );
+    }
+    if rel.has_indexes {
+        if !catalog::has_unique_index(pool, rel.oid, key.attnum).await? {
+            bail!(
+                "key column {:?} has no unique index of its own: keyset chunks need a unique, indexed key",
+                config.key
+            );
+        }
+    } else {
+        tracing::warn!(dataset = %config.name, relation = %rel.sql_name, "a view: key uniqueness and indexes cannot be checked");
+    }
+    let mut columns = Vec::new();
+    for name in &config.columns {
+        let c = find(name).with_context(|| format!("column {name:?} does not exist in {}", rel.sql_name))?;
+        columns.push(Column {
+            name: name.clone(),
+            sql_type: c.sql_type.clone(),
+            filterable: config.filterable.contains(name),
+            textual: !matches!(c.category.as_str(), "N" | "D" | "B" | "T"),
+        });
+    }
+    for name in &config.filterable {
+        let c = find(name).with_context(|| format!("filterable column {name:?} does not exist in {}", rel.sql_name))?;
+        if !config.columns.contains(name) {
+            bail!("filterable column {name:?} is not in columns (only exportable columns can be filtered on)");
+        }
+        if rel.has_indexes && !catalog::has_leading_index(pool, rel.oid, c.attnum).await? {
+            bail!(
+                "filterable column {name:?} has no index that starts with it: a filter on it would read the whole table per chunk"
+            );
+        }
+    }
+    Ok(Dataset {
+        name: config.name.clone(),
+        description: config.description.clone(),
+        table: config.table.clone(),
+        table_sql: rel.sql_name,
+        key: config.key.clone(),
+        columns,
+    })
 }

@@ -8,6 +8,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use std::io::Write as _;
+
 use futures::TryStreamExt;
 use sqlx::PgPool;
 use tokio::{io::AsyncWriteExt, sync::mpsc, time::Instant};
@@ -18,7 +20,12 @@ use crate::{
         self,
         exports::{Checkpoint, Claim, ExportRecord},
     },
-    export::{csv, dataset},
+    export::{
+        ExportStatus,
+        csv::{self, RowShaper},
+        dataset::{Dataset, Datasets},
+        spec::{Compression, LineEnding},
+    },
     shutdown::Shutdown,
     storage::{PrepareError, Storage},
 };
@@ -39,6 +46,8 @@ pub struct EngineSettings {
     pub max_stalled_attempts: u32,
     /// First wait before retrying a failed run; doubles per stalled run.
     pub retry_backoff: Duration,
+    /// How long a completed export's file is kept.
+    pub retention: Duration,
 }
 
 /// Test-only fault points: simulate the process dying at a precise instant of a run. A
@@ -86,6 +95,7 @@ pub struct Engine {
     shutdown: Shutdown,
     faults: Arc<Faults>,
     buffers: BufferPool,
+    datasets: Arc<Datasets>,
 }
 
 /// Write buffers shared by every run of the process: a piece goes from the producer to the
@@ -122,8 +132,14 @@ enum Produced {
 }
 
 impl Engine {
-    pub fn new(pool: PgPool, storage: Storage, settings: EngineSettings, shutdown: Shutdown) -> Self {
-        Self { pool, storage, settings, shutdown, faults: Arc::default(), buffers: BufferPool::default() }
+    pub fn new(
+        pool: PgPool,
+        storage: Storage,
+        datasets: Arc<Datasets>,
+        settings: EngineSettings,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self { pool, storage, settings, shutdown, faults: Arc::default(), buffers: BufferPool::default(), datasets }
     }
 
     /// The same engine with fault points armed (tests).
@@ -176,8 +192,16 @@ impl Engine {
                 }
                 Ok(RunEnd::Crashed) => return Outcome::Crashed,
                 Ok(RunEnd::Lost) => {
-                    tracing::warn!(%export_id, %token, "export lost: another run took it over (or it was deleted); this run stopped");
                     let _ = db::exports::mark_run_lost(&self.pool, token).await;
+                    let now = db::exports::find_export(&self.pool, export_id).await;
+                    if let Ok(Some(e)) = &now
+                        && matches!(e.status, ExportStatus::Cancelled | ExportStatus::Expired)
+                    {
+                        tracing::info!(%export_id, %token, "export cancelled; this run stopped and its files are removed");
+                        self.storage.remove_export(export_id).await;
+                    } else {
+                        tracing::warn!(%export_id, %token, "export lost: another run took it over (or it was deleted); this run stopped");
+                    }
                     return Outcome::Lost;
                 }
                 Ok(RunEnd::Stopped) => {
@@ -220,15 +244,18 @@ impl Engine {
 
     /// One run of an export this run owns (`token`), from its checkpoint to the end.
     pub async fn run(&self, export: &ExportRecord, token: Uuid, adopt: bool) -> anyhow::Result<RunEnd> {
-        dataset::find(&export.dataset).ok_or_else(|| anyhow::anyhow!("unknown dataset {:?}", export.dataset))?;
+        let ds = self.dataset(export)?;
+        let extension = export.spec.0.compression.extension();
         let mut cp = Checkpoint {
             last_id: export.last_processed_id,
             rows: export.rows_written,
             bytes: export.bytes_written,
             file_name: export.file_name.clone().unwrap_or_default(),
         };
-        let prepared =
-            self.storage.prepare_run(export.id, token, export.file_name.as_deref(), cp.bytes as u64, adopt).await;
+        let prepared = self
+            .storage
+            .prepare_run(export.id, token, export.file_name.as_deref(), cp.bytes as u64, adopt, extension)
+            .await;
         let run_file = match prepared {
             Ok(f) => f,
             Err(PrepareError::CheckpointLost { name, bytes }) => {
@@ -237,7 +264,7 @@ impl Engine {
                     return Ok(RunEnd::Lost);
                 }
                 cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new() };
-                self.storage.prepare_run(export.id, token, None, 0, false).await?
+                self.storage.prepare_run(export.id, token, None, 0, false, extension).await?
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
@@ -247,10 +274,10 @@ impl Engine {
         // The producer runs as its own task, so reading from PostgreSQL never waits for the
         // writer's turn on this one; it is aborted (closing its connection) if the writer stops.
         let producer = tokio::spawn({
-            let (engine, export, last, header) = (self.clone(), export.clone(), cp.last_id, cp.bytes == 0);
-            async move { engine.produce(&export, last, header, tx).await }
+            let (engine, export, last, fresh) = (self.clone(), export.clone(), cp.last_id, cp.bytes == 0);
+            async move { engine.produce(&ds, &export, last, fresh, tx).await }
         });
-        let written = self.write(run_file.file, rx, cp, export.id, token).await;
+        let written = self.write(run_file.file, rx, cp, export, token).await;
         let cp = match written {
             Ok((cp, None)) => cp,
             Ok((_, Some(end))) => {
@@ -266,7 +293,7 @@ impl Engine {
             Produced::Stopped => Ok(RunEnd::Stopped),
             Produced::WriterGone => Err(anyhow::anyhow!("the file writer stopped unexpectedly")),
             Produced::Finished => {
-                if !db::exports::complete_export(&self.pool, export.id, token, &cp).await? {
+                if !db::exports::complete_export(&self.pool, export.id, token, &cp, self.settings.retention).await? {
                     return Ok(RunEnd::Lost);
                 }
                 self.storage.remove_other_runs(export.id, &cp.file_name).await;
@@ -275,18 +302,36 @@ impl Engine {
         }
     }
 
+    /// The export's dataset.
+    fn dataset(&self, export: &ExportRecord) -> anyhow::Result<Arc<Dataset>> {
+        self.datasets
+            .find(&export.dataset)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("dataset {:?} is not in this process's datasets config", export.dataset))
+    }
+
     /// Reads chunks from the checkpoint up to the export's upper bound, as PostgreSQL's own
-    /// CSV (`COPY (chunk query) TO STDOUT`), and hands them to the writer in pieces.
+    /// CSV (`COPY (chunk query) TO STDOUT`), shapes the rows (CRLF, formula guard) and hands
+    /// them to the writer in pieces. `fresh`: the file is empty (BOM and header go first).
     async fn produce(
         &self,
+        ds: &Dataset,
         export: &ExportRecord,
         mut last: Option<i64>,
-        mut header: bool,
+        fresh: bool,
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Produced> {
-        let ds = dataset::find(&export.dataset).expect("checked by run");
         let spec = &export.spec.0;
-        let (key_index, key_appended) = db::dataset::key_position(ds);
+        let format = &spec.format;
+        let columns = spec.output_columns(ds);
+        let (key_index, key_appended) = db::dataset::key_position(ds, &columns);
+        let delimiter = format.delimiter as u8;
+        let guard = format
+            .formula_guard
+            .then(|| columns.iter().map(|c| ds.column(&c.name).is_none_or(|d| d.textual)).collect());
+        let shaper =
+            RowShaper::new(delimiter, key_appended, format.line_ending == LineEnding::Crlf, guard, &format.null);
+        let mut header = fresh && format.header;
         // No upper bound: the table was empty when the export was created (header only).
         let upper = export.upper_bound_id;
         let rate = spec.max_rows_per_second.filter(|r| *r > 0);
@@ -299,7 +344,16 @@ impl Engine {
         // unread by an early return never reaches another user of the pool.
         let mut conn = self.pool.acquire().await?;
         conn.close_on_drop();
+        // The time zone and the filter values, bound once for the whole run.
+        let mut setup = sqlx::query(sqlx::AssertSqlSafe(db::dataset::session_setup(spec))).bind(&format.time_zone);
+        for value in db::dataset::filter_values(spec) {
+            setup = setup.bind(value);
+        }
+        setup.execute(&mut *conn).await?;
         let mut buf = self.buffers.take();
+        if fresh && format.bom {
+            buf.extend_from_slice(b"\xEF\xBB\xBF");
+        }
         let started = Instant::now();
         let mut rows_this_run = 0u64;
         let (mut t_start, mut t_stream, mut t_send) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -308,7 +362,7 @@ impl Engine {
                 return Ok(Produced::Stopped);
             }
             let Some(upper) = upper.filter(|u| last.is_none_or(|l| l < *u)) else { break };
-            let sql = db::dataset::chunk_copy(ds, last, upper, limit, header);
+            let sql = db::dataset::chunk_copy(ds, spec, last, upper, limit, header);
             let t = Instant::now();
             let mut stream = conn.copy_out_raw(&sql).await?;
             t_start += t.elapsed();
@@ -318,17 +372,14 @@ impl Engine {
             while let Some(message) = stream.try_next().await? {
                 // PostgreSQL sends one CopyData message per row (the first one is the header
                 // line when asked for).
-                if header {
-                    header = false;
-                } else {
+                let is_header = std::mem::take(&mut header);
+                if !is_header {
                     count += 1;
                 }
-                if key_appended {
-                    let cut = message.iter().rposition(|b| *b == b',').unwrap_or(message.len());
-                    buf.extend_from_slice(&message[..cut]);
-                    buf.push(b'\n');
-                } else {
+                if shaper.is_identity() {
                     buf.extend_from_slice(&message);
+                } else {
+                    shaper.shape(&message, is_header, &mut buf);
                 }
                 last_row = Some(message);
                 if buf.len() >= PIECE_BYTES {
@@ -346,7 +397,7 @@ impl Engine {
                 break;
             }
             let row = last_row.expect("a row was read");
-            let last_id = csv::key(&row, key_index).ok_or_else(|| {
+            let last_id = csv::key(&row, key_index, delimiter).ok_or_else(|| {
                 anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
             })?;
             if !buf.is_empty() {
@@ -375,10 +426,10 @@ impl Engine {
         tracing::debug!(export_id = %export.id, total = ?started.elapsed(), start = ?t_start, stream = ?t_stream, blocked_on_writer = ?t_send, "producer timings");
         if header {
             // Nothing at all to export and no header yet: ask COPY for the header alone.
-            let sql = db::dataset::chunk_copy(ds, None, 0, 0, true);
+            let sql = db::dataset::chunk_copy(ds, spec, None, 0, 0, true);
             let mut stream = conn.copy_out_raw(&sql).await?;
             while let Some(message) = stream.try_next().await? {
-                buf.extend_from_slice(&message);
+                shaper.shape(&message, true, &mut buf);
             }
         }
         if buf.is_empty() {
@@ -389,18 +440,19 @@ impl Engine {
         Ok(Produced::Finished)
     }
 
-    /// Appends pieces; at each chunk end syncs the file, then saves the checkpoint (fenced).
-    /// Returns the last checkpoint (with every byte written and synced) and, when the run must
-    /// end here, why.
+    /// Appends pieces (gzip-compressed, one member per chunk, when asked); at each chunk end
+    /// syncs the file, then saves the checkpoint (fenced). Returns the last checkpoint (with
+    /// every byte written and synced) and, when the run must end here, why.
     async fn write(
         &self,
-        mut file: tokio::fs::File,
+        file: tokio::fs::File,
         mut rx: mpsc::Receiver<Piece>,
         mut cp: Checkpoint,
-        export_id: Uuid,
+        export: &ExportRecord,
         token: Uuid,
     ) -> anyhow::Result<(Checkpoint, Option<RunEnd>)> {
-        let mut written = cp.bytes;
+        let export_id = export.id;
+        let mut out = Output::new(file, export.spec.0.compression, cp.bytes);
         let mut chunks = 0u64;
         let (mut t_write, mut t_sync, mut t_checkpoint, mut t_idle) =
             (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -412,15 +464,14 @@ impl Engine {
             match piece {
                 Piece::Data(bytes) => {
                     let t = Instant::now();
-                    file.write_all(&bytes).await.map_err(storage_error)?;
+                    let bytes = out.write(bytes).await?;
                     t_write += t.elapsed();
-                    written += bytes.len() as i64;
                     self.buffers.give(bytes);
                 }
                 Piece::ChunkEnd { last_id, rows } => {
                     let t = Instant::now();
-                    file.flush().await.map_err(storage_error)?;
-                    file.sync_data().await.map_err(storage_error)?;
+                    out.end_member().await?;
+                    out.sync().await?;
                     t_sync += t.elapsed();
                     chunks += 1;
                     if self.faults.crash_before_checkpoint == Some(chunks) {
@@ -429,7 +480,7 @@ impl Engine {
                     let next = Checkpoint {
                         last_id: Some(last_id),
                         rows: cp.rows + rows as i64,
-                        bytes: written,
+                        bytes: out.written,
                         file_name: cp.file_name.clone(),
                     };
                     let t = Instant::now();
@@ -446,11 +497,87 @@ impl Engine {
         }
         // Producer done: whatever follows the last checkpoint (only ever the header of an
         // export without rows) is synced and becomes part of the final checkpoint.
-        file.flush().await.map_err(storage_error)?;
-        file.sync_data().await.map_err(storage_error)?;
-        cp.bytes = written;
+        out.finish().await?;
+        out.sync().await?;
+        cp.bytes = out.written;
         tracing::debug!(%export_id, chunks, total = ?started.elapsed(), idle = ?t_idle, write = ?t_write, sync = ?t_sync, checkpoint = ?t_checkpoint, "writer timings");
         Ok((cp, None))
+    }
+}
+
+/// The run's file, written plain or as gzip members (one per chunk, so every checkpoint falls
+/// on a member boundary and a resumed run appends a new member after it: decoders read
+/// concatenated members as one stream).
+struct Output {
+    file: tokio::fs::File,
+    gzip: bool,
+    /// The member being written (gzip only), compressing into its Vec.
+    member: Option<flate2::write::GzEncoder<Vec<u8>>>,
+    /// A spare output buffer for the next member.
+    spare: Vec<u8>,
+    /// Bytes in the file.
+    written: i64,
+}
+
+/// Compressed bytes are written to the file once this many are pending.
+const GZIP_FLUSH_BYTES: usize = 256 * 1024;
+
+impl Output {
+    fn new(file: tokio::fs::File, compression: Compression, written: i64) -> Self {
+        Self { file, gzip: compression == Compression::Gzip, member: None, spare: Vec::new(), written }
+    }
+
+    /// Appends `bytes` (compressing them when gzip) and hands the buffer back.
+    async fn write(&mut self, bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+        if !self.gzip {
+            self.file.write_all(&bytes).await.map_err(storage_error)?;
+            self.written += bytes.len() as i64;
+            return Ok(bytes);
+        }
+        let member = match self.member.take() {
+            Some(m) => m,
+            None => flate2::write::GzEncoder::new(std::mem::take(&mut self.spare), flate2::Compression::fast()),
+        };
+        // Compression is CPU work: off the async threads, so the API never waits behind it.
+        let (mut member, bytes) = tokio::task::spawn_blocking(move || {
+            let mut member = member;
+            member.write_all(&bytes).map(|()| (member, bytes))
+        })
+        .await??;
+        if member.get_ref().len() >= GZIP_FLUSH_BYTES {
+            let pending = member.get_mut();
+            self.file.write_all(pending).await.map_err(storage_error)?;
+            self.written += pending.len() as i64;
+            pending.clear();
+        }
+        self.member = Some(member);
+        Ok(bytes)
+    }
+
+    /// Ends the current gzip member, if any, and writes what is left of it.
+    async fn end_member(&mut self) -> anyhow::Result<()> {
+        let Some(member) = self.member.take() else { return Ok(()) };
+        let mut rest = tokio::task::spawn_blocking(move || member.finish()).await??;
+        self.file.write_all(&rest).await.map_err(storage_error)?;
+        self.written += rest.len() as i64;
+        rest.clear();
+        self.spare = rest;
+        Ok(())
+    }
+
+    /// Ends the file: the last member, and for a gzip file with nothing in it, one empty member
+    /// (an empty file is not valid gzip).
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        if self.gzip && self.member.is_none() && self.written == 0 {
+            self.member = Some(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        }
+        self.end_member().await
+    }
+
+    async fn sync(&mut self) -> anyhow::Result<()> {
+        self.file.flush().await.map_err(storage_error)?;
+        self.file.sync_data().await.map_err(storage_error)?;
+        Ok(())
     }
 }
 

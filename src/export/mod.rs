@@ -5,24 +5,11 @@ pub mod csv;
 pub mod dataset;
 pub mod engine;
 pub mod queue;
+pub mod spec;
 
 use serde::{Deserialize, Serialize};
 
-/// The options an export was created with, stored with it so every run uses the same ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExportSpec {
-    /// Rows per chunk; a durable checkpoint follows each chunk.
-    #[serde(default = "default_chunk_size")]
-    pub chunk_size: u32,
-    /// Throttle: at most this many rows per second (None = as fast as the database gives).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_rows_per_second: Option<u32>,
-}
-
-fn default_chunk_size() -> u32 {
-    10_000
-}
+pub use spec::ExportSpec;
 
 /// Where an export is in its life. Moves one way only (a database trigger enforces it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +20,8 @@ pub enum ExportStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Completed, then its file was deleted (retention ran out, or its owner deleted it).
+    Expired,
 }
 
 impl ExportStatus {
@@ -44,12 +33,13 @@ impl ExportStatus {
             ExportStatus::Completed => "completed",
             ExportStatus::Failed => "failed",
             ExportStatus::Cancelled => "cancelled",
+            ExportStatus::Expired => "expired",
         }
     }
 
     /// True once the export will never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, ExportStatus::Completed | ExportStatus::Failed | ExportStatus::Cancelled)
+        matches!(self, ExportStatus::Completed | ExportStatus::Failed | ExportStatus::Cancelled | ExportStatus::Expired)
     }
 }
 
@@ -63,31 +53,61 @@ impl TryFrom<String> for ExportStatus {
             "completed" => ExportStatus::Completed,
             "failed" => ExportStatus::Failed,
             "cancelled" => ExportStatus::Cancelled,
+            "expired" => ExportStatus::Expired,
             _ => return Err(format!("unknown export status {s:?}")),
         })
     }
 }
 
+/// What creating an export did.
+#[derive(Debug)]
+pub enum Created {
+    /// A new export, queued.
+    New(crate::db::exports::ExportRecord),
+    /// The `Idempotency-Key` was used before with the same request: that export.
+    Existing(crate::db::exports::ExportRecord),
+}
+
 /// Creates an export and its queue job in one transaction (never one without the other), with
 /// the dataset's high-water mark and row estimate taken now. Fast: nothing is read but the
-/// key index's last entry and the planner's statistics.
+/// key index's last entry and the planner's statistics. With an idempotency key already used,
+/// returns that export when the request is the same, and a conflict when it differs.
 pub async fn create_export(
     pool: &sqlx::PgPool,
-    ds: &'static dataset::Dataset,
+    ds: &dataset::Dataset,
     spec: &ExportSpec,
-) -> crate::error::Result<crate::db::exports::ExportRecord> {
-    use crate::db::exports;
+    idempotency_key: Option<&str>,
+) -> crate::error::Result<Created> {
+    use crate::{db::exports, error::Error};
+    let same_request = |e: &exports::ExportRecord| e.dataset == ds.name && e.spec.0 == *spec;
+    if let Some(key) = idempotency_key
+        && let Some(existing) = exports::find_by_idempotency_key(pool, key).await?
+    {
+        return if same_request(&existing) {
+            Ok(Created::Existing(existing))
+        } else {
+            Err(Error::IdempotencyMismatch(existing.id))
+        };
+    }
     let mut tx = pool.begin().await?;
-    let (upper_bound_id, total_rows) = exports::dataset_bounds(&mut tx, ds).await?;
+    let (upper_bound_id, total_rows) = exports::dataset_bounds(&mut tx, ds, spec).await?;
     let job_id = queue::new_job_id();
     let id = uuid::Uuid::new_v4();
-    let record = exports::insert_export(
-        &mut tx,
-        &exports::NewExport { id, dataset: ds, spec, upper_bound_id, total_rows, job_id: &job_id },
-    )
-    .await?;
+    let new =
+        exports::NewExport { id, dataset: ds, spec, upper_bound_id, total_rows, job_id: &job_id, idempotency_key };
+    let Some(record) = exports::insert_export(&mut tx, &new).await? else {
+        // Another request with the same key won the race: answer as if it came first.
+        drop(tx);
+        let key = idempotency_key.expect("only a key can conflict");
+        let existing = exports::find_by_idempotency_key(pool, key).await?.ok_or(Error::NotFound(id))?;
+        return if same_request(&existing) {
+            Ok(Created::Existing(existing))
+        } else {
+            Err(Error::IdempotencyMismatch(existing.id))
+        };
+    };
     queue::enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e).context("enqueueing the export job"))?;
     tx.commit().await?;
     queue::wake_workers(pool, &job_id).await;
-    Ok(record)
+    Ok(Created::New(record))
 }

@@ -183,7 +183,9 @@ async fn health_spec_and_docs_are_served() {
 async fn health_is_503_when_the_database_is_unreachable() {
     // A pool pointing at a port where nothing listens: the check fails fast, no hang, no 500.
     let db = test_db().await;
+    db::seed(&db, 10).await;
     let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
+    let datasets = exportd::export::dataset::Datasets::load(&app.db.pool, None).await.unwrap();
     let mut args = exportd::config::DbArgs::parse_defaults();
     args.database_url = "postgres://postgres@127.0.0.1:1/none".into();
     let dead = exportd::db::connect(&args).await.unwrap();
@@ -191,6 +193,8 @@ async fn health_is_503_when_the_database_is_unreachable() {
         pool: dead,
         storage: exportd::storage::Storage::at(app.storage.path()),
         default_chunk_size: 10_000,
+        retention: Duration::from_secs(3600),
+        datasets: std::sync::Arc::new(datasets),
         public_url: String::new(),
     });
     let resp = poem::test::TestClient::new(exportd::api::routes(state.clone())).get("/healthz").send().await;

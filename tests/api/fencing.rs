@@ -61,7 +61,10 @@ async fn fenced_checkpoint_rejects_a_stale_token() {
     assert!(save_checkpoint(&app.db.pool, id, a, &cp(5)).await.unwrap());
     claim_export(&app.db.pool, id, b, "B", 5).await.unwrap();
     assert!(!save_checkpoint(&app.db.pool, id, a, &cp(9)).await.unwrap(), "stale token cannot checkpoint");
-    assert!(!complete_export(&app.db.pool, id, a, &cp(9)).await.unwrap(), "stale token cannot complete");
+    assert!(
+        !complete_export(&app.db.pool, id, a, &cp(9), std::time::Duration::from_secs(60)).await.unwrap(),
+        "stale token cannot complete"
+    );
     let row = export_row(&app.db.pool, id).await;
     assert_eq!((row.last_processed_id, row.owner), (Some(5), Some(b)));
 }

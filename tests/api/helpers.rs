@@ -6,7 +6,10 @@ use exportd::{
     app::App,
     config::ServeArgs,
     db::{self, exports::ExportRecord},
-    export::{dataset::ORDERS, engine::Engine},
+    export::{
+        dataset::{Dataset, Datasets},
+        engine::Engine,
+    },
     shutdown::Shutdown,
 };
 use futures::TryStreamExt;
@@ -160,13 +163,19 @@ pub async fn copy_reference(pool: &PgPool) -> Vec<u8> {
     let mut conn = pool.acquire().await.unwrap();
     let tz: String = sqlx::query_scalar("show timezone").fetch_one(&mut *conn).await.unwrap();
     assert_eq!(tz, "UTC");
-    let query = exportd::db::dataset::copy_reference_query(&ORDERS);
+    let query = exportd::db::dataset::copy_reference_query(&*orders(pool).await);
     let mut stream = conn.copy_out_raw(&query).await.unwrap();
     let mut out = Vec::new();
     while let Some(chunk) = stream.try_next().await.unwrap() {
         out.extend_from_slice(&chunk);
     }
     out
+}
+
+/// The `orders` dataset of the built-in config, checked against this database.
+pub async fn orders(pool: &PgPool) -> Arc<Dataset> {
+    let datasets = Datasets::load(pool, None).await.expect("built-in datasets config is valid here");
+    datasets.find("orders").expect("orders is configured").clone()
 }
 
 /// The demo dataset with `rows` rows, plus rows with every CSV hazard we know of.

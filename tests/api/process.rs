@@ -175,6 +175,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn download_streams_a_file_far_larger_than_memory() {
     use futures::StreamExt;
     let db = test_db().await;
+    exportd::db::seed::seed_orders(&db.pool, 10, |_| {}).await.unwrap();
     let storage = tempfile::tempdir().unwrap();
     // A completed export whose file is 1 GiB (sparse: instant to make, real to read).
     const SIZE: u64 = 1 << 30;

@@ -1,0 +1,256 @@
+//! `GET`/`HEAD /api/export/{id}/download`: the stored file, streamed from disk, with `Range`
+//! (one range), `ETag`, `If-None-Match` and `If-Range`.
+
+use std::{io::SeekFrom, sync::Arc};
+
+use poem::{Body, IntoResponse, Response};
+use poem_openapi::{
+    ApiResponse, OpenApi, ResponseContent,
+    param::{Header, Path},
+    payload::Json,
+    registry::{MetaMediaType, MetaSchema, MetaSchemaRef},
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use uuid::Uuid;
+
+use crate::{
+    api::{
+        ApiTags, AppState,
+        error::{ApiError, ErrorBody},
+    },
+    db::exports::ExportRecord,
+    error::Error,
+    export::{ExportStatus, spec::Compression},
+};
+
+/// Read size when streaming a file: large enough for loopback speeds, small enough for flat memory.
+const READ_BYTES: usize = 256 * 1024;
+
+/// Downloads.
+pub struct DownloadApi {
+    pub state: Arc<AppState>,
+}
+
+/// The file's bytes, with the content type of its format (`text/csv` or `application/gzip`).
+#[derive(Debug)]
+pub struct ExportFile {
+    body: Body,
+    content_type: &'static str,
+}
+
+impl IntoResponse for ExportFile {
+    fn into_response(self) -> Response {
+        Response::builder().content_type(self.content_type).body(self.body)
+    }
+}
+
+impl ResponseContent for ExportFile {
+    fn media_types() -> Vec<MetaMediaType> {
+        let binary =
+            || MetaSchemaRef::Inline(Box::new(MetaSchema { format: Some("binary"), ..MetaSchema::new("string") }));
+        vec![
+            MetaMediaType { content_type: Compression::None.content_type(), schema: binary() },
+            MetaMediaType { content_type: Compression::Gzip.content_type(), schema: binary() },
+        ]
+    }
+}
+
+/// `GET /api/export/{id}/download`.
+#[derive(Debug, ApiResponse)]
+pub enum DownloadResponse {
+    /// The whole file (`text/csv`, or `application/gzip` for gzip exports).
+    #[oai(status = 200)]
+    Ok(
+        ExportFile,
+        #[oai(header = "Content-Length")] u64,
+        #[oai(header = "Content-Disposition")] String,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Accept-Ranges")] String,
+    ),
+    /// The requested range of the file (`Range: bytes=start-end`; one range).
+    #[oai(status = 206)]
+    Partial(
+        ExportFile,
+        #[oai(header = "Content-Length")] u64,
+        #[oai(header = "Content-Range")] String,
+        #[oai(header = "Content-Disposition")] String,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Accept-Ranges")] String,
+    ),
+    /// `If-None-Match` matched: the copy the client has is current.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+    /// The range starts beyond the end of the file; `Content-Range` gives its length.
+    #[oai(status = 416)]
+    RangeNotSatisfiable(Json<ErrorBody>, #[oai(header = "Content-Range")] String),
+}
+
+#[OpenApi(tag = "ApiTags::Exports")]
+impl DownloadApi {
+    /// Download the file
+    ///
+    /// Streams the finished file from storage. Supports `Range` (one range; 206, or 416 when
+    /// it starts past the end), `If-Range`, and `If-None-Match` with the strong `ETag`
+    /// (the file of an export never changes). 409 while the export is queued or running;
+    /// 410 once it is expired, cancelled or failed.
+    #[oai(path = "/api/export/:id/download", method = "get", operation_id = "downloadExport")]
+    async fn download(
+        &self,
+        id: Path<Uuid>,
+        /// `bytes=start-end`, `bytes=start-` or `bytes=-suffix`.
+        #[oai(name = "Range")]
+        range: Header<Option<String>>,
+        #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
+        #[oai(name = "If-Range")] if_range: Header<Option<String>>,
+    ) -> Result<DownloadResponse, ApiError> {
+        self.respond(id.0, range.0, if_none_match.0, if_range.0, true).await
+    }
+
+    /// File headers only
+    ///
+    /// What `GET` would answer, without the body: length, `ETag`, `Accept-Ranges`.
+    #[oai(path = "/api/export/:id/download", method = "head", operation_id = "headExport")]
+    async fn head(
+        &self,
+        id: Path<Uuid>,
+        #[oai(name = "Range")] range: Header<Option<String>>,
+        #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
+        #[oai(name = "If-Range")] if_range: Header<Option<String>>,
+    ) -> Result<DownloadResponse, ApiError> {
+        self.respond(id.0, range.0, if_none_match.0, if_range.0, false).await
+    }
+}
+
+impl DownloadApi {
+    async fn respond(
+        &self,
+        id: Uuid,
+        range: Option<String>,
+        if_none_match: Option<String>,
+        if_range: Option<String>,
+        with_body: bool,
+    ) -> Result<DownloadResponse, ApiError> {
+        let record = crate::db::exports::find_export(&self.state.pool, id).await?.ok_or(Error::NotFound(id))?;
+        let name = finished_file(&record)?;
+        let len = record.bytes_written as u64;
+        let etag = format!("\"{}-{len}\"", record.id.simple());
+        if if_none_match.as_deref().is_some_and(|h| etag_matches(h, &etag)) {
+            return Ok(DownloadResponse::NotModified(etag));
+        }
+        // A Range is honoured only if If-Range (when sent) names the current version.
+        let range = range.filter(|_| if_range.as_deref().is_none_or(|v| v.trim() == etag));
+        let spec = &record.spec.0;
+        let disposition =
+            format!("attachment; filename=\"{}-{}.{}\"", record.dataset, record.id, spec.compression.extension());
+        let content_type = spec.compression.content_type();
+        let accept = "bytes".to_owned();
+        match range.as_deref().map(|r| parse_range(r, len)) {
+            Some(Some(Err(()))) => Ok(DownloadResponse::RangeNotSatisfiable(
+                ErrorBody::new("range_not_satisfiable", format!("Range: the file has {len} bytes")),
+                format!("bytes */{len}"),
+            )),
+            Some(Some(Ok((start, end)))) => {
+                let count = end - start + 1;
+                let body = self.body(name, start, count, with_body).await?;
+                let file = ExportFile { body, content_type };
+                let content_range = format!("bytes {start}-{end}/{len}");
+                Ok(DownloadResponse::Partial(file, count, content_range, disposition, etag, accept))
+            }
+            // No Range, or one we do not serve (malformed, several ranges): the whole file.
+            _ => {
+                let body = self.body(name, 0, len, with_body).await?;
+                Ok(DownloadResponse::Ok(ExportFile { body, content_type }, len, disposition, etag, accept))
+            }
+        }
+    }
+
+    /// `count` bytes of the file from `start`, read in pieces as the client takes them.
+    async fn body(&self, name: &str, start: u64, count: u64, with_body: bool) -> Result<Body, Error> {
+        if !with_body {
+            return Ok(Body::empty());
+        }
+        let mut file = self.state.storage.open(name).await?;
+        if start > 0 {
+            file.seek(SeekFrom::Start(start)).await?;
+        }
+        Ok(Body::from_bytes_stream(tokio_util::io::ReaderStream::with_capacity(file.take(count), READ_BYTES)))
+    }
+}
+
+/// The stored file of a completed export, or why there is none (409 not yet, 410 never again).
+fn finished_file(record: &ExportRecord) -> Result<&str, Error> {
+    let status = record.status.as_str().to_owned();
+    match (record.status, record.file_name.as_deref()) {
+        (ExportStatus::Completed, Some(name)) => Ok(name),
+        (ExportStatus::Queued | ExportStatus::Running, _) => Err(Error::Conflict {
+            message: format!("export {} is {status}, not completed: there is no file to download yet", record.id),
+            status,
+        }),
+        (ExportStatus::Expired, _) => {
+            Err(Error::Gone { message: format!("export {} expired: its file was deleted", record.id), status })
+        }
+        _ => Err(Error::Gone { message: format!("export {} is {status}: it has no file", record.id), status }),
+    }
+}
+
+/// Whether an `If-None-Match` list names `etag` (or is `*`); weak comparison.
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+}
+
+/// One byte range of a file of `len` bytes: None when the header is not one range we serve
+/// (then the whole file is sent), Some(Err) when it is unsatisfiable (416).
+fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let suffix: u64 = b.parse().ok()?;
+        if suffix == 0 {
+            return Some(Err(()));
+        }
+        (len.saturating_sub(suffix), len.checked_sub(1)?)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end: u64 = if b.is_empty() { u64::MAX } else { b.parse().ok()? };
+        if end < start {
+            return None;
+        }
+        if start >= len {
+            return Some(Err(()));
+        }
+        (start, end.min(len - 1))
+    };
+    Some(Ok(range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=-1000", 100), Some(Ok((0, 99))));
+        assert_eq!(parse_range("bytes=50-5000", 100), Some(Ok((50, 99))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=-0", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("bytes=9-1", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=x-1", 100), None);
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches("\"a-1\"", "\"a-1\""));
+        assert!(etag_matches("\"b\", W/\"a-1\"", "\"a-1\""));
+        assert!(etag_matches("*", "\"a-1\""));
+        assert!(!etag_matches("\"a-2\"", "\"a-1\""));
+    }
+}

@@ -1,0 +1,79 @@
+//! Catalog lookups that check a dataset's definition: relation, column types, indexes.
+
+use sqlx::PgPool;
+
+use crate::error::Result;
+
+/// A table or view found in the catalog.
+#[derive(Debug, Clone)]
+pub struct Relation {
+    pub oid: i64,
+    /// Quoted, schema-qualified when not on the search path (`oid::regclass`).
+    pub sql_name: String,
+    /// Tables, partitioned tables and materialized views have indexes; views do not.
+    pub has_indexes: bool,
+}
+
+/// A column of a relation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CatalogColumn {
+    pub name: String,
+    pub attnum: i16,
+    /// `format_type`, e.g. `numeric(12,2)`.
+    pub sql_type: String,
+    /// `pg_type.typcategory`: N numeric, D date/time, B boolean, T interval, S string, ...
+    pub category: String,
+}
+
+/// The relation named `name` (as SQL: `orders`, `sales."Orders"`), if it exists.
+pub async fn relation(pool: &PgPool, name: &str) -> Result<Option<Relation>> {
+    let row: Option<(i64, String, String)> = sqlx::query_as(
+        "select c.oid::bigint, c.oid::regclass::text, c.relkind::text from pg_class c \
+         where c.oid = to_regclass($1) and c.relkind in ('r', 'p', 'v', 'm', 'f')",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(oid, sql_name, kind)| Relation {
+        oid,
+        sql_name,
+        has_indexes: matches!(kind.as_str(), "r" | "p" | "m"),
+    }))
+}
+
+/// The live columns of a relation, in table order.
+pub async fn columns(pool: &PgPool, oid: i64) -> Result<Vec<CatalogColumn>> {
+    Ok(sqlx::query_as(
+        "select a.attname::text as name, a.attnum, format_type(a.atttypid, a.atttypmod) as sql_type, \
+                t.typcategory::text as category \
+         from pg_attribute a join pg_type t on t.oid = a.atttypid \
+         where a.attrelid = $1::bigint::oid and a.attnum > 0 and not a.attisdropped order by a.attnum",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Whether a valid, non-partial unique index on exactly this column exists.
+pub async fn has_unique_index(pool: &PgPool, oid: i64, attnum: i16) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from pg_index i where i.indrelid = $1::bigint::oid and i.indisunique \
+         and i.indisvalid and i.indpred is null and i.indnkeyatts = 1 and i.indkey[0] = $2)",
+    )
+    .bind(oid)
+    .bind(attnum)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Whether a valid, non-partial index starts with this column.
+pub async fn has_leading_index(pool: &PgPool, oid: i64, attnum: i16) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from pg_index i where i.indrelid = $1::bigint::oid \
+         and i.indisvalid and i.indpred is null and i.indkey[0] = $2)",
+    )
+    .bind(oid)
+    .bind(attnum)
+    .fetch_one(pool)
+    .await?)
+}

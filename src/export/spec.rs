@@ -1,0 +1,212 @@
+//! The options an export was created with (columns, filters, CSV dialect, compression, pace),
+//! validated once at creation and stored with the export so every run uses the same ones.
+
+use serde::{Deserialize, Serialize};
+
+use crate::export::dataset::Dataset;
+
+/// Everything a run needs to know about what to write. Stored as JSON in `exports.spec`;
+/// every field has a default, so exports stored by older versions still read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSpec {
+    /// Rows per chunk; a durable checkpoint follows each chunk.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: u32,
+    /// Throttle: at most this many rows per second (None = as fast as the database gives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_second: Option<u32>,
+    /// The file's columns, in order (empty = every column of the dataset, as named there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<OutputColumn>,
+    /// Row filters, all of which must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    #[serde(default)]
+    pub format: CsvFormat,
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+fn default_chunk_size() -> u32 {
+    10_000
+}
+
+impl ExportSpec {
+    /// Plain CSV of every column, no filter, with this chunk size.
+    pub fn new(chunk_size: u32) -> Self {
+        Self {
+            chunk_size,
+            max_rows_per_second: None,
+            columns: Vec::new(),
+            filters: Vec::new(),
+            format: CsvFormat::default(),
+            compression: Compression::None,
+        }
+    }
+
+    /// The file's columns: the chosen ones, or all of the dataset's.
+    pub fn output_columns(&self, ds: &Dataset) -> Vec<OutputColumn> {
+        if self.columns.is_empty() {
+            ds.columns.iter().map(|c| OutputColumn { name: c.name.clone(), header: c.name.clone() }).collect()
+        } else {
+            self.columns.clone()
+        }
+    }
+}
+
+/// One column of the file: which dataset column, under which header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputColumn {
+    pub name: String,
+    pub header: String,
+}
+
+/// One condition on a column. Values are kept as text and cast to the column's type by
+/// PostgreSQL, as bound parameters (never spliced into SQL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    pub column: String,
+    pub op: FilterOp,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// Filter operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FilterOp {
+    Eq,
+    In,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    IsNull,
+    IsNotNull,
+}
+
+impl FilterOp {
+    /// The API name of the operator.
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "eq",
+            FilterOp::In => "in",
+            FilterOp::Gt => "gt",
+            FilterOp::Gte => "gte",
+            FilterOp::Lt => "lt",
+            FilterOp::Lte => "lte",
+            FilterOp::IsNull | FilterOp::IsNotNull => "isNull",
+        }
+    }
+}
+
+/// The CSV dialect. The default is PostgreSQL's `COPY ... (FORMAT csv, HEADER)`: comma, LF,
+/// header line, quotes only where needed, NULL as an empty unquoted field, UTC timestamps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CsvFormat {
+    /// One of `,` `;` `\t` `|`.
+    pub delimiter: char,
+    pub header: bool,
+    /// Quote every non-NULL value.
+    pub quote_all: bool,
+    /// How NULL is written.
+    pub null: String,
+    pub line_ending: LineEnding,
+    /// Start the file with a UTF-8 byte order mark (Excel reads UTF-8 only with one).
+    pub bom: bool,
+    /// Time zone timestamps are written in (and filter values without an offset are read in).
+    pub time_zone: String,
+    /// Make text cells that start with `=`, `+`, `-`, `@`, tab or CR inert for spreadsheets
+    /// by prefixing a single quote (OWASP's CSV-injection rule).
+    pub formula_guard: bool,
+}
+
+impl Default for CsvFormat {
+    fn default() -> Self {
+        Self {
+            delimiter: ',',
+            header: true,
+            quote_all: false,
+            null: String::new(),
+            line_ending: LineEnding::Lf,
+            bom: false,
+            time_zone: "UTC".to_owned(),
+            formula_guard: false,
+        }
+    }
+}
+
+/// Allowed delimiters.
+pub const DELIMITERS: [char; 4] = [',', ';', '\t', '|'];
+/// Longest NULL text.
+pub const MAX_NULL_TEXT: usize = 32;
+
+impl CsvFormat {
+    /// Checks what PostgreSQL's `COPY` and a reader of the file both need; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !DELIMITERS.contains(&self.delimiter) {
+            return Err(format!(
+                "format.delimiter: {:?} is not supported (use \",\", \";\", \"\\t\" or \"|\")",
+                self.delimiter
+            ));
+        }
+        if self.null.len() > MAX_NULL_TEXT {
+            return Err(format!("format.null: at most {MAX_NULL_TEXT} characters"));
+        }
+        // The NULL text goes into COPY's options as a literal: only printable ASCII that
+        // cannot end the literal or be confused with CSV syntax.
+        if let Some(c) =
+            self.null.chars().find(|c| !c.is_ascii_graphic() && *c != ' ' || matches!(c, '\'' | '"' | '\\'))
+        {
+            return Err(format!(
+                "format.null: {c:?} is not allowed (printable ASCII without quotes or backslashes only)"
+            ));
+        }
+        if self.null.contains(self.delimiter) {
+            return Err(format!("format.null: must not contain the delimiter {:?}", self.delimiter));
+        }
+        if self.time_zone.is_empty() || self.time_zone.len() > 64 {
+            return Err("format.timeZone: must be an IANA time zone name such as \"Europe/Berlin\"".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Line ending of every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEnding {
+    #[default]
+    Lf,
+    Crlf,
+}
+
+/// Compression of the stored file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    /// `.csv.gz`: one gzip member per chunk (decoders read concatenated members as one stream).
+    Gzip,
+}
+
+impl Compression {
+    /// File name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "csv",
+            Compression::Gzip => "csv.gz",
+        }
+    }
+
+    /// Content type of the download.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Compression::None => "text/csv; charset=utf-8",
+            Compression::Gzip => "application/gzip",
+        }
+    }
+}
