@@ -80,7 +80,7 @@ impl RowShaper {
     /// is guarded; in data rows the columns marked so.
     pub fn shape(&self, row: &[u8], header: bool, out: &mut Vec<u8>) {
         let mut body = row.strip_suffix(b"\n").unwrap_or(row);
-        if self.cut_key && !header {
+        if self.cut_key {
             body = &body[..body.iter().rposition(|b| *b == self.delimiter).unwrap_or(body.len())];
         }
         match &self.guard {

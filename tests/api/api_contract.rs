@@ -110,19 +110,6 @@ async fn download_headers_and_conflict_before_completion() {
     assert_same_bytes(&body, &copy_reference(&app.db.pool).await);
 }
 
-async fn expect_error(resp: reqwest::Response, status: u16, mentions: &str) -> Value {
-    assert_eq!(resp.status(), status);
-    assert!(
-        resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"),
-        "error responses are JSON"
-    );
-    let v: Value = resp.json().await.unwrap();
-    let message = v["message"].as_str().unwrap_or_default().to_owned();
-    assert!(message.contains(mentions), "message {message:?} should mention {mentions:?}");
-    assert!(v["error"].is_string());
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_that_names_the_problem() {
     let app = app_with_rows(10).await;

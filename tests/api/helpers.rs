@@ -65,11 +65,14 @@ pub async fn test_db() -> TestDb {
 pub struct AppOptions {
     pub workers: u32,
     pub chunk_size: u32,
+    pub retention: Duration,
+    /// Datasets config file (None = the built-in one).
+    pub datasets: Option<PathBuf>,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { workers: 2, chunk_size: 10_000 }
+        Self { workers: 2, chunk_size: 10_000, retention: Duration::from_secs(7 * 86400), datasets: None }
     }
 }
 
@@ -93,6 +96,8 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     let mut args = ServeArgs::for_test(&db.url, storage.path().to_path_buf());
     args.worker.worker_concurrency = opts.workers;
     args.worker.chunk_size = opts.chunk_size;
+    args.worker.retention = opts.retention;
+    args.worker.datasets = opts.datasets;
     args.worker.heartbeat = Duration::from_secs(1);
     args.worker.retry_backoff = Duration::from_millis(100);
     let shutdown = Shutdown::new();
@@ -155,6 +160,52 @@ impl TestApp {
             .expect("app ran cleanly");
         (self.db, self.storage)
     }
+}
+
+/// Output of any `COPY ... TO STDOUT` statement, run in time zone `tz`: the reference of an
+/// export with options (tests write the matching SQL themselves).
+pub async fn copy_out(pool: &PgPool, tz: &str, copy: &str) -> Vec<u8> {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("select set_config('TimeZone', $1, false)").bind(tz).execute(&mut *conn).await.unwrap();
+    let mut out = Vec::new();
+    {
+        let mut stream = conn.copy_out_raw(copy).await.unwrap();
+        while let Some(chunk) = stream.try_next().await.unwrap() {
+            out.extend_from_slice(&chunk);
+        }
+    }
+    conn.close().await.unwrap();
+    out
+}
+
+/// CSV with every record ending in CRLF instead of LF (line breaks inside quoted fields kept).
+pub fn crlf_records(csv: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(csv.len() + csv.len() / 50);
+    let mut quoted = false;
+    for &b in csv {
+        if b == b'"' {
+            quoted = !quoted;
+        }
+        if b == b'\n' && !quoted {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Asserts an error response: its status, a JSON body, and a message that mentions `mentions`.
+pub async fn expect_error(resp: reqwest::Response, status: u16, mentions: &str) -> Value {
+    assert_eq!(resp.status(), status);
+    assert!(
+        resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"),
+        "error responses are JSON"
+    );
+    let v: Value = resp.json().await.unwrap();
+    let message = v["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains(mentions), "message {message:?} should mention {mentions:?}");
+    assert!(v["error"].is_string());
+    v
 }
 
 /// PostgreSQL's own `COPY (SELECT ... ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER true)`,

@@ -4,6 +4,8 @@ mod api_contract;
 mod exactness;
 mod fencing;
 mod helpers;
+mod lifecycle;
+mod options;
 mod plans;
 mod process;
 mod queue;
