@@ -60,18 +60,33 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
     }
 }
 
-/// The top-level field whose removal makes the body parse: the one to name in the error
-/// (poem-openapi's own messages give the type that failed, not the field).
+/// The field whose removal makes the body parse, as a dotted path (`format.lineEnding`): the
+/// one to name in the error (poem-openapi's own messages give the type that failed, not the
+/// field). Nested objects are searched for the innermost such field.
 fn culprit<T: ParseFromJSON>(value: &serde_json::Value) -> Option<String> {
-    let object = value.as_object()?;
-    object
-        .keys()
-        .find(|key| {
-            let mut without = object.clone();
-            without.remove(*key);
-            T::parse_from_json(Some(serde_json::Value::Object(without))).is_ok()
-        })
-        .cloned()
+    let mut path: Vec<String> = Vec::new();
+    while let Some(object) = pointer(value, &path).and_then(|v| v.as_object()) {
+        let found = object.keys().find(|key| {
+            let mut without = value.clone();
+            if let Some(serde_json::Value::Object(parent)) = pointer_mut(&mut without, &path) {
+                parent.remove(*key);
+            }
+            T::parse_from_json(Some(without)).is_ok()
+        });
+        match found {
+            Some(key) => path.push(key.clone()),
+            None => break,
+        }
+    }
+    (!path.is_empty()).then(|| path.join("."))
+}
+
+fn pointer<'v>(value: &'v serde_json::Value, path: &[String]) -> Option<&'v serde_json::Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
+fn pointer_mut<'v>(value: &'v mut serde_json::Value, path: &[String]) -> Option<&'v mut serde_json::Value> {
+    path.iter().try_fold(value, |v, key| v.get_mut(key))
 }
 
 fn bad_request(message: String) -> poem::Error {

@@ -341,7 +341,7 @@ async fn check_values(state: &AppState, ds: &Dataset, spec: &ExportSpec) -> Resu
         return Err(bad(format!("format.timeZone: {message}")));
     }
     for f in &spec.filters {
-        let sql_type = &ds.column(&f.column).expect("checked").sql_type;
+        let sql_type = &ds.column(&f.column).expect("checked").cast_type;
         for value in &f.values {
             if let Err(message) = db::exports::check_value(&state.pool, sql_type, value).await? {
                 return Err(bad(format!("filters.{}.{}: {message}", f.column, f.op.name())));

@@ -21,6 +21,9 @@ pub struct CatalogColumn {
     pub attnum: i16,
     /// `format_type`, e.g. `numeric(12,2)`.
     pub sql_type: String,
+    /// The type without its modifier, schema-qualified (`pg_catalog.bpchar`, `pg_catalog.numeric`):
+    /// what filter values are cast to, so a value is never truncated or rounded to fit the column.
+    pub cast_type: String,
     /// `pg_type.typcategory`: N numeric, D date/time, B boolean, T interval, S string, ...
     pub category: String,
 }
@@ -45,8 +48,9 @@ pub async fn relation(pool: &PgPool, name: &str) -> Result<Option<Relation>> {
 pub async fn columns(pool: &PgPool, oid: i64) -> Result<Vec<CatalogColumn>> {
     Ok(sqlx::query_as(
         "select a.attname::text as name, a.attnum, format_type(a.atttypid, a.atttypmod) as sql_type, \
+                quote_ident(n.nspname) || '.' || quote_ident(t.typname) as cast_type, \
                 t.typcategory::text as category \
-         from pg_attribute a join pg_type t on t.oid = a.atttypid \
+         from pg_attribute a join pg_type t on t.oid = a.atttypid join pg_namespace n on n.oid = t.typnamespace \
          where a.attrelid = $1::bigint::oid and a.attnum > 0 and not a.attisdropped order by a.attnum",
     )
     .bind(oid)

@@ -43,7 +43,7 @@ fn predicates(ds: &Dataset, filters: &[Filter], param: impl Fn(usize) -> String)
         .iter()
         .map(|f| {
             let col = format!("t.{}", ident(&f.column));
-            let ty = ds.column(&f.column).map(|c| c.sql_type.as_str()).unwrap_or("text");
+            let ty = ds.column(&f.column).map(|c| c.cast_type.as_str()).unwrap_or("text");
             match f.op {
                 FilterOp::IsNull => format!("{col} is null"),
                 FilterOp::IsNotNull => format!("{col} is not null"),
@@ -138,7 +138,7 @@ pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i6
 
 /// The largest key now: the high-water mark an export created now will stop at.
 pub fn max_key_query(ds: &Dataset) -> String {
-    format!("select max({}) from {}", ident(&ds.key), ds.table_sql)
+    format!("select max({})::bigint from {}", ident(&ds.key), ds.table_sql)
 }
 
 /// The planner's estimate of the rows a filtered export covers (`EXPLAIN`, no count), with

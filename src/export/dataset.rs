@@ -39,8 +39,10 @@ struct DatasetConfig {
 pub struct Column {
     /// Column name in the table, also the default CSV header.
     pub name: String,
-    /// SQL type (`format_type`), e.g. `numeric(12,2)`: shown to users, and what filter values are cast to.
+    /// SQL type (`format_type`), e.g. `numeric(12,2)`, as shown to users.
     pub sql_type: String,
+    /// The type filter values are cast to (no modifier: never truncated or rounded to fit).
+    pub cast_type: String,
     /// Whether the column may be filtered on.
     pub filterable: bool,
     /// Whether its values are text a spreadsheet could read as a formula (everything but
@@ -187,6 +189,7 @@ async fn check(pool: &PgPool, config: &DatasetConfig) -> anyhow::Result<Dataset>
         columns.push(Column {
             name: name.clone(),
             sql_type: c.sql_type.clone(),
+            cast_type: c.cast_type.clone(),
             filterable: config.filterable.contains(name),
             textual: !matches!(c.category.as_str(), "N" | "D" | "B" | "T"),
         });

@@ -69,6 +69,11 @@ async fn columns_headers_and_filters_equal_copy_of_the_same_query() {
             json!({"filters": {"customer_email": {"isNull": false}, "status": {"eq": "pending"}}}),
             format!("select {ALL} from orders where customer_email is not null and status = 'pending' order by id"),
         ),
+        // A value longer than char(2) is not cut to fit: it matches nothing.
+        (
+            json!({"filters": {"country": {"eq": "DEU"}}, "columns": ["id", "country"]}),
+            "select id, country from orders where country = 'DEU'::text order by id".into(),
+        ),
         // Nothing matches: the header alone.
         (
             json!({"filters": {"status": {"eq": "no such status"}}, "columns": ["id"]}),

@@ -1,0 +1,134 @@
+//! The datasets config: checked against the catalog at start-up with errors that name the
+//! problem; a second dataset (a view, renamed columns) exports exactly like COPY of it.
+
+use std::time::Duration;
+
+use exportd::export::dataset::Datasets;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn config(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_config_stops_start_up_with_an_error_that_names_the_problem() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 10).await;
+    sqlx::raw_sql("create table plain (n bigint, label text); create view v_orders as select id, note from orders")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = |table: &str, key: &str, columns: &str, filterable: &str| {
+        format!(
+            "[[dataset]]\nname = \"d\"\ntable = \"{table}\"\nkey = \"{key}\"\ncolumns = [{columns}]\nfilterable = [{filterable}]\n"
+        )
+    };
+    let cases = [
+        (dataset("nope", "id", "\"id\"", ""), "table or view \"nope\" does not exist"),
+        (dataset("orders", "id", "\"id\", \"colour\"", ""), "column \"colour\" does not exist in orders"),
+        (dataset("orders", "uid", "\"id\"", ""), "key column \"uid\" does not exist"),
+        (dataset("orders", "customer_email", "\"id\"", ""), "the key must be an integer"),
+        (dataset("orders", "quantity", "\"id\"", ""), "key column \"quantity\" has no unique index"),
+        (dataset("plain", "n", "\"n\"", ""), "key column \"n\" has no unique index"),
+        (dataset("orders", "id", "\"id\", \"note\"", "\"note\""), "filterable column \"note\" has no index"),
+        (dataset("orders", "id", "\"id\"", "\"status\""), "filterable column \"status\" is not in columns"),
+        (dataset("orders", "id", "\"id\", \"id\"", ""), "column \"id\" is listed twice"),
+        (dataset("orders", "id", "", ""), "no exportable columns"),
+        (
+            format!("default = \"x\"\n{}", dataset("orders", "id", "\"id\"", "")),
+            "default dataset \"x\" is not declared",
+        ),
+        (format!("{0}{0}", dataset("orders", "id", "\"id\"", "")), "dataset \"d\" is declared twice"),
+        ("colour = 1\n".into(), "unknown field `colour`"),
+        ("".into(), "no [[dataset]] declared"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = config(&dir, &format!("c{i}.toml"), text);
+        let err = Datasets::load(&db.pool, Some(&path)).await.expect_err(expected);
+        let message = format!("{err:#}");
+        assert!(message.contains(expected), "{message:?} should say {expected:?}");
+        assert!(message.contains(&path.display().to_string()), "names the file: {message}");
+    }
+    // A view is accepted (its key cannot be checked), and the service refuses to start on a bad file.
+    let path = config(&dir, "view.toml", &dataset("v_orders", "id", "\"id\", \"note\"", ""));
+    assert!(Datasets::load(&db.pool, Some(&path)).await.is_ok());
+    let mut args = exportd::config::ServeArgs::for_test(&db.url, dir.path().join("files"));
+    args.worker.datasets = Some(dir.path().join("c0.toml"));
+    let err = exportd::app::App::build(args, exportd::shutdown::Shutdown::new()).await.err().expect("start-up fails");
+    assert!(format!("{err:#}").contains("\"nope\" does not exist"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_dataset_from_a_config_file_exports_exactly() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 4_000).await;
+    sqlx::raw_sql(
+        "create schema sales; \
+         create table sales.\"Line Items\" (item_id integer primary key, sku text, qty smallint, price numeric, \
+                                             shipped_on date, secret text); \
+         insert into sales.\"Line Items\" select g, 'SKU-' || g % 97, (g % 7)::smallint, g * 1.25, \
+                date '2024-01-01' + g % 300, 'hidden' from generate_series(1, 25000) g; \
+         create index on sales.\"Line Items\" (sku); \
+         analyze sales.\"Line Items\"",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(
+        &dir,
+        "datasets.toml",
+        r#"
+default = "orders"
+
+[[dataset]]
+name = "orders"
+table = "orders"
+key = "id"
+columns = ["id", "status"]
+
+[[dataset]]
+name = "line-items"
+description = "Order lines"
+table = 'sales."Line Items"'
+key = "item_id"
+columns = ["item_id", "sku", "qty", "price", "shipped_on"]
+filterable = ["sku", "item_id"]
+"#,
+    );
+    let app = spawn_app(db, AppOptions { datasets: Some(path), ..Default::default() }).await;
+    let v: Value = app.client.get(app.url("/api/datasets")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[1]["name"], "line-items");
+    assert_eq!(v[1]["columns"][2]["type"], "smallint");
+
+    let id = app
+        .create_export(Some(json!({"dataset": "line-items", "filters": {"sku": {"eq": "SKU-5"}}, "chunkSize": 100})))
+        .await;
+    assert_eq!(app.wait_finished(id, Duration::from_secs(30)).await["status"], "completed");
+    let reference = copy_out(
+        &app.db.pool,
+        "UTC",
+        "copy (select item_id, sku, qty, price, shipped_on from sales.\"Line Items\" where sku = 'SKU-5' \
+         order by item_id) to stdout with (format csv, header)",
+    )
+    .await;
+    assert_same_bytes(&app.download(id).await, &reference);
+    // The secret column is not exportable; orders is limited to its configured columns.
+    let resp = app.client.post(app.url("/api/export")).json(&json!({"dataset": "line-items", "columns": ["secret"]}));
+    expect_error(resp.send().await.unwrap(), 400, "columns: unknown column \"secret\"").await;
+    let id = app.create_export(None).await;
+    app.wait_finished(id, Duration::from_secs(30)).await;
+    let reference = copy_out(
+        &app.db.pool,
+        "UTC",
+        "copy (select id, status from orders order by id) to stdout with (format csv, header)",
+    )
+    .await;
+    assert_same_bytes(&app.download(id).await, &reference);
+}
