@@ -5,13 +5,16 @@
 //! - [`config`]: flags and environment variables (`exportd --help`).
 //! - [`app`]: start-up; `App::build(..)` then `run()` serves HTTP and runs workers until the
 //!   [`shutdown`] signal, which is fanned out to poem, the queue monitor and every export.
-//! - [`api`]: the poem-openapi endpoints (`POST /api/export`, status, download, `/healthz`),
-//!   Swagger UI at `/docs`; errors are JSON, mapped from [`error::Error`].
-//! - [`export`]: the engine. [`export::create_export`] inserts the export row and its queue job
-//!   in one transaction; [`export::queue`] hands it to a worker (apalis-postgres);
+//! - [`api`]: the poem-openapi endpoints (datasets, create, status, download, cancel, list,
+//!   `/healthz`), Swagger UI at `/docs`; errors are JSON, mapped from [`error::Error`].
+//!   [`api::request`] validates a request into an [`export::ExportSpec`].
+//! - [`export`]: the engine. [`export::dataset`] is what may be exported (a config file checked
+//!   against the catalog at start-up); [`export::create_export`] inserts the export row and its
+//!   queue job in one transaction; [`export::queue`] hands it to a worker (apalis-postgres);
 //!   [`export::engine`] claims it with a fencing token, resumes from the checkpoint and
 //!   streams keyset chunks (PostgreSQL's own `COPY ... (FORMAT csv)` output) to the file,
-//!   syncing then checkpointing after each chunk; [`export::csv`] reads a row's key back.
+//!   plain or as gzip members, syncing then checkpointing after each chunk; [`export::csv`]
+//!   reads a row's key back and applies what COPY cannot (CRLF, the formula guard).
 //! - [`storage`]: one file per run, so a stale runner cannot touch the served bytes.
 //! - [`db`]: the pool, migrations and every SQL statement.
 

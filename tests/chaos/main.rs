@@ -253,7 +253,7 @@ async fn export_whose_runs_keep_crashing_fails_after_bounded_attempts() {
     let error = done["error"].as_str().unwrap();
     assert!(error.contains("without progress") && error.contains("crash or kill"), "{error}");
     let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
-    assert_eq!(resp.status(), 409, "nothing partial can be downloaded");
+    assert_eq!(resp.status(), 410, "nothing partial can be downloaded: a failed export has no file");
     assert!(!s.storage.path().join(id.to_string()).exists(), "partial files are removed");
     // The same data exports fine when nothing kills the worker.
     let again = create(&base, json!({})).await;
@@ -285,7 +285,7 @@ async fn disk_full_fails_cleanly_and_a_retry_succeeds_after_space_is_freed() {
     assert_eq!(done["status"], "failed", "{done}");
     assert!(done["error"].as_str().unwrap().starts_with("disk full"), "{done}");
     let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
-    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.status(), 410, "a failed export has no file");
     assert!(!mount.path().join(id.to_string()).exists(), "the partial file is removed");
     assert_eq!(client().get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "the service stays up");
     assert_same_bytes(&download(&base, first).await, &s.reference);
