@@ -128,20 +128,18 @@ pub async fn dataset_bounds(
 
 /// Checks that `value` reads as `sql_type`; the error is PostgreSQL's message.
 pub async fn check_value(pool: &PgPool, sql_type: &str, value: &str) -> Result<Result<(), String>> {
-    let checked =
-        sqlx::query(sqlx::AssertSqlSafe(dataset::value_check_query(sql_type))).bind(value).execute(pool).await;
-    match checked {
-        Ok(_) => Ok(Ok(())),
-        Err(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c.starts_with("22")) => {
-            Ok(Err(db.message().to_owned()))
-        }
-        Err(e) => Err(e.into()),
-    }
+    data_error(sqlx::query(sqlx::AssertSqlSafe(dataset::value_check_query(sql_type))).bind(value).execute(pool).await)
 }
 
 /// Checks that a time zone name is known; the error is PostgreSQL's message.
 pub async fn check_time_zone(pool: &PgPool, name: &str) -> Result<Result<(), String>> {
-    match sqlx::query(dataset::time_zone_check_query()).bind(name).execute(pool).await {
+    data_error(sqlx::query(dataset::time_zone_check_query()).bind(name).execute(pool).await)
+}
+
+/// Splits a check's outcome: a data exception (SQLSTATE class 22: bad input) is the client's
+/// problem, with PostgreSQL's message; any other error is ours.
+fn data_error<T>(r: std::result::Result<T, sqlx::Error>) -> Result<Result<(), String>> {
+    match r {
         Ok(_) => Ok(Ok(())),
         Err(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c.starts_with("22")) => {
             Ok(Err(db.message().to_owned()))
