@@ -3,7 +3,8 @@
 //! Seeds the demo dataset (ROWS, default 1,000,000) once, starts the real `exportd serve`, then
 //! alternates for ROUNDS rounds (default 3): `psql \copy (SELECT ... ORDER BY id) TO file WITH
 //! (FORMAT csv, HEADER)`, and an end-to-end export through the API (POST, poll until completed,
-//! file synced on disk) with exportd's peak RSS during it. Then the download rate of the
+//! file synced on disk) with exportd's peak RSS during it, and the same export gzip-compressed
+//! (checked to decode to the same bytes). Then the download rate of the
 //! finished file, and API latency under 50 concurrent clients (wrk) while two exports run.
 //! Prints a table and writes target/bench/results-<rows>.json.
 
@@ -124,6 +125,23 @@ fn psql_copy(db_url: &str, target: &Path) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Whether the gzip file `gz` decodes (all members) to exactly the file `plain`.
+fn gunzip_equals(gz: &Path, plain: &Path) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let mut decoded = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(std::fs::File::open(gz)?));
+    let mut plain = std::io::BufReader::new(std::fs::File::open(plain)?);
+    let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = decoded.read(&mut a)?;
+        if n == 0 {
+            return Ok(plain.read(&mut b[..1])? == 0);
+        }
+        if plain.read_exact(&mut b[..n]).is_err() || a[..n] != b[..n] {
+            return Ok(false);
+        }
+    }
+}
+
 fn same_files(a: &Path, b: &Path) -> bool {
     Command::new("cmp").args(["-s"]).arg(a).arg(b).status().map(|s| s.success()).unwrap_or(false)
 }
@@ -204,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let psql_file = out_dir.join("psql.csv");
     let (mut psql_secs, mut export_secs, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut gzip_secs, mut gzip_bytes) = (Vec::new(), 0u64);
     let mut identical = true;
     let mut last_file = PathBuf::new();
     let mut last_id = String::new();
@@ -229,8 +248,24 @@ async fn main() -> anyhow::Result<()> {
         export_secs.push(e);
         peaks.push(peak);
         last_id = id;
+        // The same export as .csv.gz (one gzip member per chunk, zlib-rs level 1).
+        let started = Instant::now();
+        let id = create_export(&client, &server.base, json!({"compression": "gzip"})).await?;
+        wait_completed(&client, &server.base, &id).await?;
+        let g = started.elapsed().as_secs_f64();
+        let row: (String,) =
+            sqlx::query_as("select file_name from exports where id = $1::uuid").bind(&id).fetch_one(&pool).await?;
+        let gz = storage.join(row.0);
+        gzip_bytes = std::fs::metadata(&gz)?.len();
+        identical &= gunzip_equals(&gz, &psql_file)?;
+        println!(
+            "         exportd gzip {g:.2}s ({:.3}x psql), {:.0}% of the CSV size",
+            g / p,
+            gzip_bytes as f64 * 100.0 / std::fs::metadata(&psql_file)?.len() as f64
+        );
+        gzip_secs.push(g);
     }
-    let (p, e) = (median(&psql_secs), median(&export_secs));
+    let (p, e, g) = (median(&psql_secs), median(&export_secs), median(&gzip_secs));
     let peak_mib = *peaks.iter().max().unwrap() as f64 / 1024.0;
 
     // Download of the finished file.
@@ -288,6 +323,9 @@ async fn main() -> anyhow::Result<()> {
         "exportd_rows_per_s": rows as f64 / e,
         "psql_rows_per_s": rows as f64 / p,
         "exportd_peak_rss_mib": peak_mib,
+        "exportd_gzip_median_s": g,
+        "gzip_ratio_to_psql": g / p,
+        "gzip_bytes": gzip_bytes,
         "identical_to_psql_copy": identical,
         "file_bytes": size,
         "download_mb_per_s": dl_mb_s,
@@ -307,6 +345,11 @@ async fn main() -> anyhow::Result<()> {
     println!("| psql \\copy, median | {p:.2} s ({:.0} rows/s) | |", rows as f64 / p);
     println!("| exportd end-to-end, median | {e:.2} s ({:.0} rows/s) | |", rows as f64 / e);
     println!("| exportd / psql \\copy | {ratio:.3}x | <= 1.05x {} |", mark(ratio <= 1.05));
+    println!(
+        "| exportd gzip end-to-end, median | {g:.2} s ({:.3}x psql, {:.1} MB) | |",
+        g / p,
+        gzip_bytes as f64 / 1e6
+    );
     println!("| exportd peak RSS during export | {peak_mib:.1} MiB | < 40 MiB {} |", mark(peak_mib < 40.0));
     println!("| file identical to psql \\copy | {identical} | true {} |", mark(identical));
     println!(
