@@ -54,12 +54,14 @@ impl App {
             .and_then(|a| a.as_socket_addr().map(|s| s.port()))
             .context("listener has no address")?;
         let public_url = args.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
+        let waker = queue::Waker::start(pool.clone());
         let state = Arc::new(AppState {
             pool,
             storage: workers.engine.storage().clone(),
             default_chunk_size: args.worker.chunk_size,
             retention: args.worker.retention,
             datasets,
+            waker,
             public_url,
         });
         Ok(Self { acceptor, port, state, workers, shutdown })

@@ -47,8 +47,10 @@ async fn main() -> anyhow::Result<()> {
             db::seed::seed_orders(&pool, args.rows, db::seed::print_progress(args.rows)).await.context("seeding orders")
         }
         Command::Openapi => {
+            let pool = db::connect(&DbArgs::parse_defaults()).await?;
             let state = Arc::new(AppState {
-                pool: db::connect(&DbArgs::parse_defaults()).await?,
+                waker: exportd::export::queue::Waker::start(pool.clone()),
+                pool,
                 storage: Storage::at("exports"),
                 default_chunk_size: 10_000,
                 retention: std::time::Duration::ZERO,

@@ -176,9 +176,10 @@ impl ExportApi {
         }
         let req = body.0.unwrap_or_else(CreateExportRequest::empty);
         let (ds, spec) = req.into_spec(&self.state).await?;
-        let record = match export::create_export(&self.state.pool, &ds, &spec, key.as_deref()).await? {
-            Created::New(r) | Created::Existing(r) => r,
-        };
+        let record =
+            match export::create_export(&self.state.pool, &self.state.waker, &ds, &spec, key.as_deref()).await? {
+                Created::New(r) | Created::Existing(r) => r,
+            };
         let status_url = self.state.url(&format!("/api/export/{}/status", record.id));
         Ok(CreateExportResponse::Accepted(
             Json(ExportCreated {

@@ -27,6 +27,8 @@ pub struct AppState {
     pub retention: std::time::Duration,
     /// What can be exported.
     pub datasets: Arc<Datasets>,
+    /// Wakes queue workers for new jobs.
+    pub waker: crate::export::queue::Waker,
     /// Prefix of the links we return ("" = relative links).
     pub public_url: String,
 }

@@ -136,9 +136,16 @@ pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i6
     format!("copy ({}) to stdout with ({})", chunk_select(ds, spec, after, upper, limit), copy_options(spec, header))
 }
 
-/// The largest key now: the high-water mark an export created now will stop at.
-pub fn max_key_query(ds: &Dataset) -> String {
-    format!("select max({})::bigint from {}", ident(&ds.key), ds.table_sql)
+/// The largest key now (the high-water mark an export created now will stop at) and the
+/// planner's estimate of the table's rows (null when never analyzed), in one round trip.
+pub fn bounds_query(ds: &Dataset) -> String {
+    format!(
+        "select (select max({key})::bigint from {table}), \
+         (select case when c.reltuples < 0 then null else c.reltuples::bigint end \
+          from pg_class c where c.oid = '{table}'::regclass)",
+        key = ident(&ds.key),
+        table = ds.table_sql.replace('\'', "''"),
+    )
 }
 
 /// The planner's estimate of the rows a filtered export covers (`EXPLAIN`, no count), with
@@ -170,10 +177,4 @@ pub fn copy_reference_query(ds: &Dataset) -> String {
         ds.table_sql,
         ident(&ds.key)
     )
-}
-
-/// Planner's estimate of the table's rows (no count): null when the table was never analyzed.
-pub fn estimate_rows_query() -> &'static str {
-    "select case when c.reltuples < 0 then null else c.reltuples::bigint end \
-     from pg_class c where c.oid = to_regclass($1)"
 }

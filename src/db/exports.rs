@@ -106,14 +106,9 @@ pub async fn dataset_bounds(
     ds: &Dataset,
     spec: &ExportSpec,
 ) -> Result<(Option<i64>, Option<i64>)> {
-    let upper: Option<i64> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::max_key_query(ds))).fetch_one(&mut *conn).await?;
+    let (upper, estimate): (Option<i64>, Option<i64>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(dataset::bounds_query(ds))).fetch_one(&mut *conn).await?;
     if spec.filters.is_empty() {
-        let estimate: Option<i64> = sqlx::query_scalar(dataset::estimate_rows_query())
-            .bind(&ds.table_sql)
-            .fetch_optional(&mut *conn)
-            .await?
-            .flatten();
         return Ok((upper, estimate));
     }
     let Some(upper_id) = upper else { return Ok((None, Some(0))) };

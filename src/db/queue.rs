@@ -35,15 +35,17 @@ pub async fn purge_dead_workers(pool: &PgPool, queue: &str, dead_after: Duration
     Ok(done.rows_affected())
 }
 
-/// Tells listening workers that job `job_id` of `queue` is ready, with the payload apalis'
-/// own (disabled, see migrations/0002) insert trigger sends. Call after the commit.
-pub async fn notify_workers(pool: &PgPool, queue: &str, job_id: &str) -> Result<()> {
+/// Tells listening workers that jobs `job_ids` of `queue` are ready, one notification per job
+/// with the payload apalis' own (disabled, see migrations/0002) insert trigger sends, all in
+/// one statement. Call after the commit that inserted them.
+pub async fn notify_workers(pool: &PgPool, queue: &str, job_ids: &[String]) -> Result<()> {
     sqlx::query(
         "select pg_notify('apalis::job::insert', \
-         json_build_object('job_type', $1::text, 'id', $2::text, 'run_at', now())::text)",
+         json_build_object('job_type', $1::text, 'id', id, 'run_at', now())::text) \
+         from unnest($2::text[]) as id",
     )
     .bind(queue)
-    .bind(job_id)
+    .bind(job_ids)
     .execute(pool)
     .await?;
     Ok(())

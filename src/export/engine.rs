@@ -452,7 +452,11 @@ impl Engine {
         token: Uuid,
     ) -> anyhow::Result<(Checkpoint, Option<RunEnd>)> {
         let export_id = export.id;
-        let mut out = Output::new(file, export.spec.0.compression, cp.bytes);
+        let compression = export.spec.0.compression;
+        // The gzip output buffer comes from the pool, allocated here rather than in the
+        // blocking threads that compress (each of which would grow a malloc arena of its own).
+        let spare = if compression == Compression::Gzip { self.buffers.take() } else { Vec::new() };
+        let mut out = Output::new(file, compression, cp.bytes, spare);
         let mut chunks = 0u64;
         let (mut t_write, mut t_sync, mut t_checkpoint, mut t_idle) =
             (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -500,6 +504,9 @@ impl Engine {
         out.finish().await?;
         out.sync().await?;
         cp.bytes = out.written;
+        if out.spare.capacity() > 0 {
+            self.buffers.give(std::mem::take(&mut out.spare));
+        }
         tracing::debug!(%export_id, chunks, total = ?started.elapsed(), idle = ?t_idle, write = ?t_write, sync = ?t_sync, checkpoint = ?t_checkpoint, "writer timings");
         Ok((cp, None))
     }
@@ -523,8 +530,8 @@ struct Output {
 const GZIP_FLUSH_BYTES: usize = 256 * 1024;
 
 impl Output {
-    fn new(file: tokio::fs::File, compression: Compression, written: i64) -> Self {
-        Self { file, gzip: compression == Compression::Gzip, member: None, spare: Vec::new(), written }
+    fn new(file: tokio::fs::File, compression: Compression, written: i64, spare: Vec<u8>) -> Self {
+        Self { file, gzip: compression == Compression::Gzip, member: None, spare, written }
     }
 
     /// Appends `bytes` (compressing them when gzip) and hands the buffer back.

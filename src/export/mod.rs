@@ -74,6 +74,7 @@ pub enum Created {
 /// returns that export when the request is the same, and a conflict when it differs.
 pub async fn create_export(
     pool: &sqlx::PgPool,
+    waker: &queue::Waker,
     ds: &dataset::Dataset,
     spec: &ExportSpec,
     idempotency_key: Option<&str>,
@@ -108,6 +109,6 @@ pub async fn create_export(
     };
     queue::enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e).context("enqueueing the export job"))?;
     tx.commit().await?;
-    queue::wake_workers(pool, &job_id).await;
+    waker.wake(job_id);
     Ok(Created::New(record))
 }

@@ -45,10 +45,40 @@ pub async fn enqueue(conn: &mut PgConnection, job_id: &str, export_id: Uuid) -> 
     apalis_postgres::queries::push_tasks(conn, QUEUE, vec![task]).await
 }
 
-/// Wakes listening workers for a job just committed (best effort: they also poll every second).
-pub async fn wake_workers(pool: &PgPool, job_id: &str) {
-    if let Err(e) = db::queue::notify_workers(pool, QUEUE, job_id).await {
-        tracing::debug!(error = %e, %job_id, "could not notify workers; they will find the job by polling");
+/// Wakes listening workers for jobs just committed (best effort: they also poll every second).
+pub async fn wake_workers(pool: &PgPool, job_ids: &[String]) {
+    if let Err(e) = db::queue::notify_workers(pool, QUEUE, job_ids).await {
+        tracing::debug!(error = %e, jobs = job_ids.len(), "could not notify workers; they will find the jobs by polling");
+    }
+}
+
+/// Jobs waiting for their wake-up notification, at most (beyond, workers find them by polling).
+const PENDING_WAKES: usize = 10_000;
+
+/// Wakes workers for new jobs off the request path, in batches: a request hands its job id
+/// over and answers at once, and one statement notifies every job committed meanwhile. (Each
+/// notifying transaction takes PostgreSQL's global notify lock at commit, so one per request
+/// made concurrent requests wait on each other.)
+#[derive(Debug, Clone)]
+pub struct Waker(tokio::sync::mpsc::Sender<String>);
+
+impl Waker {
+    /// Starts the notifying task; it ends when the last `Waker` is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(PENDING_WAKES);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 1000).await > 0 {
+                wake_workers(&pool, &batch).await;
+                batch.clear();
+            }
+        });
+        Self(tx)
+    }
+
+    /// Asks for workers to be woken for a committed job (never waits).
+    pub fn wake(&self, job_id: String) {
+        let _ = self.0.try_send(job_id);
     }
 }
 
@@ -139,7 +169,7 @@ pub async fn requeue_orphans(pool: &PgPool) -> crate::error::Result<usize> {
         if db::exports::set_job(&mut tx, id, &job_id).await? {
             enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e))?;
             tx.commit().await?;
-            wake_workers(pool, &job_id).await;
+            wake_workers(pool, std::slice::from_ref(&job_id)).await;
             tracing::warn!(export_id = %id, %job_id, "unfinished export had no live queue job; re-enqueued");
             n += 1;
         }

@@ -177,6 +177,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
     args.database_url = "postgres://postgres@127.0.0.1:1/none".into();
     let dead = exportd::db::connect(&args).await.unwrap();
     let state = std::sync::Arc::new(exportd::api::AppState {
+        waker: exportd::export::queue::Waker::start(dead.clone()),
         pool: dead,
         storage: exportd::storage::Storage::at(app.storage.path()),
         default_chunk_size: 10_000,
