@@ -143,14 +143,28 @@ fn data_error<T>(r: std::result::Result<T, sqlx::Error>) -> Result<Result<(), St
     }
 }
 
-/// Inserts a new export in the `queued` state (call inside the transaction that enqueues its
-/// job). None when its idempotency key is taken.
-pub async fn insert_export(conn: &mut PgConnection, new: &NewExport<'_>) -> Result<Option<ExportRecord>> {
+/// Inserts a new export in the `queued` state and its queue job, in one statement (so one
+/// round trip and one commit): never one without the other. None when its idempotency key is
+/// taken (then no job is inserted either). The job row is what apalis-postgres' own
+/// `push_tasks` inserts (`queries/task/sink.sql` of apalis-postgres 1.0); the queue tests
+/// run it through real apalis workers.
+pub async fn insert_export_with_job(
+    pool: &PgPool,
+    new: &NewExport<'_>,
+    job: &NewJob<'_>,
+) -> Result<Option<ExportRecord>> {
     let row = sqlx::query_as(concat!(
-        "insert into exports (id, dataset, spec, upper_bound_id, total_rows, job_id, idempotency_key) \
-         values ($1, $2, $3, $4, $5, $6, $7) \
-         on conflict (idempotency_key) where idempotency_key is not null do nothing returning ",
-        columns!()
+        "with e as ( \
+           insert into exports (id, dataset, spec, upper_bound_id, total_rows, job_id, idempotency_key) \
+           values ($1, $2, $3, $4, $5, $6, $7) \
+           on conflict (idempotency_key) where idempotency_key is not null do nothing \
+           returning *), \
+         j as ( \
+           insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata) \
+           select e.job_id, $8, $9, 'Pending', 0, $10, now(), 0, ''::hstore from e) \
+         select ",
+        columns!(),
+        " from e"
     ))
     .bind(new.id)
     .bind(&new.dataset.name)
@@ -159,9 +173,21 @@ pub async fn insert_export(conn: &mut PgConnection, new: &NewExport<'_>) -> Resu
     .bind(new.total_rows)
     .bind(new.job_id)
     .bind(new.idempotency_key)
-    .fetch_optional(conn)
+    .bind(job.queue)
+    .bind(job.payload)
+    .bind(job.max_attempts)
+    .fetch_optional(pool)
     .await?;
     Ok(row)
+}
+
+/// A queue job to insert with its export.
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    pub queue: &'a str,
+    /// The job's arguments as apalis stores them (JSON bytes).
+    pub payload: &'a [u8],
+    pub max_attempts: i32,
 }
 
 /// The export created with this idempotency key, if any.

@@ -68,7 +68,7 @@ pub enum Created {
     Existing(crate::db::exports::ExportRecord),
 }
 
-/// Creates an export and its queue job in one transaction (never one without the other), with
+/// Creates an export and its queue job in one statement (never one without the other), with
 /// the dataset's high-water mark and row estimate taken now. Fast: nothing is read but the
 /// key index's last entry and the planner's statistics. With an idempotency key already used,
 /// returns that export when the request is the same, and a conflict when it differs.
@@ -90,15 +90,17 @@ pub async fn create_export(
             Err(Error::IdempotencyMismatch(existing.id))
         };
     }
-    let mut tx = pool.begin().await?;
-    let (upper_bound_id, total_rows) = exports::dataset_bounds(&mut tx, ds, spec).await?;
+    let mut conn = pool.acquire().await?;
+    let (upper_bound_id, total_rows) = exports::dataset_bounds(&mut conn, ds, spec).await?;
+    drop(conn);
     let job_id = queue::new_job_id();
     let id = uuid::Uuid::new_v4();
     let new =
         exports::NewExport { id, dataset: ds, spec, upper_bound_id, total_rows, job_id: &job_id, idempotency_key };
-    let Some(record) = exports::insert_export(&mut tx, &new).await? else {
+    let payload = queue::job_payload(id);
+    let job = exports::NewJob { queue: queue::QUEUE, payload: &payload, max_attempts: queue::QUEUE_MAX_ATTEMPTS };
+    let Some(record) = exports::insert_export_with_job(pool, &new, &job).await? else {
         // Another request with the same key won the race: answer as if it came first.
-        drop(tx);
         let key = idempotency_key.expect("only a key can conflict");
         let existing = exports::find_by_idempotency_key(pool, key).await?.ok_or(Error::NotFound(id))?;
         return if same_request(&existing) {
@@ -107,8 +109,6 @@ pub async fn create_export(
             Err(Error::IdempotencyMismatch(existing.id))
         };
     };
-    queue::enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e).context("enqueueing the export job"))?;
-    tx.commit().await?;
     waker.wake(job_id);
     Ok(Created::New(record))
 }

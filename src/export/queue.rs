@@ -33,15 +33,21 @@ pub struct ExportJob {
 
 /// Queue retries: our own attempt accounting decides when an export fails (see
 /// `max_stalled_attempts`); this only has to be larger.
-const QUEUE_MAX_ATTEMPTS: usize = 1000;
+pub const QUEUE_MAX_ATTEMPTS: i32 = 1000;
+
+/// The job's arguments, as apalis stores them.
+pub fn job_payload(export_id: Uuid) -> Vec<u8> {
+    serde_json::to_vec(&ExportJob { export_id }).expect("serializable")
+}
 
 /// Inserts job `job_id` for an export on `conn`, the transaction that inserts or updates the
 /// export row; call [`wake_workers`] once it has committed.
 pub async fn enqueue(conn: &mut PgConnection, job_id: &str, export_id: Uuid) -> Result<(), apalis_postgres::Error> {
-    let payload = serde_json::to_vec(&ExportJob { export_id }).expect("serializable");
     let ulid: ulid::Ulid = job_id.parse().expect("job ids are ULIDs");
-    let task: PgTask =
-        TaskBuilder::new(payload).task_id(TaskId::from_ulid(ulid)).max_attempts(QUEUE_MAX_ATTEMPTS).build();
+    let task: PgTask = TaskBuilder::new(job_payload(export_id))
+        .task_id(TaskId::from_ulid(ulid))
+        .max_attempts(QUEUE_MAX_ATTEMPTS as usize)
+        .build();
     apalis_postgres::queries::push_tasks(conn, QUEUE, vec![task]).await
 }
 
