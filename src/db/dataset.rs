@@ -136,16 +136,24 @@ pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i6
     format!("copy ({}) to stdout with ({})", chunk_select(ds, spec, after, upper, limit), copy_options(spec, header))
 }
 
-/// The largest key now (the high-water mark an export created now will stop at) and the
-/// planner's estimate of the table's rows (null when never analyzed), in one round trip.
-pub fn bounds_query(ds: &Dataset) -> String {
-    format!(
-        "select (select max({key})::bigint from {table}), \
-         (select case when c.reltuples < 0 then null else c.reltuples::bigint end \
-          from pg_class c where c.oid = '{table}'::regclass)",
-        key = ident(&ds.key),
-        table = ds.table_sql.replace('\'', "''"),
+/// SQL expressions for the largest key now (the high-water mark an export created now will
+/// stop at) and the planner's estimate of the table's rows (null when never analyzed).
+pub fn bounds_exprs(ds: &Dataset) -> (String, String) {
+    let table = &ds.table_sql;
+    (
+        format!("(select max({})::bigint from {table})", ident(&ds.key)),
+        format!(
+            "(select case when c.reltuples < 0 then null else c.reltuples::bigint end \
+             from pg_class c where c.oid = {}::regclass)",
+            literal(table)
+        ),
     )
+}
+
+/// Both bounds in one query.
+pub fn bounds_query(ds: &Dataset) -> String {
+    let (upper, total) = bounds_exprs(ds);
+    format!("select {upper}, {total}")
 }
 
 /// The planner's estimate of the rows a filtered export covers (`EXPLAIN`, no count), with

@@ -62,8 +62,7 @@ pub struct NewExport<'a> {
     pub id: Uuid,
     pub dataset: &'a Dataset,
     pub spec: &'a ExportSpec,
-    pub upper_bound_id: Option<i64>,
-    pub total_rows: Option<i64>,
+    pub bounds: Bounds,
     pub job_id: &'a str,
     pub idempotency_key: Option<&'a str>,
 }
@@ -99,26 +98,20 @@ macro_rules! columns {
     };
 }
 
-/// The high-water mark (largest key now) and an estimate of the rows to export: the
-/// planner's row count of the table, or of the filtered query up to the mark (`EXPLAIN`, no count).
-pub async fn dataset_bounds(
-    conn: &mut PgConnection,
-    ds: &Dataset,
-    spec: &ExportSpec,
-) -> Result<(Option<i64>, Option<i64>)> {
-    let (upper, estimate): (Option<i64>, Option<i64>) =
+/// The high-water mark (largest key now) and the planner's estimate of the rows a filtered
+/// export covers (`EXPLAIN` of the filtered query up to the mark, values bound; no count).
+pub async fn filtered_bounds(pool: &PgPool, ds: &Dataset, spec: &ExportSpec) -> Result<Bounds> {
+    let mut conn = pool.acquire().await?;
+    let (upper, _): (Option<i64>, Option<i64>) =
         sqlx::query_as(sqlx::AssertSqlSafe(dataset::bounds_query(ds))).fetch_one(&mut *conn).await?;
-    if spec.filters.is_empty() {
-        return Ok((upper, estimate));
-    }
-    let Some(upper_id) = upper else { return Ok((None, Some(0))) };
+    let Some(upper_id) = upper else { return Ok(Bounds::Known { upper_bound_id: None, total_rows: Some(0) }) };
     let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::estimate_filtered_query(ds, spec)));
     for value in dataset::filter_values(spec) {
         query = query.bind(value);
     }
     let plan: Json<serde_json::Value> = query.bind(upper_id).fetch_one(&mut *conn).await?;
     let rows = plan.0[0]["Plan"]["Plan Rows"].as_f64().map(|r| r as i64);
-    Ok((upper, rows))
+    Ok(Bounds::Known { upper_bound_id: upper, total_rows: rows })
 }
 
 /// Checks that `value` reads as `sql_type`; the error is PostgreSQL's message.
@@ -153,32 +146,47 @@ pub async fn insert_export_with_job(
     new: &NewExport<'_>,
     job: &NewJob<'_>,
 ) -> Result<Option<ExportRecord>> {
-    let row = sqlx::query_as(concat!(
+    let ((upper_sql, total_sql), (upper, total)) = match new.bounds {
+        Bounds::Known { upper_bound_id, total_rows } => {
+            (("$4::bigint".to_owned(), "$5::bigint".to_owned()), (upper_bound_id, total_rows))
+        }
+        Bounds::FromTable => (dataset::bounds_exprs(new.dataset), (None, None)),
+    };
+    let sql = format!(
         "with e as ( \
            insert into exports (id, dataset, spec, upper_bound_id, total_rows, job_id, idempotency_key) \
-           values ($1, $2, $3, $4, $5, $6, $7) \
+           values ($1, $2, $3, {upper_sql}, {total_sql}, $6, $7) \
            on conflict (idempotency_key) where idempotency_key is not null do nothing \
            returning *), \
          j as ( \
            insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata) \
            select e.job_id, $8, $9, 'Pending', 0, $10, now(), 0, ''::hstore from e) \
-         select ",
-        columns!(),
-        " from e"
-    ))
-    .bind(new.id)
-    .bind(&new.dataset.name)
-    .bind(Json(new.spec))
-    .bind(new.upper_bound_id)
-    .bind(new.total_rows)
-    .bind(new.job_id)
-    .bind(new.idempotency_key)
-    .bind(job.queue)
-    .bind(job.payload)
-    .bind(job.max_attempts)
-    .fetch_optional(pool)
-    .await?;
+         select {} from e",
+        columns!()
+    );
+    let row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(new.id)
+        .bind(&new.dataset.name)
+        .bind(Json(new.spec))
+        .bind(upper)
+        .bind(total)
+        .bind(new.job_id)
+        .bind(new.idempotency_key)
+        .bind(job.queue)
+        .bind(job.payload)
+        .bind(job.max_attempts)
+        .fetch_optional(pool)
+        .await?;
     Ok(row)
+}
+
+/// The high-water mark and row estimate of a new export.
+#[derive(Debug, Clone, Copy)]
+pub enum Bounds {
+    /// Taken beforehand (filtered exports: the estimate is the filtered query's).
+    Known { upper_bound_id: Option<i64>, total_rows: Option<i64> },
+    /// Read from the table by the insert itself (largest key, planner's row count).
+    FromTable,
 }
 
 /// A queue job to insert with its export.

@@ -70,7 +70,8 @@ pub enum Created {
 
 /// Creates an export and its queue job in one statement (never one without the other), with
 /// the dataset's high-water mark and row estimate taken now. Fast: nothing is read but the
-/// key index's last entry and the planner's statistics. With an idempotency key already used,
+/// key index's last entry and the planner's statistics, and an unfiltered export is created in
+/// a single round trip. With an idempotency key already used,
 /// returns that export when the request is the same, and a conflict when it differs.
 pub async fn create_export(
     pool: &sqlx::PgPool,
@@ -90,13 +91,14 @@ pub async fn create_export(
             Err(Error::IdempotencyMismatch(existing.id))
         };
     }
-    let mut conn = pool.acquire().await?;
-    let (upper_bound_id, total_rows) = exports::dataset_bounds(&mut conn, ds, spec).await?;
-    drop(conn);
+    let bounds = if spec.filters.is_empty() {
+        exports::Bounds::FromTable
+    } else {
+        exports::filtered_bounds(pool, ds, spec).await?
+    };
     let job_id = queue::new_job_id();
     let id = uuid::Uuid::new_v4();
-    let new =
-        exports::NewExport { id, dataset: ds, spec, upper_bound_id, total_rows, job_id: &job_id, idempotency_key };
+    let new = exports::NewExport { id, dataset: ds, spec, bounds, job_id: &job_id, idempotency_key };
     let payload = queue::job_payload(id);
     let job = exports::NewJob { queue: queue::QUEUE, payload: &payload, max_attempts: queue::QUEUE_MAX_ATTEMPTS };
     let Some(record) = exports::insert_export_with_job(pool, &new, &job).await? else {
