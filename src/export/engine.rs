@@ -370,6 +370,10 @@ impl Engine {
             let mut count = 0u64;
             let mut last_row = None;
             while let Some(message) = stream.try_next().await? {
+                // Rows usually come out of sqlx's buffer without touching the socket, so this
+                // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
+                // in whenever the task's cooperative budget runs out.
+                tokio::task::consume_budget().await;
                 // PostgreSQL sends one CopyData message per row (the first one is the header
                 // line when asked for).
                 let is_header = std::mem::take(&mut header);
