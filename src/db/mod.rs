@@ -16,6 +16,9 @@ use sqlx::{
 
 use crate::config::DbArgs;
 
+/// A pooled connection idle longer than this is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
+
 /// Opens the pool. Every connection runs in UTC (so timestamps come out as PostgreSQL's own
 /// `COPY` prints them with `TimeZone = 'UTC'`) with a statement timeout, so that no query, a
 /// chunk query included, can hold the database or a request for longer than that.
@@ -36,10 +39,21 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
         // A request waits at most this long for a connection: with the database down, the API
         // answers 503 quickly instead of hanging.
         .acquire_timeout(Duration::from_secs(3))
-        // No ping before handing a connection out: that was one extra round trip per query
-        // (half of `POST /api/export`'s). A connection the server dropped fails its next
-        // query instead, which is answered 503 and retried by clients and workers alike.
+        // Ping a connection before handing it out only if it sat idle for a while: a ping
+        // per acquire was one extra round trip per query (half of `POST /api/export`'s),
+        // while a connection in constant use is known to be alive. One that the server
+        // dropped while it was idle (a database restart) is caught here and replaced, so
+        // requests after a restart do not fail on stale connections.
         .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    use sqlx::Connection as _;
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 
