@@ -24,6 +24,9 @@ use crate::{
 
 /// How often unfinished exports without a live queue job are looked for.
 const REQUEUE_EVERY: Duration = Duration::from_secs(10);
+/// An unfinished export counts as orphaned only once untouched this long (a new export's job
+/// may not be visible to every reader yet; a running one checkpoints far more often).
+const ORPHAN_MIN_AGE: Duration = Duration::from_secs(30);
 /// Finished queue jobs are kept this long (for inspection), then deleted.
 const KEEP_FINISHED_JOBS: Duration = Duration::from_secs(24 * 3600);
 /// Worker rows silent this long (and referenced by no job) are deleted.
@@ -180,12 +183,13 @@ impl Workers {
 /// completed exports past their retention expire and their files are deleted; finished jobs
 /// and dead workers are deleted so the queue tables do not grow without bound.
 async fn housekeeping(pool: PgPool, storage: Storage, shutdown: Shutdown) {
+    let mut orphan_scan = None;
     for round in 0u64.. {
         tokio::select! {
             _ = tokio::time::sleep(REQUEUE_EVERY) => {}
             _ = shutdown.wait() => return,
         }
-        if let Err(e) = queue::requeue_orphans(&pool).await {
+        if let Err(e) = queue::requeue_orphans(&pool, ORPHAN_MIN_AGE, &mut orphan_scan).await {
             tracing::warn!(error = %e, "re-enqueueing orphaned exports failed; will retry");
         }
         expire(&pool, &storage).await;

@@ -472,22 +472,47 @@ async fn end_run(conn: &mut PgConnection, token: Uuid, outcome: &str, error: Opt
     Ok(())
 }
 
-/// Unfinished exports whose queue job is gone or finished (e.g. the queue gave up on it):
-/// they need a new job. Exports younger than `min_age_secs` are left alone.
-pub async fn exports_without_live_job(pool: &PgPool, queue: &str, min_age_secs: f64) -> Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar(
-        "select e.id from exports e \
-         left join apalis.jobs j on j.id = e.job_id and j.job_type = $1 \
-         where e.status in ('queued', 'running') \
-           and e.updated_at < now() - make_interval(secs => $2) \
-           and (j.id is null or j.status in ('Done', 'Killed') \
-                or (j.status = 'Failed' and j.attempts >= j.max_attempts)) \
-         order by e.created_at limit 100",
+/// Where the orphan scan of queued exports has got to: `(created_at, id)` of the last one seen.
+pub type ScanCursor = (DateTime<Utc>, Uuid);
+
+/// One round of the search for unfinished exports whose queue job is gone or finished (e.g.
+/// the queue gave up on it): every running export, and the next `limit` queued ones after
+/// `cursor`, so a round costs the same however long the backlog is (a scan of every queued
+/// export took 250 ms with 100k of them). The job of each is looked up by its key (a subquery
+/// per row: a join read the whole jobs table). Exports not updated for `min_age_secs` only.
+/// Returns the orphans and where the next round goes on (None: from the start again).
+pub async fn exports_without_live_job(
+    pool: &PgPool,
+    queue: &str,
+    min_age_secs: f64,
+    cursor: Option<ScanCursor>,
+    limit: i64,
+) -> Result<(Vec<Uuid>, Option<ScanCursor>)> {
+    let (at, id) = cursor.unwrap_or((DateTime::<Utc>::UNIX_EPOCH, Uuid::nil()));
+    let rows: Vec<(Uuid, DateTime<Utc>, bool, bool)> = sqlx::query_as(
+        "with scanned as ( \
+           (select id, job_id, created_at, updated_at, false as queued from exports \
+            where status = 'running' order by created_at, id limit $3) \
+           union all \
+           (select id, job_id, created_at, updated_at, true from exports \
+            where status = 'queued' and (created_at, id) > ($4, $5) order by created_at, id limit $3)) \
+         select s.id, s.created_at, s.queued, \
+                s.updated_at < now() - make_interval(secs => $2) and coalesce( \
+                  (select j.status in ('Done', 'Killed') or (j.status = 'Failed' and j.attempts >= j.max_attempts) \
+                   from apalis.jobs j where j.id = s.job_id and j.job_type = $1), true) \
+         from scanned s \
+         order by s.queued, s.created_at, s.id",
     )
     .bind(queue)
     .bind(min_age_secs)
+    .bind(limit)
+    .bind(at)
+    .bind(id)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    let queued: Vec<_> = rows.iter().filter(|r| r.2).collect();
+    let next = (queued.len() as i64 == limit).then(|| queued.last().map(|r| (r.1, r.0))).flatten();
+    Ok((rows.iter().filter(|r| r.3).map(|r| r.0).collect(), next))
 }
 
 /// Points an unfinished export at a new queue job (same transaction as the job's insert).

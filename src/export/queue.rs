@@ -164,10 +164,22 @@ async fn run_export_job(job: ExportJob, engine: Data<Arc<Engine>>, worker: Worke
     }
 }
 
-/// Gives every unfinished export whose queue job is gone or finished a new job, so no export
-/// is left behind whatever happened to the queue. Returns how many were re-enqueued.
-pub async fn requeue_orphans(pool: &PgPool) -> crate::error::Result<usize> {
-    let ids = db::exports::exports_without_live_job(pool, QUEUE, 30.0).await?;
+/// Queued exports the orphan scan looks at per round (running ones are all looked at).
+const ORPHAN_SCAN_BATCH: i64 = 1000;
+
+/// Gives unfinished exports whose queue job is gone or finished a new job, so no export is
+/// left behind whatever happened to the queue. Each call looks at every running export and the
+/// next slice of queued ones (`cursor` remembers where; a backlog is covered over several
+/// rounds at a bounded cost each); only exports untouched for `min_age` count. Returns how
+/// many were re-enqueued.
+pub async fn requeue_orphans(
+    pool: &PgPool,
+    min_age: Duration,
+    cursor: &mut Option<db::exports::ScanCursor>,
+) -> crate::error::Result<usize> {
+    let (ids, next) =
+        db::exports::exports_without_live_job(pool, QUEUE, min_age.as_secs_f64(), *cursor, ORPHAN_SCAN_BATCH).await?;
+    *cursor = next;
     let mut n = 0;
     for id in ids {
         let mut tx = pool.begin().await?;

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use exportd::{db::queue, export::queue::QUEUE};
+use exportd::{
+    db::queue,
+    export::queue::{self as export_queue, QUEUE},
+};
 
 use crate::helpers::*;
 
@@ -71,4 +74,72 @@ async fn worker_concurrency_bounds_the_exports_running_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(most, 2, "EXPORTD_WORKER_CONCURRENCY=2 runs at most two exports at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 300).await;
+    // No workers yet: the exports stay queued while their jobs are taken away.
+    let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.create_export(None).await);
+    }
+    let pool = app.db.pool.clone();
+    // Two lose their job row, one has a job the queue gave up on; two keep a live job.
+    sqlx::query("delete from apalis.jobs where id in (select job_id from exports where id = any($1))")
+        .bind(&ids[..2])
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("update apalis.jobs set status = 'Killed' where id = (select job_id from exports where id = $1)")
+        .bind(ids[2])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let job_of = |id| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("select job_id from exports where id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let live_job = job_of(ids[3]).await;
+
+    // Too young to count as orphans.
+    let mut cursor = None;
+    assert_eq!(export_queue::requeue_orphans(&pool, Duration::from_secs(3600), &mut cursor).await.unwrap(), 0);
+    // A scan looks at a bounded slice of the queued exports per round and goes on from its
+    // cursor: every orphan is found within the rounds the backlog needs.
+    let mut found = 0;
+    let mut cursor = None;
+    for _ in 0..3 {
+        found += exportd::db::exports::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2)
+            .await
+            .map(|(orphans, next)| {
+                cursor = next;
+                orphans.len()
+            })
+            .unwrap();
+    }
+    assert_eq!(found, 3, "3 orphans among 5 queued exports, 2 per round");
+    assert!(cursor.is_none(), "the third round reaches the end and starts over");
+
+    let mut cursor = None;
+    assert_eq!(export_queue::requeue_orphans(&pool, Duration::ZERO, &mut cursor).await.unwrap(), 3);
+    assert_eq!(export_queue::requeue_orphans(&pool, Duration::ZERO, &mut cursor).await.unwrap(), 0, "nothing left");
+    assert_eq!(job_of(ids[3]).await, live_job, "an export with a live job keeps it");
+
+    // Workers now run all five, the re-enqueued ones included.
+    let (db, storage) = app.stop().await;
+    let app = spawn_app_on(db, storage, AppOptions { workers: 2, ..Default::default() }).await;
+    let reference = copy_reference(&app.db.pool).await;
+    for id in ids {
+        assert_eq!(app.wait_finished(id, Duration::from_secs(30)).await["status"], "completed");
+        assert_same_bytes(&app.download(id).await, &reference);
+    }
 }
