@@ -17,7 +17,9 @@
 //!   reads a row's key back and applies what COPY cannot (CRLF, the formula guard).
 //! - [`storage`]: one file per run, so a stale runner cannot touch the served bytes.
 //! - [`db`]: the pool, migrations and every SQL statement.
+//! - [`alloc`]: a malloc setting that keeps memory flat from one export to the next.
 
+pub mod alloc;
 pub mod api;
 pub mod app;
 pub mod config;
