@@ -323,7 +323,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     drop(server);
 
-    let ratio = e / p;
+    // Each round's exportd time over the psql \copy run just before it (a paired comparison:
+    // the machine's speed drifts between rounds), then the median of those ratios.
+    let ratios: Vec<f64> = export_secs.iter().zip(&psql_secs).map(|(e, p)| e / p).collect();
+    let gzip_ratios: Vec<f64> = gzip_secs.iter().zip(&psql_secs).map(|(g, p)| g / p).collect();
+    let (ratio, gzip_ratio) = (median(&ratios), median(&gzip_ratios));
     let results = json!({
         "rows": rows,
         "rounds": rounds,
@@ -334,7 +338,8 @@ async fn main() -> anyhow::Result<()> {
         "psql_rows_per_s": rows as f64 / p,
         "exportd_peak_rss_mib": peak_mib,
         "exportd_gzip_median_s": g,
-        "gzip_ratio_to_psql": g / p,
+        "gzip_ratio_to_psql": gzip_ratio,
+        "round_ratios": ratios,
         "gzip_bytes": gzip_bytes,
         "identical_to_psql_copy": identical,
         "file_bytes": size,
@@ -354,10 +359,13 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|");
     println!("| psql \\copy, median | {p:.2} s ({:.0} rows/s) | |", rows as f64 / p);
     println!("| exportd end-to-end, median | {e:.2} s ({:.0} rows/s) | |", rows as f64 / e);
-    println!("| exportd / psql \\copy | {ratio:.3}x | <= 1.05x {} |", mark(ratio <= 1.05));
     println!(
-        "| exportd gzip end-to-end, median | {g:.2} s ({:.3}x psql, {:.1} MB) | |",
-        g / p,
+        "| exportd / psql \\copy, median of the rounds' ratios | {ratio:.3}x (rounds: {}) | <= 1.05x {} |",
+        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", "),
+        mark(ratio <= 1.05)
+    );
+    println!(
+        "| exportd gzip end-to-end, median | {g:.2} s ({gzip_ratio:.3}x psql, {:.1} MB) | |",
         gzip_bytes as f64 / 1e6
     );
     println!("| exportd peak RSS during export | {peak_mib:.1} MiB | < 40 MiB {} |", mark(peak_mib < 40.0));
