@@ -1,6 +1,7 @@
 //! Gentle on the database: every chunk query is an index scan, never a sequential scan, whether
 //! it is the first chunk or a later one, filtered or not; and a selective filter reads a small
-//! part of the table per chunk, not all of it (checked with `EXPLAIN (ANALYZE, BUFFERS)`).
+//! part of the table per chunk, not all of it (checked with `EXPLAIN (ANALYZE, BUFFERS)`); and a chunk
+//! query that cannot finish is cancelled at the statement timeout.
 
 use exportd::{
     db::dataset::{chunk_select, filter_values, session_setup},
@@ -101,4 +102,39 @@ async fn filtered_chunks_use_an_index_and_read_a_small_part_of_the_table() {
             // a chunk reads about chunk / selectivity rows, and the chunks together one pass.
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_query_is_cancelled_at_the_statement_timeout() {
+    let db = test_db().await;
+    exportd::db::seed::seed_orders(&db.pool, 1_000, |_| {}).await.unwrap();
+    let ds = orders(&db.pool).await;
+    // The pool exports run on, with a short statement timeout (EXPORTD_STATEMENT_TIMEOUT).
+    let mut args = exportd::config::DbArgs::parse_defaults();
+    args.database_url = db.url.clone();
+    args.statement_timeout = std::time::Duration::from_millis(300);
+    let pool = exportd::db::connect(&args).await.unwrap();
+    // Another session holds the table, so the chunk query would wait for as long as it does.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("lock table orders in access exclusive mode").execute(&mut *blocker).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut conn = pool.acquire().await.unwrap();
+    let sql = exportd::db::dataset::chunk_copy(&ds, &ExportSpec::new(10_000), None, 1_000, 10_000, true);
+    let chunk = async {
+        match conn.copy_out_raw(&sql).await {
+            Err(e) => e,
+            Ok(mut stream) => {
+                use futures::TryStreamExt;
+                stream.try_next().await.expect_err("the chunk query must not outlive the statement timeout")
+            }
+        }
+    };
+    let err = tokio::time::timeout(std::time::Duration::from_secs(5), chunk)
+        .await
+        .expect("the chunk query was still waiting after 5 s: no statement timeout");
+    let elapsed = started.elapsed();
+    let code = err.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("57014"), "query_canceled by the statement timeout: {err}");
+    assert!(elapsed < std::time::Duration::from_secs(3), "cancelled after {elapsed:?}");
+    blocker.rollback().await.unwrap();
 }
