@@ -14,7 +14,7 @@ use exportd::{
 };
 
 fn main() -> anyhow::Result<()> {
-    exportd::alloc::fix_mmap_threshold();
+    exportd::alloc::tune_malloc();
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(run())
 }
 
