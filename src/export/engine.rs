@@ -588,7 +588,6 @@ impl Output {
         let Some(gzip) = self.gzip.take() else {
             self.file.write_all(&bytes).await.map_err(storage_error)?;
             self.written += bytes.len() as i64;
-            start_writeback(&self.file);
             return Ok(bytes);
         };
         // Compression is CPU work: off the async threads, so the API never waits behind it.
@@ -609,7 +608,6 @@ impl Output {
             self.file.write_all(&gzip.pending).await.map_err(storage_error)?;
             self.written += gzip.pending.len() as i64;
             gzip.pending.clear();
-            start_writeback(&self.file);
         }
         Ok(())
     }
@@ -652,26 +650,6 @@ impl Output {
         self.file.sync_data().await.map_err(storage_error)?;
         Ok(())
     }
-}
-
-/// Starts writing the file's dirty pages to disk without waiting for them (Linux
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`), after every piece: the disk gets a steady
-/// stream instead of a chunk's worth of data at each fsync, so the fsync has little left to
-/// do and other fsyncs on the same filesystem (PostgreSQL committing new exports) do not queue
-/// behind a burst. A hint only: durability still comes from the fsync; errors are ignored.
-fn start_writeback(file: &tokio::fs::File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::{AsFd, AsRawFd};
-        // Its own descriptor, so the hint can never reach another file if this one is closed first.
-        let Ok(fd) = file.as_fd().try_clone_to_owned() else { return };
-        tokio::task::spawn_blocking(move || {
-            // SAFETY: `fd` is an open descriptor owned by this closure; the call reads no memory.
-            unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        });
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
 }
 
 /// Context for file write errors.
