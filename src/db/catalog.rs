@@ -26,6 +26,8 @@ pub struct CatalogColumn {
     pub cast_type: String,
     /// `pg_type.typcategory`: N numeric, D date/time, B boolean, T interval, S string, ...
     pub category: String,
+    /// Declared `NOT NULL` (never true for a view's columns).
+    pub not_null: bool,
 }
 
 /// The relation named `name` (as SQL: `orders`, `sales."Orders"`), if it exists.
@@ -49,7 +51,7 @@ pub async fn columns(pool: &PgPool, oid: i64) -> Result<Vec<CatalogColumn>> {
     Ok(sqlx::query_as(
         "select a.attname::text as name, a.attnum, format_type(a.atttypid, a.atttypmod) as sql_type, \
                 quote_ident(n.nspname) || '.' || quote_ident(t.typname) as cast_type, \
-                t.typcategory::text as category \
+                t.typcategory::text as category, a.attnotnull as not_null \
          from pg_attribute a join pg_type t on t.oid = a.atttypid join pg_namespace n on n.oid = t.typnamespace \
          where a.attrelid = $1::bigint::oid and a.attnum > 0 and not a.attisdropped order by a.attnum",
     )

@@ -180,6 +180,12 @@ async fn check(pool: &PgPool, config: &DatasetConfig) -> anyhow::Result<Dataset>
                 config.key
             );
         }
+        if !key.not_null {
+            bail!(
+                "key column {:?} may be NULL: rows with a NULL key would be left out of every export; declare it NOT NULL",
+                config.key
+            );
+        }
     } else {
         tracing::warn!(dataset = %config.name, relation = %rel.sql_name, "a view: key uniqueness and indexes cannot be checked");
     }

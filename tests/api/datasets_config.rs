@@ -18,10 +18,13 @@ fn config(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf
 async fn a_wrong_config_stops_start_up_with_an_error_that_names_the_problem() {
     let db = test_db().await;
     seed_nasty(&db.pool, 10).await;
-    sqlx::raw_sql("create table plain (n bigint, label text); create view v_orders as select id, note from orders")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "create table plain (n bigint not null, label text); create table nullable_key (k bigint unique); \
+         create view v_orders as select id, note from orders",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dataset = |table: &str, key: &str, columns: &str, filterable: &str| {
         format!(
@@ -35,6 +38,7 @@ async fn a_wrong_config_stops_start_up_with_an_error_that_names_the_problem() {
         (dataset("orders", "customer_email", "\"id\"", ""), "the key must be an integer"),
         (dataset("orders", "quantity", "\"id\"", ""), "key column \"quantity\" has no unique index"),
         (dataset("plain", "n", "\"n\"", ""), "key column \"n\" has no unique index"),
+        (dataset("nullable_key", "k", "\"k\"", ""), "key column \"k\" may be NULL"),
         (dataset("orders", "id", "\"id\", \"note\"", "\"note\""), "filterable column \"note\" has no index"),
         (dataset("orders", "id", "\"id\"", "\"status\""), "filterable column \"status\" is not in columns"),
         (dataset("orders", "id", "\"id\", \"id\"", ""), "column \"id\" is listed twice"),
