@@ -46,7 +46,7 @@ impl App {
     pub async fn build(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
         let pool = connect_and_migrate(&args.db).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
-        let workers = Workers::new(&pool, datasets.clone(), &args.worker, shutdown.clone())?;
+        let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone())?;
         let acceptor = TcpListener::bind(args.listen.to_string())
             .into_acceptor()
             .await
@@ -66,6 +66,7 @@ impl App {
             datasets,
             waker,
             public_url,
+            request_timeout: args.db.db_io_timeout,
         });
         Ok(Self { acceptor, port, state, workers, shutdown })
     }
@@ -104,7 +105,7 @@ impl App {
 pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
     let pool = connect_and_migrate(db_args).await?;
     let datasets = load_datasets(&pool, settings).await?;
-    Workers::new(&pool, datasets, settings, shutdown)?.run().await
+    Workers::new(&pool, datasets, db_args, settings, shutdown)?.run().await
 }
 
 /// Reads the datasets config and checks it against the catalog (start-up fails if it is wrong).
@@ -135,6 +136,7 @@ impl Workers {
     fn new(
         pool: &PgPool,
         datasets: Arc<Datasets>,
+        db: &DbArgs,
         settings: &WorkerSettings,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
@@ -148,6 +150,8 @@ impl Workers {
                 max_stalled_attempts: settings.max_stalled_attempts,
                 retry_backoff: settings.retry_backoff,
                 retention: settings.retention,
+                db_io_timeout: db.db_io_timeout,
+                db_statement_wait: db.statement_timeout + db.db_io_timeout,
             },
             shutdown.clone(),
         );

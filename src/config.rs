@@ -38,6 +38,12 @@ pub struct DbArgs {
     #[arg(long, env = "EXPORTD_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
+    /// Longest wait for the database to answer anything (a row of a chunk, a checkpoint, an API
+    /// query) beyond the statement timeout; a connection that misses it is dropped and the
+    /// export resumes from its checkpoint on a fresh one, the API answers 503.
+    #[arg(long, env = "EXPORTD_DB_IO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub db_io_timeout: Duration,
+
     /// Upper bound on any single statement (every chunk query included), e.g. "60s".
     #[arg(long, env = "EXPORTD_STATEMENT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub statement_timeout: Duration,

@@ -60,6 +60,7 @@ async fn run() -> anyhow::Result<()> {
                 retention: std::time::Duration::ZERO,
                 datasets: Arc::new(exportd::export::dataset::Datasets::none()),
                 public_url: String::new(),
+                request_timeout: std::time::Duration::from_secs(30),
             });
             println!("{}", api::spec_json(state));
             Ok(())

@@ -10,7 +10,7 @@ pub mod request;
 
 use std::sync::Arc;
 
-use poem::{EndpointExt, Route};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, Tags};
 use sqlx::PgPool;
 
@@ -31,6 +31,9 @@ pub struct AppState {
     pub waker: crate::export::queue::Waker,
     /// Prefix of the links we return ("" = relative links).
     pub public_url: String,
+    /// Longest time to answer a request (its body aside): a database that goes silent (a
+    /// half-open connection, a stuck proxy) gives a 503, never a hung request.
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -70,10 +73,25 @@ pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
 
 /// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, JSON errors.
 pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
+    let limit = state.request_timeout;
     let api = service(state);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
-    Route::new().nest("/", api).at("/openapi.json", spec).nest("/docs", docs).catch_all_error(error::render_any_error)
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .around(move |ep, req| async move {
+            match tokio::time::timeout(limit, ep.call(req)).await {
+                Ok(answered) => answered,
+                Err(_) => {
+                    let e = crate::error::Error::Unavailable(crate::db::timed_out(limit, "answering the request"));
+                    tracing::warn!(error = %e, "request timed out");
+                    Ok(error::ApiError::from(e).into_response())
+                }
+            }
+        })
+        .catch_all_error(error::render_any_error)
 }
 
 /// The spec as committed under `openapi/` (stable JSON, no server entry).

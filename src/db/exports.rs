@@ -41,6 +41,10 @@ pub struct ExportRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The run (token) that wrote the checkpointed bytes of `file_name`.
+    pub file_writer: Option<Uuid>,
+    /// The run that last released the export cleanly (its writes finished); None once claimed.
+    pub released_by: Option<Uuid>,
 }
 
 /// One run (attempt) of an export, from `export_runs`.
@@ -79,9 +83,10 @@ pub struct Checkpoint {
 /// Result of trying to claim an export for a new run.
 #[derive(Debug)]
 pub enum Claim {
-    /// The run owns the export. `adopt_file` is true when the previous run released it cleanly,
-    /// so its file can be continued in place; otherwise that runner may still be alive
-    /// somewhere and its file must not be touched.
+    /// The run owns the export. `adopt_file` is true when the run that wrote the checkpointed
+    /// file is the one that released the export cleanly, so that file can be continued in
+    /// place; otherwise its writer may still be alive somewhere (paused, partitioned) and the
+    /// file must not be touched.
     Owned { export: Box<ExportRecord>, adopt_file: bool },
     /// Nothing to do: the export is finished (or was never there).
     Finished,
@@ -94,7 +99,7 @@ macro_rules! columns {
     () => {
         "id, dataset, spec, status, upper_bound_id, owner, last_processed_id, rows_written, \
          bytes_written, file_name, total_rows, attempts, stalled_attempts, last_error, error, \
-         job_id, created_at, started_at, finished_at, expires_at"
+         job_id, created_at, started_at, finished_at, expires_at, file_writer, released_by"
     };
 }
 
@@ -306,7 +311,11 @@ pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, ma
     if current.status.is_terminal() {
         return Ok(Claim::Finished);
     }
-    let adopt_file = current.owner.is_none();
+    // Not just "nobody owns it": the file's own writer must be the run that let go cleanly. A
+    // run that released before its first checkpoint never wrote `file_name`, whose writer may
+    // still be alive.
+    let adopt_file =
+        current.owner.is_none() && current.released_by.is_some() && current.released_by == current.file_writer;
     sqlx::query(
         "update export_runs set ended_at = now(), outcome = 'superseded' where export_id = $1 and ended_at is null",
     )
@@ -331,7 +340,7 @@ pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, ma
         return Ok(Claim::GaveUp);
     }
     let export: ExportRecord = sqlx::query_as(concat!(
-        "update exports set owner = $2, status = 'running', attempts = attempts + 1, \
+        "update exports set owner = $2, released_by = null, status = 'running', attempts = attempts + 1, \
          stalled_attempts = stalled_attempts + 1, started_at = coalesce(started_at, now()) \
          where id = $1 returning ",
         columns!()
@@ -365,7 +374,7 @@ pub async fn save_checkpoint(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoi
     sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
     let done = sqlx::query(
         "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
-         file_name = $6, stalled_attempts = 0 \
+         file_name = $6, file_writer = $2, stalled_attempts = 0 \
          where id = $1 and owner = $2 and status = 'running'",
     )
     .bind(id)
@@ -392,7 +401,7 @@ pub async fn complete_export(
     let mut tx = pool.begin().await?;
     let done = sqlx::query(
         "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
-         bytes_written = $5, file_name = $6, owner = null, stalled_attempts = 0, \
+         bytes_written = $5, file_name = $6, file_writer = $2, owner = null, stalled_attempts = 0, \
          finished_at = now(), error = null, expires_at = now() + make_interval(secs => $7) \
          where id = $1 and owner = $2 and status = 'running'",
     )
@@ -425,7 +434,7 @@ pub async fn release_export(
 ) -> Result<bool> {
     let mut tx = pool.begin().await?;
     let done = sqlx::query(
-        "update exports set owner = null, last_error = coalesce($3, last_error), \
+        "update exports set owner = null, released_by = $2, last_error = coalesce($3, last_error), \
          attempts = attempts - $4, stalled_attempts = greatest(stalled_attempts - $4, 0) \
          where id = $1 and owner = $2 and status = 'running'",
     )
@@ -446,7 +455,8 @@ pub async fn release_export(
 /// Forgets the checkpoint (its file is gone): the run starts the export over, fenced.
 pub async fn reset_checkpoint(pool: &PgPool, id: Uuid, token: Uuid) -> Result<bool> {
     let done = sqlx::query(
-        "update exports set last_processed_id = null, rows_written = 0, bytes_written = 0, file_name = null \
+        "update exports set last_processed_id = null, rows_written = 0, bytes_written = 0, file_name = null, \
+         file_writer = null \
          where id = $1 and owner = $2 and status = 'running'",
     )
     .bind(id)

@@ -6,7 +6,7 @@ pub mod exports;
 pub mod queue;
 pub mod seed;
 
-use std::{str::FromStr, time::Duration};
+use std::{future::Future, str::FromStr, time::Duration};
 
 use anyhow::Context as _;
 use sqlx::{
@@ -14,7 +14,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::config::DbArgs;
+use crate::{config::DbArgs, error::Error};
 
 /// A pooled connection idle longer than this is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
@@ -22,7 +22,16 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 /// Opens the pool. Every connection runs in UTC (so timestamps come out as PostgreSQL's own
 /// `COPY` prints them with `TimeZone = 'UTC'`) with a statement timeout, so that no query, a
 /// chunk query included, can hold the database or a request for longer than that.
+///
+/// A connection can also hang without any error: a half-open TCP connection, a stuck proxy or
+/// pooler, a frozen server. Keepalive probes do not catch those (the proxy answers them), so
+/// every wait on a pooled connection that the pool itself makes is bounded by
+/// `db_io_timeout`, and a connection that misses it is closed, never handed out again: the
+/// idle check before use, and the check on return (sqlx pings every returned connection with
+/// no deadline of its own, so a connection dropped mid-query by a caller's deadline would
+/// otherwise hold its pool slot for ever).
 pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
+    let io_timeout = args.db_io_timeout;
     let timeout_ms = args.statement_timeout.as_millis().max(1).to_string();
     let options = PgConnectOptions::from_str(&args.database_url)
         .with_context(|| format!("invalid DATABASE_URL {:?}", args.database_url))?
@@ -45,16 +54,46 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
         // dropped while it was idle (a database restart) is caught here and replaced, so
         // requests after a restart do not fail on stale connections.
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
+        .before_acquire(move |conn, meta| {
             Box::pin(async move {
                 if meta.idle_for > PING_IF_IDLE_FOR {
-                    use sqlx::Connection as _;
-                    conn.ping().await?;
+                    timed_ping(conn, io_timeout).await?;
                 }
                 Ok(true)
             })
         })
+        .after_release(move |conn, _| Box::pin(async move { timed_ping(conn, io_timeout).await.map(|()| true) }))
         .connect_lazy_with(options))
+}
+
+/// A round trip on `conn`, failing (so the pool closes the connection) when it takes longer than `limit`.
+async fn timed_ping(conn: &mut sqlx::PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    match tokio::time::timeout(limit, conn.ping()).await {
+        Ok(r) => r,
+        Err(_) => Err(timed_out(limit, "connection check")),
+    }
+}
+
+/// The error of a wait on the database that hit its deadline (a 503 in the API).
+pub fn timed_out(limit: Duration, what: &str) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer from the database within {limit:?} ({what}); the connection is dropped"),
+    ))
+}
+
+/// Bounds a wait on the database by `limit`. A query cut off by it leaves its connection out
+/// of step; the pool closes such a connection when it comes back (see [`connect`]).
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    work: impl Future<Output = crate::error::Result<T>>,
+) -> crate::error::Result<T> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(timed_out(limit, what))),
+    }
 }
 
 /// Applies the job queue's migrations (schema `apalis`), then exportd's (which adjust the

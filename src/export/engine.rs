@@ -46,17 +46,15 @@ pub struct EngineSettings {
     pub retry_backoff: Duration,
     /// How long a completed export's file is kept.
     pub retention: Duration,
+    /// Longest wait for the next message of a streaming result (a chunk's rows) once it has begun.
+    pub db_io_timeout: Duration,
+    /// Longest wait for a statement's first answer: the statement timeout plus `db_io_timeout`
+    /// (the server cancels a statement itself at its timeout; silence after that means the
+    /// connection is dead).
+    pub db_statement_wait: Duration,
 }
 
-/// Test-only fault points: simulate the process dying at a precise instant of a run. A
-/// simulated crash leaves everything as a real one would (no release, bytes past the checkpoint).
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Die after the n-th chunk (1-based, counted per run) is written and synced, before its checkpoint.
-    pub crash_before_checkpoint: Option<u64>,
-    /// Die right after the n-th chunk's checkpoint is saved.
-    pub crash_after_checkpoint: Option<u64>,
-}
+pub use super::fault::{Faults, Pause, PauseAt};
 
 /// How a queue delivery of an export ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +144,12 @@ impl Engine {
         self
     }
 
+    /// The same engine listening to another stop signal (tests: stop one runner of several).
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
     /// Where files go.
     pub fn storage(&self) -> &Storage {
         &self.storage
@@ -160,9 +164,12 @@ impl Engine {
                 return Outcome::Released;
             }
             let token = Uuid::new_v4();
-            let claim =
-                db::exports::claim_export(&self.pool, export_id, token, worker, self.settings.max_stalled_attempts)
-                    .await;
+            let claim = db::within(
+                self.settings.db_statement_wait,
+                "claiming the export",
+                db::exports::claim_export(&self.pool, export_id, token, worker, self.settings.max_stalled_attempts),
+            )
+            .await;
             let (export, adopt) = match claim {
                 Ok(Claim::Owned { export, adopt_file }) => (export, adopt_file),
                 Ok(Claim::Finished) => return Outcome::AlreadyFinished,
@@ -190,8 +197,18 @@ impl Engine {
                 }
                 Ok(RunEnd::Crashed) => return Outcome::Crashed,
                 Ok(RunEnd::Lost) => {
-                    let _ = db::exports::mark_run_lost(&self.pool, token).await;
-                    let now = db::exports::find_export(&self.pool, export_id).await;
+                    let _ = db::within(
+                        self.settings.db_statement_wait,
+                        "recording a lost run",
+                        db::exports::mark_run_lost(&self.pool, token),
+                    )
+                    .await;
+                    let now = db::within(
+                        self.settings.db_statement_wait,
+                        "reading the export",
+                        db::exports::find_export(&self.pool, export_id),
+                    )
+                    .await;
                     if let Ok(Some(e)) = &now
                         && matches!(e.status, ExportStatus::Cancelled | ExportStatus::Expired)
                     {
@@ -203,7 +220,13 @@ impl Engine {
                     return Outcome::Lost;
                 }
                 Ok(RunEnd::Stopped) => {
-                    match db::exports::release_export(&self.pool, export_id, token, None, true).await {
+                    match db::within(
+                        self.settings.db_statement_wait,
+                        "releasing the export",
+                        db::exports::release_export(&self.pool, export_id, token, None, true),
+                    )
+                    .await
+                    {
                         Ok(true) => {
                             tracing::info!(%export_id, "export released at a chunk boundary for shutdown")
                         }
@@ -217,7 +240,12 @@ impl Engine {
                 Err(e) => {
                     let message = describe(&e);
                     tracing::warn!(%export_id, %token, error = %message, "export run failed");
-                    let _ = db::exports::release_export(&self.pool, export_id, token, Some(&message), false).await;
+                    let _ = db::within(
+                        self.settings.db_statement_wait,
+                        "releasing the export",
+                        db::exports::release_export(&self.pool, export_id, token, Some(&message), false),
+                    )
+                    .await;
                     let wait = self.backoff(export.stalled_attempts.max(1) as u32);
                     if !self.pause(wait).await {
                         return Outcome::Released;
@@ -258,7 +286,13 @@ impl Engine {
             Ok(f) => f,
             Err(PrepareError::CheckpointLost { name, bytes }) => {
                 tracing::error!(export_id = %export.id, %name, bytes, "checkpointed bytes are gone; starting the export over");
-                if !db::exports::reset_checkpoint(&self.pool, export.id, token).await? {
+                if !db::within(
+                    self.settings.db_statement_wait,
+                    "resetting the checkpoint",
+                    db::exports::reset_checkpoint(&self.pool, export.id, token),
+                )
+                .await?
+                {
                     return Ok(RunEnd::Lost);
                 }
                 cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new() };
@@ -267,6 +301,7 @@ impl Engine {
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
         cp.file_name = run_file.name;
+        self.faults.pause_at(PauseAt::FilePrepared).await;
 
         let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
         // The producer runs as its own task, so reading from PostgreSQL never waits for the
@@ -291,7 +326,13 @@ impl Engine {
             Produced::Stopped => Ok(RunEnd::Stopped),
             Produced::WriterGone => Err(anyhow::anyhow!("the file writer stopped unexpectedly")),
             Produced::Finished => {
-                if !db::exports::complete_export(&self.pool, export.id, token, &cp, self.settings.retention).await? {
+                if !db::within(
+                    self.settings.db_statement_wait,
+                    "completing the export",
+                    db::exports::complete_export(&self.pool, export.id, token, &cp, self.settings.retention),
+                )
+                .await?
+                {
                     return Ok(RunEnd::Lost);
                 }
                 self.storage.remove_other_runs(export.id, &cp.file_name).await;
@@ -347,7 +388,8 @@ impl Engine {
         for value in db::dataset::filter_values(spec) {
             setup = setup.bind(value);
         }
-        setup.execute(&mut *conn).await?;
+        let (first_wait, next_wait) = (self.settings.db_statement_wait, self.settings.db_io_timeout);
+        db::within(first_wait, "setting up the run's session", async { Ok(setup.execute(&mut *conn).await?) }).await?;
         let mut buf = self.buffers.take();
         if fresh && format.bom {
             buf.extend_from_slice(b"\xEF\xBB\xBF");
@@ -362,12 +404,18 @@ impl Engine {
             let Some(upper) = upper.filter(|u| last.is_none_or(|l| l < *u)) else { break };
             let sql = db::dataset::chunk_copy(ds, spec, last, upper, limit, header);
             let t = Instant::now();
-            let mut stream = conn.copy_out_raw(&sql).await?;
+            let mut stream =
+                db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
             t_start += t.elapsed();
             let streaming = Instant::now();
             let mut count = 0u64;
             let mut last_row = None;
-            while let Some(message) = stream.try_next().await? {
+            // Every message of the chunk has a deadline: the first one the statement's, the next
+            // ones `db_io_timeout` each. A connection that goes silent (half-open, a stuck proxy,
+            // a frozen server) fails the run, and the run's connection is closed, never pooled.
+            let mut wait = first_wait;
+            while let Some(message) = next_message(&mut stream, wait).await? {
+                wait = next_wait;
                 // Rows usually come out of sqlx's buffer without touching the socket, so this
                 // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
                 // in whenever the task's cooperative budget runs out.
@@ -429,8 +477,9 @@ impl Engine {
         if header {
             // Nothing at all to export and no header yet: ask COPY for the header alone.
             let sql = db::dataset::chunk_copy(ds, spec, None, 0, 0, true);
-            let mut stream = conn.copy_out_raw(&sql).await?;
-            while let Some(message) = stream.try_next().await? {
+            let mut stream =
+                db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
+            while let Some(message) = next_message(&mut stream, first_wait).await? {
                 shaper.shape(&message, true, &mut buf);
             }
         }
@@ -460,6 +509,7 @@ impl Engine {
         let spare = if compression == Compression::Gzip { self.buffers.take() } else { Vec::new() };
         let mut out = Output::new(file, compression, cp.bytes, spare);
         let mut chunks = 0u64;
+        let mut chunk_started = false;
         let (mut t_write, mut t_sync, mut t_checkpoint, mut t_idle) =
             (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let started = Instant::now();
@@ -469,12 +519,16 @@ impl Engine {
             t_idle += t.elapsed();
             match piece {
                 Piece::Data(bytes) => {
+                    if !std::mem::replace(&mut chunk_started, true) {
+                        self.faults.pause_at(PauseAt::BeforeChunkWrite(chunks + 1)).await;
+                    }
                     let t = Instant::now();
                     let bytes = out.write(bytes).await?;
                     t_write += t.elapsed();
                     self.buffers.give(bytes);
                 }
                 Piece::ChunkEnd { last_id, rows } => {
+                    chunk_started = false;
                     let t = Instant::now();
                     out.end_member().await?;
                     out.sync().await?;
@@ -490,7 +544,13 @@ impl Engine {
                         file_name: cp.file_name.clone(),
                     };
                     let t = Instant::now();
-                    if !db::exports::save_checkpoint(&self.pool, export_id, token, &next).await? {
+                    if !db::within(
+                        self.settings.db_statement_wait,
+                        "saving a checkpoint",
+                        db::exports::save_checkpoint(&self.pool, export_id, token, &next),
+                    )
+                    .await?
+                    {
                         return Ok((cp, Some(RunEnd::Lost)));
                     }
                     t_checkpoint += t.elapsed();
@@ -649,6 +709,17 @@ impl Output {
         self.file.flush().await.map_err(storage_error)?;
         self.file.sync_data().await.map_err(storage_error)?;
         Ok(())
+    }
+}
+
+/// The next message of a COPY stream, or an error when none comes within `limit`.
+async fn next_message<S>(stream: &mut S, limit: Duration) -> anyhow::Result<Option<bytes::Bytes>>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, sqlx::Error>> + Unpin,
+{
+    match tokio::time::timeout(limit, stream.try_next()).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(db::timed_out(limit, "reading a chunk").into()),
     }
 }
 

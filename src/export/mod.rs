@@ -4,6 +4,7 @@
 pub mod csv;
 pub mod dataset;
 pub mod engine;
+pub mod fault;
 pub mod queue;
 pub mod spec;
 

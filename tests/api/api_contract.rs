@@ -184,6 +184,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
         retention: Duration::from_secs(3600),
         datasets: std::sync::Arc::new(datasets),
         public_url: String::new(),
+        request_timeout: std::time::Duration::from_secs(30),
     });
     let resp = poem::test::TestClient::new(exportd::api::routes(state.clone())).get("/healthz").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);

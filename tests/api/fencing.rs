@@ -68,3 +68,58 @@ async fn fenced_checkpoint_rejects_a_stale_token() {
     let row = export_row(&app.db.pool, id).await;
     assert_eq!((row.last_processed_id, row.owner), (Some(5), Some(b)));
 }
+
+/// A completed export must never serve bytes of a runner that lost it. The schedule, forced
+/// with pause points (no sleeps): A checkpoints two chunks and is held with chunk 3 read but
+/// not written (a SIGSTOPped or partitioned runner); the rows of chunk 3 change; B takes over
+/// (A may be alive, so B copies the prefix into its own file), is held before reading a chunk,
+/// is told to stop (SIGTERM) and releases before its first checkpoint, so `file_name` still
+/// names A's file and nobody owns the export; C claims and completes; A wakes and writes its
+/// stale chunk 3. Before the fix C adopted A's file in place ("owner is null") and A's late
+/// write landed in the served file: stale values and torn rows in a `completed` export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_runner_cannot_write_into_a_file_a_later_run_adopts() {
+    use exportd::{
+        export::engine::{Faults, Pause, PauseAt},
+        shutdown::Shutdown,
+    };
+    let db = test_db().await;
+    seed_nasty(&db.pool, 4_000).await;
+    let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
+    let id = app.create_export(Some(json!({"chunkSize": 1000}))).await;
+
+    let pause_a = Pause::new();
+    let a = (*app.engine)
+        .clone()
+        .with_faults(Faults { pause: Some((PauseAt::BeforeChunkWrite(3), pause_a.clone())), ..Default::default() });
+    let runner_a = tokio::spawn(async move { a.execute(id, "runner-A").await });
+    pause_a.reached().await;
+    let held = export_row(&app.db.pool, id).await;
+    assert_eq!(held.rows_written, 2_000, "A is held after two checkpoints");
+    let a_file = held.file_name.unwrap();
+    // The rows A has read but not written change (and grow, so stale bytes also tear rows).
+    sqlx::query("update orders set note = 'changed while A was paused, row ' || id where id > 2000 and id <= 3000")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let reference = copy_reference(&app.db.pool).await;
+
+    let (pause_b, stop_b) = (Pause::new(), Shutdown::new());
+    let b = (*app.engine)
+        .clone()
+        .with_shutdown(stop_b.clone())
+        .with_faults(Faults { pause: Some((PauseAt::FilePrepared, pause_b.clone())), ..Default::default() });
+    let runner_b = tokio::spawn(async move { b.execute(id, "runner-B").await });
+    pause_b.reached().await;
+    stop_b.trigger();
+    pause_b.resume();
+    assert_eq!(runner_b.await.unwrap(), Outcome::Released);
+    let released = export_row(&app.db.pool, id).await;
+    assert_eq!((released.owner, released.file_name.as_deref()), (None, Some(a_file.as_str())), "B never checkpointed");
+
+    assert_eq!(app.engine.execute(id, "runner-C").await, Outcome::Completed);
+    pause_a.resume();
+    assert_eq!(runner_a.await.unwrap(), Outcome::Lost, "A's checkpoint is refused");
+    assert_same_bytes(&app.download(id).await, &reference);
+    assert_ne!(export_row(&app.db.pool, id).await.file_name.as_deref(), Some(a_file.as_str()), "C copied, not adopted");
+}

@@ -68,11 +68,24 @@ pub struct AppOptions {
     pub retention: Duration,
     /// Datasets config file (None = the built-in one).
     pub datasets: Option<PathBuf>,
+    /// Connect to the database here instead of the test database's own URL (e.g. a proxy to it).
+    pub database_url: Option<String>,
+    /// `EXPORTD_DB_IO_TIMEOUT` and `EXPORTD_STATEMENT_TIMEOUT` (None = the defaults).
+    pub db_io_timeout: Option<Duration>,
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        Self { workers: 2, chunk_size: 10_000, retention: Duration::from_secs(7 * 86400), datasets: None }
+        Self {
+            workers: 2,
+            chunk_size: 10_000,
+            retention: Duration::from_secs(7 * 86400),
+            datasets: None,
+            database_url: None,
+            db_io_timeout: None,
+            statement_timeout: None,
+        }
     }
 }
 
@@ -93,7 +106,13 @@ pub async fn spawn_app(db: TestDb, opts: AppOptions) -> TestApp {
 
 /// [`spawn_app`] with a given storage directory (e.g. the one of an app stopped before).
 pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptions) -> TestApp {
-    let mut args = ServeArgs::for_test(&db.url, storage.path().to_path_buf());
+    let mut args = ServeArgs::for_test(opts.database_url.as_deref().unwrap_or(&db.url), storage.path().to_path_buf());
+    if let Some(t) = opts.db_io_timeout {
+        args.db.db_io_timeout = t;
+    }
+    if let Some(t) = opts.statement_timeout {
+        args.db.statement_timeout = t;
+    }
     args.worker.worker_concurrency = opts.workers;
     args.worker.chunk_size = opts.chunk_size;
     args.worker.retention = opts.retention;

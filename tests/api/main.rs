@@ -9,6 +9,8 @@ mod lifecycle;
 mod options;
 mod plans;
 mod process;
+mod proxy;
 mod queue;
 mod resume;
+mod stalls;
 mod throttle;

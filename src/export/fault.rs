@@ -1,0 +1,91 @@
+//! Test-only fault and pause points: a run dies, or holds still, at a precise instant, so tests
+//! force the schedules that break exactness deterministically instead of hoping a sleep lines
+//! them up. Nothing here is armed unless a test arms it.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tokio::sync::Semaphore;
+
+/// Where a run dies or holds (all unarmed by default).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Die after the n-th chunk (1-based, counted per run) is written and synced, before its checkpoint.
+    pub crash_before_checkpoint: Option<u64>,
+    /// Die right after the n-th chunk's checkpoint is saved.
+    pub crash_after_checkpoint: Option<u64>,
+    /// Hold the run at a point until the test lets it go on (see [`Pause`]).
+    pub pause: Option<(PauseAt, Pause)>,
+}
+
+/// Instants of a run where a [`Pause`] can hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseAt {
+    /// The run's file is prepared (the checkpointed prefix adopted or copied), no chunk read yet.
+    FilePrepared,
+    /// The writer holds the first piece of the n-th chunk of this run (1-based), not yet written:
+    /// a paused (SIGSTOPped, partitioned) runner with bytes still to write.
+    BeforeChunkWrite(u64),
+    /// A download has read the export's row (it is `completed`) and not yet opened the file.
+    DownloadLookedUp,
+}
+
+/// A rendezvous between a test and a paused run: the run announces it got there and waits;
+/// the test waits for the announcement, does what the schedule needs, then lets the run go.
+/// It holds once: later runs that pass the same point go on.
+#[derive(Debug, Clone)]
+pub struct Pause {
+    reached: Arc<Semaphore>,
+    resume: Arc<Semaphore>,
+    used: Arc<AtomicBool>,
+}
+
+impl Default for Pause {
+    fn default() -> Self {
+        Self {
+            reached: Arc::new(Semaphore::new(0)),
+            resume: Arc::new(Semaphore::new(0)),
+            used: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Pause {
+    /// A new, unreached pause.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// (Test side) waits until a run is held here.
+    pub async fn reached(&self) {
+        self.reached.acquire().await.expect("pause semaphore open").forget();
+    }
+
+    /// (Test side) lets one held run go on.
+    pub fn resume(&self) {
+        self.resume.add_permits(1);
+    }
+
+    /// (Run side) announces the run got here and waits to be let go (the first time only).
+    pub async fn hold(&self) {
+        if self.used.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.reached.add_permits(1);
+        self.resume.acquire().await.expect("pause semaphore open").forget();
+    }
+}
+
+impl Faults {
+    /// Holds the run if a pause is armed at `at`.
+    pub async fn pause_at(&self, at: PauseAt) {
+        if let Some((armed, pause)) = &self.pause
+            && *armed == at
+        {
+            tracing::info!(?at, "test pause point reached; holding");
+            pause.hold().await;
+        }
+    }
+}
