@@ -71,14 +71,17 @@ impl Error {
     }
 }
 
-/// Errors that mean "the database is not there right now" rather than "the query is wrong".
+/// Errors that mean "the database cannot answer right now, retry" rather than "the query is
+/// wrong": the API answers them 503.
 pub fn is_connection_error(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => {
             // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection
-            // exceptions, 57014 query_canceled (statement timeout while the server is struggling).
-            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
+            // exceptions, and 57014 query_canceled: the statement timeout (a lock held by
+            // someone else, a struggling server) or an operator's cancel. Our API queries are
+            // by key, so a timeout is the server's state, not the request's fault: 503, retry.
+            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "57014")
         }
         _ => false,
     }

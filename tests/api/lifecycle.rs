@@ -349,6 +349,9 @@ async fn bad_options_get_a_400_that_names_the_field_and_create_nothing() {
         (json!({"format": {"null": "it's"}}), "format.null"),
         (json!({"format": {"null": "a,b"}}), "format.null"),
         (json!({"format": {"timeZone": "Mars/Olympus"}}), "format.timeZone"),
+        // Abbreviations: `AT TIME ZONE` takes them, the `TimeZone` setting a run makes does not.
+        (json!({"format": {"timeZone": "CEST"}}), "format.timeZone: invalid value for parameter \"TimeZone\""),
+        (json!({"format": {"timeZone": "PDT"}}), "format.timeZone"),
         (json!({"format": {"lineEnding": "cr"}}), "lineEnding"),
         (json!({"format": {"colour": "red"}}), "colour"),
         (json!({"compression": "zip"}), "compression"),

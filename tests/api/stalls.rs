@@ -94,3 +94,21 @@ async fn api_requests_answer_503_while_the_database_is_silent_then_recover() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A query cancelled by the statement timeout (57014) is the server's state, not a bad
+/// request: 503 "retry later", not 500. Forced by holding an ACCESS EXCLUSIVE lock on
+/// `exports` from the test while the status request's query waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_answers_503() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 10).await;
+    let opts = AppOptions { workers: 0, statement_timeout: Some(Duration::from_millis(500)), ..Default::default() };
+    let app = spawn_app(db, opts).await;
+    let id = app.create_export(None).await;
+    let mut lock = app.db.pool.begin().await.unwrap();
+    sqlx::query("lock table exports in access exclusive mode").execute(&mut *lock).await.unwrap();
+    let resp = app.client.get(app.url(&format!("/api/export/{id}/status"))).send().await.unwrap();
+    expect_error(resp, 503, "retry later").await;
+    lock.rollback().await.unwrap();
+    assert_eq!(app.status(id).await["status"], "queued");
+}
