@@ -43,7 +43,8 @@ pub struct App {
 
 impl App {
     /// Connects, migrates, binds the listener (port 0 picks a free one).
-    pub async fn build(args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub async fn build(mut args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
+        args.db.db_pool_size = Some(db::pool_size(args.db.db_pool_size, args.worker.worker_concurrency)?);
         let pool = connect_and_migrate(&args.db).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
         let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone())?;
@@ -103,6 +104,9 @@ impl App {
 
 /// `exportd worker`: workers only, until the shutdown signal.
 pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut db_args = db_args.clone();
+    db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.worker_concurrency)?);
+    let db_args = &db_args;
     let pool = connect_and_migrate(db_args).await?;
     let datasets = load_datasets(&pool, settings).await?;
     Workers::new(&pool, datasets, db_args, settings, shutdown)?.run().await

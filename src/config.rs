@@ -34,9 +34,11 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
 
-    /// Connections in the pool shared by the API and the workers (each running export uses two).
-    #[arg(long, env = "EXPORTD_DB_POOL_SIZE", default_value_t = 16)]
-    pub db_pool_size: u32,
+    /// Connections in the pool shared by the API and the workers. Default: 3 per worker slot
+    /// (queue listener, chunk reader, checkpoints and heartbeats) plus 10 for the API and
+    /// housekeeping; fewer than 3 per slot plus 4 is refused at start-up.
+    #[arg(long, env = "EXPORTD_DB_POOL_SIZE")]
+    pub db_pool_size: Option<u32>,
 
     /// Longest wait for the database to answer anything (a row of a chunk, a checkpoint, an API
     /// query) beyond the statement timeout; a connection that misses it is dropped and the

@@ -44,7 +44,7 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
             ("statement_timeout", timeout_ms.as_str()),
         ]);
     Ok(PgPoolOptions::new()
-        .max_connections(args.db_pool_size.max(4))
+        .max_connections(args.db_pool_size.unwrap_or(pool_size(None, 0)?))
         // A request waits at most this long for a connection: with the database down, the API
         // answers 503 quickly instead of hanging.
         .acquire_timeout(Duration::from_secs(3))
@@ -64,6 +64,33 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
         })
         .after_release(move |conn, _| Box::pin(async move { timed_ping(conn, io_timeout).await.map(|()| true) }))
         .connect_lazy_with(options))
+}
+
+/// Connections each worker slot may hold at once: its queue listener (apalis' `Pubsub` keeps
+/// one for good), its run's chunk reader (one for the whole run), and one for its claims,
+/// checkpoints and queue heartbeats.
+pub const CONNECTIONS_PER_WORKER_SLOT: u32 = 3;
+/// Connections left for the API, housekeeping and the waker by default.
+const CONNECTIONS_FOR_THE_REST: u32 = 10;
+/// The fewest connections left for them when the pool size is set by hand.
+const CONNECTIONS_FOR_THE_REST_AT_LEAST: u32 = 4;
+
+/// The pool size for `worker_slots` slots: `requested` if it is enough, else an error with
+/// the numbers (a pool too small for its workers made exports fail their runs on "pool timed
+/// out" and retry, and starved the API); without a request, enough plus room for the API.
+pub fn pool_size(requested: Option<u32>, worker_slots: u32) -> anyhow::Result<u32> {
+    let held = CONNECTIONS_PER_WORKER_SLOT * worker_slots;
+    let Some(requested) = requested else { return Ok(held + CONNECTIONS_FOR_THE_REST) };
+    let least = held + CONNECTIONS_FOR_THE_REST_AT_LEAST;
+    anyhow::ensure!(
+        requested >= least,
+        "EXPORTD_DB_POOL_SIZE={requested} is too small for EXPORTD_WORKER_CONCURRENCY={worker_slots}: each worker \
+         slot holds up to {CONNECTIONS_PER_WORKER_SLOT} connections ({held} in all) and the API and housekeeping need \
+         at least {CONNECTIONS_FOR_THE_REST_AT_LEAST}; set it to {least} or more, or leave it unset for \
+         {}",
+        held + CONNECTIONS_FOR_THE_REST
+    );
+    Ok(requested)
 }
 
 /// A round trip on `conn`, failing (so the pool closes the connection) when it takes longer than `limit`.
@@ -126,4 +153,21 @@ pub async fn wait_until_ready(pool: &PgPool, patience: Duration) -> anyhow::Resu
 /// A round trip to the database (health check).
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("select 1").execute(pool).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_size_follows_the_worker_slots() {
+        assert_eq!(pool_size(None, 2).unwrap(), 16);
+        assert_eq!(pool_size(None, 8).unwrap(), 34);
+        assert_eq!(pool_size(Some(28), 8).unwrap(), 28);
+        let e = pool_size(Some(16), 8).unwrap_err().to_string();
+        assert!(
+            e.contains("EXPORTD_DB_POOL_SIZE=16") && e.contains("CONCURRENCY=8") && e.contains("28 or more"),
+            "{e}"
+        );
+    }
 }

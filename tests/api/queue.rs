@@ -143,3 +143,43 @@ async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
         assert_same_bytes(&app.download(id).await, &reference);
     }
 }
+
+/// Eight worker slots, eight exports at once: with the pool sized for the slots (3 each plus
+/// room for the API), every export finishes in its first run and the API answers meanwhile.
+/// Before, a fixed pool of 16 held by 8 queue listeners and 8 chunk readers left nothing for
+/// checkpoints: runs failed on "pool timed out" and were retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_worker_slots_run_eight_exports_at_once_without_starving_the_pool() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 10_000).await;
+    let reference = copy_reference(&db.pool).await;
+    let app = spawn_app(db, AppOptions { workers: 8, ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        // About 3 s each, so all eight overlap.
+        ids.push(app.create_export(Some(serde_json::json!({"chunkSize": 500, "maxRowsPerSecond": 3500}))).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: i64 = sqlx::query_scalar("select count(*) from exports where owner is not null")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        if running == 8 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "eight exports never ran at once ({running})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The API answers while all eight run (a pool timeout would be a 503 here).
+    for id in &ids {
+        assert_eq!(app.status(*id).await["status"], "running");
+    }
+    for id in &ids {
+        let s = app.wait_finished(*id, Duration::from_secs(60)).await;
+        assert_eq!((s["status"].as_str(), s["attempts"].as_i64()), (Some("completed"), Some(1)), "{s}");
+        let runs = exportd::db::exports::list_runs(&app.db.pool, *id).await.unwrap();
+        assert_eq!(runs.len(), 1, "one run, no retry: {runs:?}");
+        assert_same_bytes(&app.download(*id).await, &reference);
+    }
+}
