@@ -92,6 +92,9 @@ pub enum Claim {
     Finished,
     /// Too many runs in a row made no progress: the export is now `failed`.
     GaveUp,
+    /// The row cannot be read by this version (`reason`); counted as the `stalled`-th run in a
+    /// row without progress: try again later (another version may read it), up to the bound.
+    Unreadable { reason: String, stalled: i32 },
 }
 
 /// The columns of [`ExportRecord`], as a macro so queries stay `&'static str`.
@@ -295,22 +298,46 @@ pub async fn list_runs(pool: &PgPool, id: Uuid) -> Result<Vec<RunRecord>> {
     .await?)
 }
 
+/// What a claim needs to know of an export before it owns it, read without decoding the
+/// spec or the status (a row written by another version may not decode here).
+#[derive(sqlx::FromRow)]
+struct ClaimState {
+    status: String,
+    owner: Option<Uuid>,
+    released_by: Option<Uuid>,
+    file_writer: Option<Uuid>,
+    stalled_attempts: i32,
+    last_error: Option<String>,
+    spec: Json<serde_json::Value>,
+}
+
 /// Makes `token` the owner of an unfinished export and records the run. Any run still marked
 /// open is ended as `superseded`. When `max_stalled` runs in a row made no progress the
-/// export fails instead, with the last error met.
+/// export fails instead, with the last error met. A row this version cannot read (a spec or
+/// status written by another version) counts as a run without progress, with the reason, so
+/// it fails after the same bound instead of being retried for ever.
 pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, max_stalled: u32) -> Result<Claim> {
     let mut tx = pool.begin().await?;
-    let current: Option<ExportRecord> =
-        sqlx::query_as(concat!("select ", columns!(), " from exports where id = $1 for update"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let current: Option<ClaimState> = sqlx::query_as(
+        "select status, owner, released_by, file_writer, stalled_attempts, last_error, spec \
+         from exports where id = $1 for update",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(current) = current else {
         return Ok(Claim::Finished);
     };
-    if current.status.is_terminal() {
-        return Ok(Claim::Finished);
-    }
+    let version = env!("CARGO_PKG_VERSION");
+    let unreadable = match ExportStatus::try_from(current.status.clone()) {
+        Ok(status) if status.is_terminal() => return Ok(Claim::Finished),
+        Ok(_) => serde_json::from_value::<ExportSpec>(current.spec.0)
+            .err()
+            .map(|e| format!("the export's stored options cannot be read by this version of exportd ({version}): {e}")),
+        Err(e) => {
+            Some(format!("the export's stored status cannot be read by this version of exportd ({version}): {e}"))
+        }
+    };
     // Not just "nobody owns it": the file's own writer must be the run that let go cleanly. A
     // run that released before its first checkpoint never wrote `file_name`, whose writer may
     // still be alive.
@@ -338,6 +365,18 @@ pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, ma
         .await?;
         tx.commit().await?;
         return Ok(Claim::GaveUp);
+    }
+    if let Some(reason) = unreadable {
+        sqlx::query(
+            "update exports set stalled_attempts = stalled_attempts + 1, attempts = attempts + 1, \
+             last_error = $2, owner = null where id = $1",
+        )
+        .bind(id)
+        .bind(&reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(Claim::Unreadable { reason, stalled: current.stalled_attempts + 1 });
     }
     let export: ExportRecord = sqlx::query_as(concat!(
         "update exports set owner = $2, released_by = null, status = 'running', attempts = attempts + 1, \

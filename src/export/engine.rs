@@ -173,6 +173,13 @@ impl Engine {
             let (export, adopt) = match claim {
                 Ok(Claim::Owned { export, adopt_file }) => (export, adopt_file),
                 Ok(Claim::Finished) => return Outcome::AlreadyFinished,
+                Ok(Claim::Unreadable { reason, stalled }) => {
+                    tracing::warn!(%export_id, %reason, attempt = stalled, "export cannot be read; will retry, then fail");
+                    if !self.pause(self.backoff(stalled.max(1) as u32)).await {
+                        return Outcome::Released;
+                    }
+                    continue;
+                }
                 Ok(Claim::GaveUp) => {
                     tracing::warn!(%export_id, "export failed: too many attempts without progress");
                     self.storage.remove_export(export_id).await;

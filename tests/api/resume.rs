@@ -160,3 +160,41 @@ async fn graceful_stop_releases_and_the_next_process_continues_the_same_file() {
     let outcomes: Vec<_> = runs.iter().map(|r| r.outcome.clone().unwrap_or_default()).collect();
     assert_eq!(outcomes, ["released", "completed"]);
 }
+
+/// Poison rows: one this version cannot read (options written by a newer version) and one
+/// whose dataset left the config. Forced by editing the rows while no worker runs, then
+/// starting one worker slot: both fail after the bounded attempts with a reason that names
+/// the problem, and the slot goes on with the export queued after them. Before, the
+/// unreadable row was retried for ever ("cannot claim export; retrying") and held the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_rows_fail_after_bounded_attempts_and_the_worker_goes_on() {
+    let (app, reference) = api_only_app(100).await;
+    let future = app.create_export(None).await;
+    let retired = app.create_export(None).await;
+    let good = app.create_export(None).await;
+    sqlx::query("update exports set spec = jsonb_set(spec, '{compression}', '\"zstd\"') where id = $1")
+        .bind(future)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update exports set dataset = 'retired' where id = $1")
+        .bind(retired)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (db, storage) = app.stop().await;
+    let app = spawn_app_on(db, storage, AppOptions { workers: 1, ..Default::default() }).await;
+    assert_eq!(app.wait_finished(good, Duration::from_secs(60)).await["status"], "completed");
+    assert_same_bytes(&app.download(good).await, &reference);
+    for (id, mentions) in [(future, "cannot be read by this version"), (retired, "\"retired\"")] {
+        let (status, error, attempts): (String, Option<String>, i32) =
+            sqlx::query_as("select status, error, attempts from exports where id = $1")
+                .bind(id)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        let error = error.unwrap_or_default();
+        assert_eq!((status.as_str(), attempts), ("failed", 5), "{error}");
+        assert!(error.contains(mentions) && error.contains("gave up after 5 attempts"), "{error}");
+    }
+}
