@@ -191,7 +191,7 @@ impl Workers {
 /// completed exports past their retention expire and their files are deleted; finished jobs
 /// and dead workers are deleted so the queue tables do not grow without bound.
 async fn housekeeping(pool: PgPool, storage: Storage, shutdown: Shutdown) {
-    let mut orphan_scan = None;
+    let mut orphan_scan = db::exports::ScanCursor::default();
     for round in 0u64.. {
         tokio::select! {
             _ = tokio::time::sleep(REQUEUE_EVERY) => {}

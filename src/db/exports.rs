@@ -521,31 +521,47 @@ async fn end_run(conn: &mut PgConnection, token: Uuid, outcome: &str, error: Opt
     Ok(())
 }
 
-/// Where the orphan scan of queued exports has got to: `(created_at, id)` of the last one seen.
-pub type ScanCursor = (DateTime<Utc>, Uuid);
+/// Where the orphan scan has got to, separately for running and queued exports:
+/// `(created_at, id)` of the last one seen (None: from the start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanCursor {
+    pub running: Option<(DateTime<Utc>, Uuid)>,
+    pub queued: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// An unfinished export whose queue job is gone or finished, with the job it pointed at when
+/// the scan saw it (the rescue replaces exactly that one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub id: Uuid,
+    pub job_id: Option<String>,
+}
 
 /// One round of the search for unfinished exports whose queue job is gone or finished (e.g.
-/// the queue gave up on it): every running export, and the next `limit` queued ones after
-/// `cursor`, so a round costs the same however long the backlog is (a scan of every queued
-/// export took 250 ms with 100k of them). The job of each is looked up by its key (a subquery
-/// per row: a join read the whole jobs table). Exports not updated for `min_age_secs` only.
-/// Returns the orphans and where the next round goes on (None: from the start again).
+/// the queue gave up on it): the next `limit` running exports and the next `limit` queued ones
+/// after `cursor`, by key, so a round costs the same however many there are (a scan of every
+/// queued export took 250 ms with 100k of them) and every one is looked at within the rounds
+/// the backlog needs. The job of each is looked up by its key (a subquery per row: a join
+/// read the whole jobs table). Exports not updated for `min_age_secs` only. Returns the
+/// orphans and where the next round goes on.
 pub async fn exports_without_live_job(
     pool: &PgPool,
     queue: &str,
     min_age_secs: f64,
-    cursor: Option<ScanCursor>,
+    cursor: ScanCursor,
     limit: i64,
-) -> Result<(Vec<Uuid>, Option<ScanCursor>)> {
-    let (at, id) = cursor.unwrap_or((DateTime::<Utc>::UNIX_EPOCH, Uuid::nil()));
-    let rows: Vec<(Uuid, DateTime<Utc>, bool, bool)> = sqlx::query_as(
+) -> Result<(Vec<Orphan>, ScanCursor)> {
+    let start = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
+    let (queued_at, queued_id) = cursor.queued.unwrap_or(start);
+    let (running_at, running_id) = cursor.running.unwrap_or(start);
+    let rows: Vec<(Uuid, Option<String>, DateTime<Utc>, bool, bool)> = sqlx::query_as(
         "with scanned as ( \
            (select id, job_id, created_at, updated_at, false as queued from exports \
-            where status = 'running' order by created_at, id limit $3) \
+            where status = 'running' and (created_at, id) > ($6, $7) order by created_at, id limit $3) \
            union all \
            (select id, job_id, created_at, updated_at, true from exports \
             where status = 'queued' and (created_at, id) > ($4, $5) order by created_at, id limit $3)) \
-         select s.id, s.created_at, s.queued, \
+         select s.id, s.job_id, s.created_at, s.queued, \
                 s.updated_at < now() - make_interval(secs => $2) and coalesce( \
                   (select j.status in ('Done', 'Killed') or (j.status = 'Failed' and j.attempts >= j.max_attempts) \
                    from apalis.jobs j where j.id = s.job_id and j.job_type = $1), true) \
@@ -555,21 +571,35 @@ pub async fn exports_without_live_job(
     .bind(queue)
     .bind(min_age_secs)
     .bind(limit)
-    .bind(at)
-    .bind(id)
+    .bind(queued_at)
+    .bind(queued_id)
+    .bind(running_at)
+    .bind(running_id)
     .fetch_all(pool)
     .await?;
-    let queued: Vec<_> = rows.iter().filter(|r| r.2).collect();
-    let next = (queued.len() as i64 == limit).then(|| queued.last().map(|r| (r.1, r.0))).flatten();
-    Ok((rows.iter().filter(|r| r.3).map(|r| r.0).collect(), next))
+    // A full slice: go on after its last row next round; a short one: start over.
+    let next = |queued: bool| {
+        let slice: Vec<_> = rows.iter().filter(|r| r.3 == queued).collect();
+        (slice.len() as i64 == limit).then(|| slice.last().map(|r| (r.2, r.0))).flatten()
+    };
+    let cursor = ScanCursor { running: next(false), queued: next(true) };
+    let orphans = rows.into_iter().filter(|r| r.4).map(|r| Orphan { id: r.0, job_id: r.1 }).collect();
+    Ok((orphans, cursor))
 }
 
-/// Points an unfinished export at a new queue job (same transaction as the job's insert).
-pub async fn set_job(conn: &mut PgConnection, id: Uuid, job_id: &str) -> Result<bool> {
-    let done = sqlx::query("update exports set job_id = $2 where id = $1 and status in ('queued', 'running')")
-        .bind(id)
-        .bind(job_id)
-        .execute(conn)
-        .await?;
+/// Points an unfinished export at a new queue job (same transaction as the job's insert), only
+/// if it still points at the job the scan saw (`old_job_id`): of several processes rescuing
+/// the same orphan at once, exactly one succeeds (the others' update finds the new job id and
+/// changes nothing), so an export never gets two live jobs.
+pub async fn set_job(conn: &mut PgConnection, id: Uuid, old_job_id: Option<&str>, job_id: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "update exports set job_id = $3 \
+         where id = $1 and job_id is not distinct from $2 and status in ('queued', 'running')",
+    )
+    .bind(id)
+    .bind(old_job_id)
+    .bind(job_id)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -164,33 +164,42 @@ async fn run_export_job(job: ExportJob, engine: Data<Arc<Engine>>, worker: Worke
     }
 }
 
-/// Queued exports the orphan scan looks at per round (running ones are all looked at).
+/// Running and queued exports the orphan scan looks at per round (each, by key).
 const ORPHAN_SCAN_BATCH: i64 = 1000;
 
 /// Gives unfinished exports whose queue job is gone or finished a new job, so no export is
-/// left behind whatever happened to the queue. Each call looks at every running export and the
-/// next slice of queued ones (`cursor` remembers where; a backlog is covered over several
-/// rounds at a bounded cost each); only exports untouched for `min_age` count. Returns how
-/// many were re-enqueued.
+/// left behind whatever happened to the queue. Each call looks at the next slice of running
+/// and of queued exports (`cursor` remembers where; a backlog is covered over several rounds
+/// at a bounded cost each); only exports untouched for `min_age` count. Returns how many were
+/// re-enqueued.
 pub async fn requeue_orphans(
     pool: &PgPool,
     min_age: Duration,
-    cursor: &mut Option<db::exports::ScanCursor>,
+    cursor: &mut db::exports::ScanCursor,
 ) -> crate::error::Result<usize> {
-    let (ids, next) =
+    let (orphans, next) =
         db::exports::exports_without_live_job(pool, QUEUE, min_age.as_secs_f64(), *cursor, ORPHAN_SCAN_BATCH).await?;
     *cursor = next;
     let mut n = 0;
-    for id in ids {
-        let mut tx = pool.begin().await?;
-        let job_id = new_job_id();
-        if db::exports::set_job(&mut tx, id, &job_id).await? {
-            enqueue(&mut tx, &job_id, id).await.map_err(|e| anyhow::anyhow!(e))?;
-            tx.commit().await?;
-            wake_workers(pool, std::slice::from_ref(&job_id)).await;
-            tracing::warn!(export_id = %id, %job_id, "unfinished export had no live queue job; re-enqueued");
+    for orphan in orphans {
+        if rescue_orphan(pool, &orphan).await?.is_some() {
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// Gives one orphan a new job, unless another process did since the scan saw it (then
+/// nothing is inserted). Returns the new job's id.
+pub async fn rescue_orphan(pool: &PgPool, orphan: &db::exports::Orphan) -> crate::error::Result<Option<String>> {
+    let mut tx = pool.begin().await?;
+    let job_id = new_job_id();
+    if !db::exports::set_job(&mut tx, orphan.id, orphan.job_id.as_deref(), &job_id).await? {
+        return Ok(None);
+    }
+    enqueue(&mut tx, &job_id, orphan.id).await.map_err(|e| anyhow::anyhow!(e))?;
+    tx.commit().await?;
+    wake_workers(pool, std::slice::from_ref(&job_id)).await;
+    tracing::warn!(export_id = %orphan.id, %job_id, "unfinished export had no live queue job; re-enqueued");
+    Ok(Some(job_id))
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use exportd::{
-    db::queue,
+    db::{exports::ScanCursor, queue},
     export::queue::{self as export_queue, QUEUE},
 };
 
@@ -111,12 +111,12 @@ async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
     let live_job = job_of(ids[3]).await;
 
     // Too young to count as orphans.
-    let mut cursor = None;
+    let mut cursor = ScanCursor::default();
     assert_eq!(export_queue::requeue_orphans(&pool, Duration::from_secs(3600), &mut cursor).await.unwrap(), 0);
     // A scan looks at a bounded slice of the queued exports per round and goes on from its
     // cursor: every orphan is found within the rounds the backlog needs.
     let mut found = 0;
-    let mut cursor = None;
+    let mut cursor = ScanCursor::default();
     for _ in 0..3 {
         found += exportd::db::exports::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2)
             .await
@@ -127,9 +127,9 @@ async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
             .unwrap();
     }
     assert_eq!(found, 3, "3 orphans among 5 queued exports, 2 per round");
-    assert!(cursor.is_none(), "the third round reaches the end and starts over");
+    assert_eq!(cursor, ScanCursor::default(), "the third round reaches the end and starts over");
 
-    let mut cursor = None;
+    let mut cursor = ScanCursor::default();
     assert_eq!(export_queue::requeue_orphans(&pool, Duration::ZERO, &mut cursor).await.unwrap(), 3);
     assert_eq!(export_queue::requeue_orphans(&pool, Duration::ZERO, &mut cursor).await.unwrap(), 0, "nothing left");
     assert_eq!(job_of(ids[3]).await, live_job, "an export with a live job keeps it");
@@ -182,4 +182,69 @@ async fn eight_worker_slots_run_eight_exports_at_once_without_starving_the_pool(
         assert_eq!(runs.len(), 1, "one run, no retry: {runs:?}");
         assert_same_bytes(&app.download(*id).await, &reference);
     }
+}
+
+/// Two processes rescue the same orphan at once. The schedule is forced by order, not by
+/// timing: both scans (each on a pool of its own, as two processes have) see the orphan before
+/// either rescues it, then both rescue it at once. The database lets one give it a new job;
+/// before, the second rescue overwrote the first's job id and the export had two live jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_rescuing_the_same_orphan_enqueue_one_job() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 100).await;
+    let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
+    let id = app.create_export(None).await;
+    let pool_a = app.db.pool.clone();
+    sqlx::query("delete from apalis.jobs where job_type = $1").bind(QUEUE).execute(&pool_a).await.unwrap();
+    let mut args = exportd::config::DbArgs::parse_defaults();
+    args.database_url = app.db.url.clone();
+    let pool_b = exportd::db::connect(&args).await.unwrap();
+    let scan = |pool: sqlx::PgPool| async move {
+        let (orphans, _) =
+            exportd::db::exports::exports_without_live_job(&pool, QUEUE, 0.0, ScanCursor::default(), 100)
+                .await
+                .unwrap();
+        assert_eq!(orphans.iter().map(|o| o.id).collect::<Vec<_>>(), [id]);
+        orphans.into_iter().next().unwrap()
+    };
+    let (seen_a, seen_b) = (scan(pool_a.clone()).await, scan(pool_b.clone()).await);
+    let (a, b) =
+        tokio::join!(export_queue::rescue_orphan(&pool_a, &seen_a), export_queue::rescue_orphan(&pool_b, &seen_b));
+    let new_jobs: Vec<String> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(new_jobs.len(), 1, "exactly one rescue wins: {new_jobs:?}");
+    let jobs: Vec<String> = sqlx::query_scalar("select id from apalis.jobs where job_type = $1")
+        .bind(QUEUE)
+        .fetch_all(&pool_a)
+        .await
+        .unwrap();
+    assert_eq!(jobs, new_jobs, "one live job for the export");
+    assert_eq!(export_row(&pool_a, id).await.job_id.as_deref(), Some(new_jobs[0].as_str()));
+}
+
+/// The scan goes through running exports by key too: with 2 per round, 5 running exports
+/// whose jobs are gone are all found within three rounds. Before, every round read the same
+/// first slice of running exports, so past it some were never looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orphan_scan_reaches_every_running_export() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 100).await;
+    let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.create_export(None).await);
+    }
+    let pool = app.db.pool.clone();
+    // Running, owned by a process that died along with the queue's record of the job.
+    sqlx::query("update exports set status = 'running' where id = any($1)").bind(&ids).execute(&pool).await.unwrap();
+    sqlx::query("delete from apalis.jobs where job_type = $1").bind(QUEUE).execute(&pool).await.unwrap();
+    let mut found = std::collections::BTreeSet::new();
+    let mut cursor = ScanCursor::default();
+    for _ in 0..3 {
+        let (orphans, next) =
+            exportd::db::exports::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2).await.unwrap();
+        found.extend(orphans.into_iter().map(|o| o.id));
+        cursor = next;
+    }
+    assert_eq!(found, ids.iter().copied().collect(), "every running orphan found");
+    assert_eq!(cursor, ScanCursor::default(), "the third round reaches the end and starts over");
 }
