@@ -537,6 +537,16 @@ pub struct Orphan {
     pub job_id: Option<String>,
 }
 
+/// A row the orphan scan looked at.
+#[derive(sqlx::FromRow)]
+struct ScannedRow {
+    id: Uuid,
+    job_id: Option<String>,
+    created_at: DateTime<Utc>,
+    queued: bool,
+    orphan: bool,
+}
+
 /// One round of the search for unfinished exports whose queue job is gone or finished (e.g.
 /// the queue gave up on it): the next `limit` running exports and the next `limit` queued ones
 /// after `cursor`, by key, so a round costs the same however many there are (a scan of every
@@ -554,7 +564,7 @@ pub async fn exports_without_live_job(
     let start = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
     let (queued_at, queued_id) = cursor.queued.unwrap_or(start);
     let (running_at, running_id) = cursor.running.unwrap_or(start);
-    let rows: Vec<(Uuid, Option<String>, DateTime<Utc>, bool, bool)> = sqlx::query_as(
+    let rows: Vec<ScannedRow> = sqlx::query_as(
         "with scanned as ( \
            (select id, job_id, created_at, updated_at, false as queued from exports \
             where status = 'running' and (created_at, id) > ($6, $7) order by created_at, id limit $3) \
@@ -564,7 +574,7 @@ pub async fn exports_without_live_job(
          select s.id, s.job_id, s.created_at, s.queued, \
                 s.updated_at < now() - make_interval(secs => $2) and coalesce( \
                   (select j.status in ('Done', 'Killed') or (j.status = 'Failed' and j.attempts >= j.max_attempts) \
-                   from apalis.jobs j where j.id = s.job_id and j.job_type = $1), true) \
+                   from apalis.jobs j where j.id = s.job_id and j.job_type = $1), true) as orphan \
          from scanned s \
          order by s.queued, s.created_at, s.id",
     )
@@ -579,11 +589,11 @@ pub async fn exports_without_live_job(
     .await?;
     // A full slice: go on after its last row next round; a short one: start over.
     let next = |queued: bool| {
-        let slice: Vec<_> = rows.iter().filter(|r| r.3 == queued).collect();
-        (slice.len() as i64 == limit).then(|| slice.last().map(|r| (r.2, r.0))).flatten()
+        let slice: Vec<_> = rows.iter().filter(|r| r.queued == queued).collect();
+        (slice.len() as i64 == limit).then(|| slice.last().map(|r| (r.created_at, r.id))).flatten()
     };
     let cursor = ScanCursor { running: next(false), queued: next(true) };
-    let orphans = rows.into_iter().filter(|r| r.4).map(|r| Orphan { id: r.0, job_id: r.1 }).collect();
+    let orphans = rows.into_iter().filter(|r| r.orphan).map(|r| Orphan { id: r.id, job_id: r.job_id }).collect();
     Ok((orphans, cursor))
 }
 
