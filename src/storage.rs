@@ -31,6 +31,73 @@ pub struct RunFile {
     pub name: String,
 }
 
+/// A run's file: ready, or still to be filled with the checkpointed prefix.
+#[derive(Debug)]
+pub enum Prepared {
+    Ready(RunFile),
+    Copy(PrefixCopy),
+}
+
+/// Bytes copied per [`PrefixCopy::step`]: a stop request waits for one slice at most.
+const COPY_SLICE: u64 = 8 * 1024 * 1024;
+
+/// The copy of a checkpointed prefix into a new run's file, in slices (`copy_file_range` on
+/// Linux), so that a run told to stop stops within a slice instead of after the whole prefix.
+#[derive(Debug)]
+pub struct PrefixCopy {
+    src: Option<std::fs::File>,
+    dst: Option<std::fs::File>,
+    /// The new file's name, and its path.
+    name: String,
+    path: PathBuf,
+    /// Bytes to copy, and copied so far.
+    bytes: u64,
+    copied: u64,
+    previous: String,
+}
+
+impl PrefixCopy {
+    /// Copies the next slice; true once the whole prefix is copied.
+    pub async fn step(&mut self) -> Result<bool, PrepareError> {
+        let (Some(mut src), Some(mut dst)) = (self.src.take(), self.dst.take()) else {
+            return Ok(self.copied == self.bytes);
+        };
+        let (at, n) = (self.copied, (self.bytes - self.copied).min(COPY_SLICE));
+        let (src, dst, copied) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            use std::io::{Read, Seek};
+            src.seek(io::SeekFrom::Start(at))?;
+            dst.seek(io::SeekFrom::Start(at))?;
+            let copied = io::copy(&mut (&mut src).take(n), &mut dst)?; // copy_file_range on Linux
+            Ok((src, dst, copied))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if copied != n {
+            return Err(PrepareError::CheckpointLost { name: self.previous.clone(), bytes: self.bytes });
+        }
+        self.copied += copied;
+        (self.src, self.dst) = (Some(src), Some(dst));
+        Ok(self.copied == self.bytes)
+    }
+
+    /// The copied file, synced, positioned after the prefix.
+    pub async fn finish(mut self) -> Result<RunFile, PrepareError> {
+        let dst = self.dst.take().expect("the copy owns its file until finished");
+        dst.sync_data()?;
+        let mut file = File::from_std(dst);
+        file.seek(io::SeekFrom::Start(self.bytes)).await?;
+        Ok(RunFile { file, name: std::mem::take(&mut self.name) })
+    }
+
+    /// Stops the copy and deletes its partial file (nothing refers to it).
+    pub async fn abandon(mut self) {
+        self.dst.take();
+        if let Err(e) = fs::remove_file(&self.path).await {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove an abandoned copy");
+        }
+    }
+}
+
 /// Why a run's file could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -65,7 +132,8 @@ impl Storage {
     }
 
     /// Opens the file a run appends to, holding exactly the `bytes` checkpointed bytes of
-    /// `previous` (see the module docs for when it is continued in place or copied).
+    /// `previous` (see the module docs for when it is continued in place or copied): ready at
+    /// once, or a copy of the prefix for the caller to drive slice by slice.
     pub async fn prepare_run(
         &self,
         export_id: Uuid,
@@ -74,12 +142,12 @@ impl Storage {
         bytes: u64,
         adopt: bool,
         extension: &str,
-    ) -> Result<RunFile, PrepareError> {
+    ) -> Result<Prepared, PrepareError> {
         let dir = self.root.join(export_id.to_string());
         fs::create_dir_all(&dir).await?;
         let previous = match previous {
             Some(p) if bytes > 0 => p,
-            _ => return Ok(self.create(&dir, export_id, token, extension).await?),
+            _ => return Ok(Prepared::Ready(self.create(&dir, export_id, token, extension).await?)),
         };
         let lost = || PrepareError::CheckpointLost { name: previous.to_owned(), bytes };
         let old_path = self.path(previous);
@@ -96,26 +164,18 @@ impl Storage {
             file.set_len(bytes).await?; // drop a torn or uncheckpointed tail
             file.sync_data().await?;
             file.seek(io::SeekFrom::Start(bytes)).await?;
-            return Ok(RunFile { file, name: previous.to_owned() });
+            return Ok(Prepared::Ready(RunFile { file, name: previous.to_owned() }));
         }
         let run = self.create(&dir, export_id, token, extension).await?;
-        let new_path = self.path(&run.name);
-        let copied = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            use std::io::Read;
-            let mut src = std::fs::File::open(old_path)?.take(bytes);
-            let mut dst = std::fs::OpenOptions::new().write(true).open(new_path)?;
-            let n = std::io::copy(&mut src, &mut dst)?; // copy_file_range on Linux
-            dst.sync_data()?;
-            Ok(n)
-        })
-        .await
-        .map_err(io::Error::other)??;
-        if copied != bytes {
-            return Err(lost());
-        }
-        let mut file = run.file;
-        file.seek(io::SeekFrom::Start(bytes)).await?;
-        Ok(RunFile { file, name: run.name })
+        Ok(Prepared::Copy(PrefixCopy {
+            src: Some(std::fs::File::open(old_path)?),
+            dst: Some(run.file.into_std().await),
+            path: self.path(&run.name),
+            name: run.name,
+            bytes,
+            copied: 0,
+            previous: previous.to_owned(),
+        }))
     }
 
     async fn create(&self, dir: &Path, export_id: Uuid, token: Uuid, extension: &str) -> io::Result<RunFile> {

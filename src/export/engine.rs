@@ -25,7 +25,7 @@ use crate::{
         spec::{Compression, LineEnding},
     },
     shutdown::Shutdown,
-    storage::{PrepareError, Storage},
+    storage::{PrepareError, Prepared, RunFile, Storage},
 };
 
 /// Encoded CSV is handed to the writer in pieces of about this size.
@@ -285,12 +285,10 @@ impl Engine {
             bytes: export.bytes_written,
             file_name: export.file_name.clone().unwrap_or_default(),
         };
-        let prepared = self
-            .storage
-            .prepare_run(export.id, token, export.file_name.as_deref(), cp.bytes as u64, adopt, extension)
-            .await;
+        let prepared = self.open_run_file(export, token, cp.bytes as u64, adopt).await;
         let run_file = match prepared {
-            Ok(f) => f,
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(RunEnd::Stopped),
             Err(PrepareError::CheckpointLost { name, bytes }) => {
                 tracing::error!(export_id = %export.id, %name, bytes, "checkpointed bytes are gone; starting the export over");
                 if !db::within(
@@ -303,7 +301,10 @@ impl Engine {
                     return Ok(RunEnd::Lost);
                 }
                 cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new() };
-                self.storage.prepare_run(export.id, token, None, 0, false, extension).await?
+                match self.storage.prepare_run(export.id, token, None, 0, false, extension).await? {
+                    Prepared::Ready(f) => f,
+                    Prepared::Copy(_) => unreachable!("nothing to copy from an empty checkpoint"),
+                }
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
@@ -346,6 +347,36 @@ impl Engine {
                 Ok(RunEnd::Completed)
             }
         }
+    }
+
+    /// The run's file, holding exactly the checkpointed bytes: the previous file continued, or
+    /// its prefix copied slice by slice, stopping (None, partial copy deleted) when the process
+    /// is told to stop, so shutdown never waits for a long copy.
+    async fn open_run_file(
+        &self,
+        export: &ExportRecord,
+        token: Uuid,
+        bytes: u64,
+        adopt: bool,
+    ) -> Result<Option<RunFile>, PrepareError> {
+        let extension = export.spec.0.compression.extension();
+        let previous = export.file_name.as_deref();
+        let mut copy = match self.storage.prepare_run(export.id, token, previous, bytes, adopt, extension).await? {
+            Prepared::Ready(f) => return Ok(Some(f)),
+            Prepared::Copy(copy) => copy,
+        };
+        for slice in 1u64.. {
+            if self.shutdown.is_triggered() {
+                tracing::info!(export_id = %export.id, "stopping: prefix copy abandoned");
+                copy.abandon().await;
+                return Ok(None);
+            }
+            if copy.step().await? {
+                break;
+            }
+            self.faults.pause_at(PauseAt::PrefixCopySlice(slice)).await;
+        }
+        copy.finish().await.map(Some)
     }
 
     /// The export's dataset.

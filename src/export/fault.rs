@@ -28,6 +28,8 @@ pub enum PauseAt {
     /// The writer holds the first piece of the n-th chunk of this run (1-based), not yet written:
     /// a paused (SIGSTOPped, partitioned) runner with bytes still to write.
     BeforeChunkWrite(u64),
+    /// The n-th slice of a checkpointed prefix is copied into the run's new file (1-based).
+    PrefixCopySlice(u64),
     /// A download has read the export's row (it is `completed`) and not yet opened the file.
     DownloadLookedUp,
 }

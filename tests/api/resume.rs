@@ -198,3 +198,45 @@ async fn poison_rows_fail_after_bounded_attempts_and_the_worker_goes_on() {
         assert!(error.contains(mentions) && error.contains("gave up after 5 attempts"), "{error}");
     }
 }
+
+/// Shutdown while a run copies a large checkpointed prefix stops it within a copy slice, and
+/// the next run resumes from the checkpoint. Forced with fault and pause points: A crashes
+/// after its third checkpoint (about 15 MB, owner kept, so B must copy rather than adopt); B
+/// is held after copying its first 8 MiB slice, its stop signal comes, and it is let go.
+/// Before, the copy was one blocking call that ran to the end whatever the signal said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_prefix_copy_stops_within_a_slice_and_the_next_run_resumes() {
+    use exportd::{
+        export::engine::{Pause, PauseAt},
+        shutdown::Shutdown,
+    };
+    let (app, reference) = api_only_app(60_000).await;
+    let id = app.create_export(Some(json!({"chunkSize": 20000}))).await;
+    let crashing = (*app.engine).clone().with_faults(Faults { crash_after_checkpoint: Some(3), ..Default::default() });
+    assert_eq!(crashing.execute(id, "A").await, Outcome::Crashed);
+    let crashed = export_row(&app.db.pool, id).await;
+    assert!(crashed.bytes_written > 8 << 20, "a prefix of more than one slice: {}", crashed.bytes_written);
+
+    let (pause, stop) = (Pause::new(), Shutdown::new());
+    let b = (*app.engine)
+        .clone()
+        .with_shutdown(stop.clone())
+        .with_faults(Faults { pause: Some((PauseAt::PrefixCopySlice(1), pause.clone())), ..Default::default() });
+    let run_b = tokio::spawn(async move { b.execute(id, "B").await });
+    pause.reached().await;
+    stop.trigger();
+    pause.resume();
+    assert_eq!(run_b.await.unwrap(), Outcome::Released);
+    let released = export_row(&app.db.pool, id).await;
+    assert_eq!(
+        (released.owner, released.file_name.as_deref(), released.bytes_written),
+        (None, crashed.file_name.as_deref(), crashed.bytes_written),
+        "released at the same checkpoint"
+    );
+    let dir = app.storage.path().join(id.to_string());
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(files.len(), 1, "the partial copy is gone, A's file stays: {files:?}");
+
+    assert_eq!(app.engine.execute(id, "C").await, Outcome::Completed);
+    assert_same_bytes(&app.download(id).await, &reference);
+}
