@@ -68,8 +68,18 @@ impl App {
             waker,
             public_url,
             request_timeout: args.db.db_io_timeout,
+            faults: Default::default(),
         });
         Ok(Self { acceptor, port, state, workers, shutdown })
+    }
+
+    /// The same app with test fault and pause points armed, in the API and the engine.
+    pub fn with_faults(mut self, faults: crate::export::fault::Faults) -> Self {
+        let faults = Arc::new(faults);
+        Arc::get_mut(&mut self.state).expect("state not shared before run").faults = faults.clone();
+        let engine = Arc::get_mut(&mut self.workers.engine).expect("engine not shared before run");
+        *engine = engine.clone().with_faults((*faults).clone());
+        self
     }
 
     /// The port the API listens on.

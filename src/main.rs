@@ -61,6 +61,7 @@ async fn run() -> anyhow::Result<()> {
                 datasets: Arc::new(exportd::export::dataset::Datasets::none()),
                 public_url: String::new(),
                 request_timeout: std::time::Duration::from_secs(30),
+                faults: Default::default(),
             });
             println!("{}", api::spec_json(state));
             Ok(())

@@ -20,7 +20,7 @@ use crate::{
     },
     db::exports::ExportRecord,
     error::Error,
-    export::{ExportStatus, spec::Compression},
+    export::{ExportStatus, fault::PauseAt, spec::Compression},
 };
 
 /// Read size when streaming a file: large enough for loopback speeds, small enough for flat memory.
@@ -132,6 +132,10 @@ impl DownloadApi {
     ) -> Result<DownloadResponse, ApiError> {
         let record = crate::db::exports::find_export(&self.state.pool, id).await?.ok_or(Error::NotFound(id))?;
         let name = finished_file(&record)?;
+        self.state.faults.pause_at(PauseAt::DownloadLookedUp).await;
+        // Opened now, before any header is sent: an open file is read to its end even if it
+        // expires or is deleted meanwhile (the bytes stay until it is closed).
+        let file = self.open(&record, name).await?;
         let len = record.bytes_written as u64;
         let etag = format!("\"{}-{len}\"", record.id.simple());
         if if_none_match.as_deref().is_some_and(|h| etag_matches(h, &etag)) {
@@ -151,30 +155,55 @@ impl DownloadApi {
             )),
             Some(Some(Ok((start, end)))) => {
                 let count = end - start + 1;
-                let body = self.body(name, start, count, with_body).await?;
+                let body = body(file, start, count, with_body).await?;
                 let file = ExportFile { body, content_type };
                 let content_range = format!("bytes {start}-{end}/{len}");
                 Ok(DownloadResponse::Partial(file, count, content_range, disposition, etag, accept))
             }
             // No Range, or one we do not serve (malformed, several ranges): the whole file.
             _ => {
-                let body = self.body(name, 0, len, with_body).await?;
+                let body = body(file, 0, len, with_body).await?;
                 Ok(DownloadResponse::Ok(ExportFile { body, content_type }, len, disposition, etag, accept))
             }
         }
     }
 
-    /// `count` bytes of the file from `start`, read in pieces as the client takes them.
-    async fn body(&self, name: &str, start: u64, count: u64, with_body: bool) -> Result<Body, Error> {
-        if !with_body {
-            return Ok(Body::empty());
+    /// Opens the export's file. When it is not there, the export expired or was deleted
+    /// between reading its row and opening its file: answered as it now is (410 or 404),
+    /// never 500. The file must hold every byte the row promises, or no header is sent.
+    async fn open(&self, record: &ExportRecord, name: &str) -> Result<tokio::fs::File, Error> {
+        match self.state.storage.open(name).await {
+            Ok(file) => {
+                let on_disk = file.metadata().await?.len();
+                if on_disk < record.bytes_written as u64 {
+                    return Err(Error::Other(anyhow::anyhow!(
+                        "file {name} of export {} has {on_disk} bytes, its checkpoint {}",
+                        record.id,
+                        record.bytes_written
+                    )));
+                }
+                Ok(file)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let now = crate::db::exports::find_export(&self.state.pool, record.id).await?;
+                let now = now.ok_or(Error::NotFound(record.id))?;
+                finished_file(&now)?;
+                Err(e.into()) // still `completed`, yet no file: a real fault, logged as a 500
+            }
+            Err(e) => Err(e.into()),
         }
-        let mut file = self.state.storage.open(name).await?;
-        if start > 0 {
-            file.seek(SeekFrom::Start(start)).await?;
-        }
-        Ok(Body::from_bytes_stream(tokio_util::io::ReaderStream::with_capacity(file.take(count), READ_BYTES)))
     }
+}
+
+/// `count` bytes of the file from `start`, read in pieces as the client takes them.
+async fn body(mut file: tokio::fs::File, start: u64, count: u64, with_body: bool) -> Result<Body, Error> {
+    if !with_body {
+        return Ok(Body::empty());
+    }
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await?;
+    }
+    Ok(Body::from_bytes_stream(tokio_util::io::ReaderStream::with_capacity(file.take(count), READ_BYTES)))
 }
 
 /// The stored file of a completed export, or why there is none (409 not yet, 410 never again).

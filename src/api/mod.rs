@@ -34,6 +34,8 @@ pub struct AppState {
     /// Longest time to answer a request (its body aside): a database that goes silent (a
     /// half-open connection, a stuck proxy) gives a 503, never a hung request.
     pub request_timeout: std::time::Duration,
+    /// Test-only pause points (unarmed in production).
+    pub faults: Arc<crate::export::fault::Faults>,
 }
 
 impl AppState {

@@ -73,6 +73,8 @@ pub struct AppOptions {
     /// `EXPORTD_DB_IO_TIMEOUT` and `EXPORTD_STATEMENT_TIMEOUT` (None = the defaults).
     pub db_io_timeout: Option<Duration>,
     pub statement_timeout: Option<Duration>,
+    /// Fault and pause points armed in the app's API and engine.
+    pub faults: Option<exportd::export::engine::Faults>,
 }
 
 impl Default for AppOptions {
@@ -85,6 +87,7 @@ impl Default for AppOptions {
             database_url: None,
             db_io_timeout: None,
             statement_timeout: None,
+            faults: None,
         }
     }
 }
@@ -120,7 +123,10 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     args.worker.heartbeat = Duration::from_secs(1);
     args.worker.retry_backoff = Duration::from_millis(100);
     let shutdown = Shutdown::new();
-    let app = App::build(args, shutdown.clone()).await.expect("build app");
+    let mut app = App::build(args, shutdown.clone()).await.expect("build app");
+    if let Some(faults) = opts.faults {
+        app = app.with_faults(faults);
+    }
     let base = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine().clone();
     let handle = tokio::spawn(app.run());

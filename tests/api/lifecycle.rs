@@ -365,3 +365,59 @@ async fn bad_options_get_a_400_that_names_the_field_and_create_nothing() {
     let n: i64 = sqlx::query_scalar("select count(*) from exports").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(n, 0);
 }
+
+/// A download whose export expires, or is deleted, between the handler reading its row and
+/// opening its file. Forced with a pause point in the download handler: the request reads the
+/// row (`completed`) and is held; the test deletes the export (file gone, status `expired`) or
+/// removes its row and file (as the purge of expired exports does); then the request goes on.
+/// Before, the failed open answered 500.
+async fn download_racing(remove: &str) -> reqwest::Response {
+    use exportd::export::engine::{Faults, Pause, PauseAt};
+    let pause = Pause::new();
+    let faults = Faults { pause: Some((PauseAt::DownloadLookedUp, pause.clone())), ..Default::default() };
+    let app = app(500, AppOptions { faults: Some(faults), ..Default::default() }).await;
+    let id = app.create_export(None).await;
+    app.wait_finished(id, Duration::from_secs(30)).await;
+    let request = tokio::spawn(app.client.get(app.url(&format!("/api/export/{id}/download"))).send());
+    pause.reached().await;
+    match remove {
+        "expire" => assert_eq!(delete(&app, id).await.status(), 200),
+        _ => {
+            sqlx::query("delete from exports where id = $1").bind(id).execute(&app.db.pool).await.unwrap();
+            std::fs::remove_dir_all(export_dir(&app, id)).unwrap();
+        }
+    }
+    pause.resume();
+    request.await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_racing_expiry_answers_410() {
+    expect_error(download_racing("expire").await, 410, "expired").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_racing_the_purge_of_its_export_answers_404() {
+    expect_error(download_racing("purge").await, 404, "no export").await;
+}
+
+/// A download under way when its export is deleted reads the file to its end: the file was
+/// opened before the headers went out, and its bytes stay until it is closed. The test reads
+/// the first piece of the body, deletes the export (file unlinked), then reads the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_under_way_when_its_file_is_deleted_completes() {
+    let app = app(20_000, AppOptions::default()).await;
+    let reference = copy_reference(&app.db.pool).await;
+    let id = app.create_export(None).await;
+    app.wait_finished(id, Duration::from_secs(30)).await;
+    let mut resp = app.client.get(app.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.chunk().await.unwrap().unwrap().to_vec();
+    assert!(body.len() < reference.len());
+    assert_eq!(delete(&app, id).await.status(), 200);
+    assert!(!export_dir(&app, id).exists(), "the file is deleted");
+    while let Some(piece) = resp.chunk().await.unwrap() {
+        body.extend_from_slice(&piece);
+    }
+    assert_same_bytes(&body, &reference);
+}
