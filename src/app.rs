@@ -17,6 +17,7 @@ use crate::{
         dataset::Datasets,
         engine::{Engine, EngineSettings},
         queue,
+        sweep::Sweep,
     },
     shutdown::Shutdown,
     storage::Storage,
@@ -29,6 +30,8 @@ const REQUEUE_EVERY: Duration = Duration::from_secs(10);
 const ORPHAN_MIN_AGE: Duration = Duration::from_secs(30);
 /// Finished queue jobs are kept this long (for inspection), then deleted.
 const KEEP_FINISHED_JOBS: Duration = Duration::from_secs(24 * 3600);
+/// A file of a live export that nothing refers to is deleted once unwritten this long.
+const STRAY_FILE_AGE: Duration = Duration::from_secs(3600);
 /// Worker rows silent this long (and referenced by no job) are deleted.
 const FORGET_DEAD_WORKERS: Duration = Duration::from_secs(3600);
 
@@ -188,7 +191,12 @@ impl Workers {
             ))
         });
         let slots = futures::future::join_all(slots.collect::<Vec<_>>());
-        let housekeeping = housekeeping(self.pool.clone(), self.engine.storage().clone(), self.shutdown.clone());
+        let sweep = Sweep {
+            keep_ended_exports: self.settings.purge_after,
+            keep_finished_jobs: KEEP_FINISHED_JOBS,
+            stray_file_age: STRAY_FILE_AGE,
+        };
+        let housekeeping = housekeeping(self.pool.clone(), self.engine.storage().clone(), sweep, self.shutdown.clone());
         let (slots, ()) = tokio::join!(slots, housekeeping);
         for slot in slots {
             slot.context("queue worker slot panicked")?;
@@ -198,9 +206,10 @@ impl Workers {
 }
 
 /// Periodic repair and hygiene: unfinished exports whose queue job is gone get a new one;
-/// completed exports past their retention expire and their files are deleted; finished jobs
-/// and dead workers are deleted so the queue tables do not grow without bound.
-async fn housekeeping(pool: PgPool, storage: Storage, shutdown: Shutdown) {
+/// completed exports past their retention expire and their files are deleted; every minute the
+/// sweeper deletes stray files, ended exports' rows and finished jobs, and dead workers are
+/// forgotten, so storage and tables do not grow without bound.
+async fn housekeeping(pool: PgPool, storage: Storage, sweep: Sweep, shutdown: Shutdown) {
     let mut orphan_scan = db::exports::ScanCursor::default();
     for round in 0u64.. {
         tokio::select! {
@@ -212,14 +221,14 @@ async fn housekeeping(pool: PgPool, storage: Storage, shutdown: Shutdown) {
         }
         expire(&pool, &storage).await;
         if round % 6 == 0 {
-            let purged = async {
-                let jobs = db::queue::purge_finished_jobs(&pool, queue::QUEUE, KEEP_FINISHED_JOBS).await?;
-                let workers = db::queue::purge_dead_workers(&pool, queue::QUEUE, FORGET_DEAD_WORKERS).await?;
-                Ok::<_, crate::error::Error>((jobs, workers))
-            };
-            match purged.await {
-                Ok((0, 0)) => {}
-                Ok((jobs, workers)) => tracing::info!(jobs, workers, "purged finished queue jobs and dead workers"),
+            match crate::export::sweep::sweep(&pool, &storage, &sweep).await {
+                Ok(swept) if swept == Default::default() => {}
+                Ok(swept) => tracing::info!(?swept, "swept what ended exports left behind"),
+                Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),
+            }
+            match db::queue::purge_dead_workers(&pool, queue::QUEUE, FORGET_DEAD_WORKERS).await {
+                Ok(0) => {}
+                Ok(workers) => tracing::info!(workers, "forgot dead queue workers"),
                 Err(e) => tracing::warn!(error = %e, "queue hygiene failed; will retry"),
             }
         }

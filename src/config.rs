@@ -62,6 +62,11 @@ pub struct WorkerSettings {
     #[arg(long, env = "EXPORTD_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
 
+    /// How long an ended export (expired, failed, cancelled) stays readable before the sweeper
+    /// deletes its row, its runs and its idempotency key, e.g. "30d".
+    #[arg(long, env = "EXPORTD_PURGE_AFTER", default_value = "30d", value_parser = parse_duration)]
+    pub purge_after: Duration,
+
     /// Directory the CSV files are written to (created if missing).
     #[arg(long, env = "EXPORTD_STORAGE_DIR", default_value = "exports")]
     pub storage_dir: PathBuf,

@@ -212,6 +212,40 @@ impl Storage {
         }
     }
 
+    /// The exports that have a directory here.
+    pub async fn export_dirs(&self) -> io::Result<Vec<Uuid>> {
+        let mut out = Vec::new();
+        let mut entries = fs::read_dir(&self.root).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            if entry.file_type().await?.is_dir()
+                && let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok())
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The files of an export (names as stored in checkpoints) and when each was last written.
+    pub async fn run_files(&self, export_id: Uuid) -> io::Result<Vec<(String, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        let Ok(mut entries) = fs::read_dir(self.root.join(export_id.to_string())).await else { return Ok(out) };
+        while let Some(entry) = entries.next_entry().await? {
+            let Some(file) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            out.push((format!("{export_id}/{file}"), entry.metadata().await?.modified()?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes one stored file (best effort).
+    pub async fn remove_file(&self, name: &str) {
+        if let Err(e) = fs::remove_file(self.path(name)).await
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(name, error = %e, "could not remove a stray file");
+        }
+    }
+
     /// Opens a finished file for reading.
     pub async fn open(&self, name: &str) -> io::Result<File> {
         File::open(self.path(name)).await

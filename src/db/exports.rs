@@ -613,3 +613,48 @@ pub async fn set_job(conn: &mut PgConnection, id: Uuid, old_job_id: Option<&str>
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Which files an export with a directory in storage still needs: its checkpointed (or
+/// completed) file, and its current run's (named after the owner token). Only exports that
+/// can still be served or resumed are returned; the sweeper deletes the directories of the others.
+#[derive(Debug, sqlx::FromRow)]
+pub struct FileRefs {
+    pub id: Uuid,
+    pub file_name: Option<String>,
+    pub owner: Option<Uuid>,
+}
+
+/// [`FileRefs`] of those of `ids` that are queued, running or completed.
+pub async fn file_refs(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<FileRefs>> {
+    Ok(sqlx::query_as(
+        "select id, file_name, owner from exports \
+         where id = any($1) and status in ('queued', 'running', 'completed')",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Deletes ended exports (expired, failed, cancelled) that ended more than `keep` ago, at
+/// most `limit`, with their runs (cascade), idempotency keys (on the row) and queue jobs that
+/// are finished. Returns how many exports were deleted.
+pub async fn purge_ended_exports(pool: &PgPool, keep: Duration, limit: i64) -> Result<u64> {
+    let (deleted,): (i64,) = sqlx::query_as(
+        "with ended as ( \
+           delete from exports where id in ( \
+             select id from exports \
+             where status in ('expired', 'failed', 'cancelled') \
+               and coalesce(expires_at, finished_at, updated_at) < now() - make_interval(secs => $1) \
+             limit $2 for update skip locked) \
+           returning job_id), \
+         jobs as ( \
+           delete from apalis.jobs where id in (select job_id from ended) \
+             and status in ('Done', 'Killed', 'Failed')) \
+         select count(*) from ended",
+    )
+    .bind(keep.as_secs_f64())
+    .bind(limit)
+    .fetch_one(pool)
+    .await?;
+    Ok(deleted as u64)
+}

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod fault;
 pub mod queue;
 pub mod spec;
+pub mod sweep;
 
 use serde::{Deserialize, Serialize};
 
