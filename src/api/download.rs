@@ -130,7 +130,11 @@ impl DownloadApi {
         if_range: Option<String>,
         with_body: bool,
     ) -> Result<DownloadResponse, ApiError> {
-        let record = crate::db::exports::find_export(&self.state.pool, id).await?.ok_or(Error::NotFound(id))?;
+        let record = crate::with_conn!(self.state.pool, self.state.request_timeout, "reading the export", |c| {
+            crate::db::exports::find_export(c, id)
+        })
+        .await?
+        .ok_or(Error::NotFound(id))?;
         let name = finished_file(&record)?;
         self.state.faults.pause_at(PauseAt::DownloadLookedUp).await;
         // Opened now, before any header is sent: an open file is read to its end even if it
@@ -185,7 +189,10 @@ impl DownloadApi {
                 Ok(file)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let now = crate::db::exports::find_export(&self.state.pool, record.id).await?;
+                let now = crate::with_conn!(self.state.pool, self.state.request_timeout, "reading the export", |c| {
+                    crate::db::exports::find_export(c, record.id)
+                })
+                .await?;
                 let now = now.ok_or(Error::NotFound(record.id))?;
                 finished_file(&now)?;
                 Err(e.into()) // still `completed`, yet no file: a real fault, logged as a 500

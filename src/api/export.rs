@@ -176,10 +176,11 @@ impl ExportApi {
         }
         let req = body.0.unwrap_or_else(CreateExportRequest::empty);
         let (ds, spec) = req.into_spec(&self.state).await?;
-        let record =
-            match export::create_export(&self.state.pool, &self.state.waker, &ds, &spec, key.as_deref()).await? {
-                Created::New(r) | Created::Existing(r) => r,
-            };
+        let created = crate::with_conn!(self.state.pool, self.state.request_timeout, "creating the export", |c| {
+            export::create_export(c, &self.state.waker, &ds, &spec, key.as_deref())
+        })
+        .await?;
+        let (Created::New(record) | Created::Existing(record)) = created;
         let status_url = self.state.url(&format!("/api/export/{}/status", record.id));
         Ok(CreateExportResponse::Accepted(
             Json(ExportCreated {
@@ -209,7 +210,11 @@ impl ExportApi {
     /// expired export is left as it is. Answers with the export's status.
     #[oai(path = "/api/export/:id", method = "delete", operation_id = "cancelExport")]
     async fn cancel(&self, id: Path<Uuid>) -> Result<StatusResponse, ApiError> {
-        let record = db::exports::cancel_export(&self.state.pool, id.0).await?.ok_or(Error::NotFound(id.0))?;
+        let record = crate::with_conn!(self.state.pool, self.state.request_timeout, "cancelling the export", |c| {
+            db::exports::cancel_export(c, id.0)
+        })
+        .await?
+        .ok_or(Error::NotFound(id.0))?;
         if matches!(record.status, ExportStatus::Cancelled | ExportStatus::Expired) {
             self.state.storage.remove_export(record.id).await;
         }
@@ -238,8 +243,10 @@ impl ExportApi {
                 Error::BadRequest("cursor: malformed; pass nextCursor of the previous page as it is".into())
             })?),
         };
-        let mut rows =
-            db::exports::list_exports(&self.state.pool, status.0.map(Into::into), after, i64::from(limit) + 1).await?;
+        let mut rows = crate::with_conn!(self.state.pool, self.state.request_timeout, "listing exports", |c| {
+            db::exports::list_exports(c, status.0.map(Into::into), after, i64::from(limit) + 1)
+        })
+        .await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let next_cursor = if more { rows.last().map(|r| make_cursor(r.created_at, r.id)) } else { None };
@@ -259,7 +266,11 @@ fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
 
 impl ExportApi {
     async fn find(&self, id: Uuid) -> Result<ExportRecord, Error> {
-        crate::db::exports::find_export(&self.state.pool, id).await?.ok_or(Error::NotFound(id))
+        crate::with_conn!(self.state.pool, self.state.request_timeout, "reading the export", |c| {
+            crate::db::exports::find_export(c, id)
+        })
+        .await?
+        .ok_or(Error::NotFound(id))
     }
 
     fn view(&self, r: &ExportRecord) -> ExportStatusView {

@@ -36,14 +36,12 @@ impl HealthApi {
     /// Health check
     #[oai(path = "/healthz", method = "get", operation_id = "health")]
     async fn health(&self) -> HealthResponse {
-        let check = tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&self.state.pool)).await;
+        let limit = Duration::from_secs(2);
+        let check = crate::with_conn!(self.state.pool, limit, "health check", |c| crate::db::ping_conn(c)).await;
         match check {
-            Ok(Ok(())) => HealthResponse::Ok(Json(Health { status: "ok".into(), database: "ok".into() })),
-            Ok(Err(e)) => {
+            Ok(()) => HealthResponse::Ok(Json(Health { status: "ok".into(), database: "ok".into() })),
+            Err(e) => {
                 HealthResponse::Unavailable(Json(Health { status: "unavailable".into(), database: e.to_string() }))
-            }
-            Err(_) => {
-                HealthResponse::Unavailable(Json(Health { status: "unavailable".into(), database: "timed out".into() }))
             }
         }
     }

@@ -31,8 +31,9 @@ pub struct AppState {
     pub waker: crate::export::queue::Waker,
     /// Prefix of the links we return ("" = relative links).
     pub public_url: String,
-    /// Longest time to answer a request (its body aside): a database that goes silent (a
-    /// half-open connection, a stuck proxy) gives a 503, never a hung request.
+    /// Deadline of each database call of a request (twice it bounds the whole request, its body
+    /// aside): a database that goes silent (a half-open connection, a stuck proxy) gives a 503,
+    /// never a hung request.
     pub request_timeout: std::time::Duration,
     /// Test-only pause points (unarmed in production).
     pub faults: Arc<crate::export::fault::Faults>,
@@ -75,7 +76,9 @@ pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
 
 /// The whole HTTP application: API, `/openapi.json`, Swagger UI at `/docs`, JSON errors.
 pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
-    let limit = state.request_timeout;
+    // A backstop: every database call of a handler has `request_timeout` of its own and closes
+    // a connection that misses it; this only bounds a request whose calls are each slow.
+    let limit = state.request_timeout * 2;
     let api = service(state);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();

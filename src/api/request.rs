@@ -336,14 +336,21 @@ fn text(v: &Value, field: &str, sql_type: &str) -> Result<String, Error> {
 /// Checks each filter value against its column's type, and the time zone, in PostgreSQL.
 async fn check_values(state: &AppState, ds: &Dataset, spec: &ExportSpec) -> Result<(), Error> {
     if spec.format.time_zone != "UTC"
-        && let Err(message) = db::exports::check_time_zone(&state.pool, &spec.format.time_zone).await?
+        && let Err(message) = crate::with_conn!(state.pool, state.request_timeout, "checking format.timeZone", |c| {
+            db::exports::check_time_zone(c, &spec.format.time_zone)
+        })
+        .await?
     {
         return Err(bad(format!("format.timeZone: {message}")));
     }
     for f in &spec.filters {
         let sql_type = &ds.column(&f.column).expect("checked").cast_type;
         for value in &f.values {
-            if let Err(message) = db::exports::check_value(&state.pool, sql_type, value).await? {
+            if let Err(message) = crate::with_conn!(state.pool, state.request_timeout, "checking a filter value", |c| {
+                db::exports::check_value(c, sql_type, value)
+            })
+            .await?
+            {
                 return Err(bad(format!("filters.{}.{}: {message}", f.column, f.op.name())));
             }
         }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, types::Json};
+use sqlx::{Connection, PgConnection, PgExecutor, PgPool, types::Json};
 use uuid::Uuid;
 
 use crate::{
@@ -108,8 +108,7 @@ macro_rules! columns {
 
 /// The high-water mark (largest key now) and the planner's estimate of the rows a filtered
 /// export covers (`EXPLAIN` of the filtered query up to the mark, values bound; no count).
-pub async fn filtered_bounds(pool: &PgPool, ds: &Dataset, spec: &ExportSpec) -> Result<Bounds> {
-    let mut conn = pool.acquire().await?;
+pub async fn filtered_bounds(conn: &mut PgConnection, ds: &Dataset, spec: &ExportSpec) -> Result<Bounds> {
     let (upper, _): (Option<i64>, Option<i64>) =
         sqlx::query_as(sqlx::AssertSqlSafe(dataset::bounds_query(ds))).fetch_one(&mut *conn).await?;
     let Some(upper_id) = upper else { return Ok(Bounds::Known { upper_bound_id: None, total_rows: Some(0) }) };
@@ -123,13 +122,13 @@ pub async fn filtered_bounds(pool: &PgPool, ds: &Dataset, spec: &ExportSpec) -> 
 }
 
 /// Checks that `value` reads as `sql_type`; the error is PostgreSQL's message.
-pub async fn check_value(pool: &PgPool, sql_type: &str, value: &str) -> Result<Result<(), String>> {
-    data_error(sqlx::query(sqlx::AssertSqlSafe(dataset::value_check_query(sql_type))).bind(value).execute(pool).await)
+pub async fn check_value(db: impl PgExecutor<'_>, sql_type: &str, value: &str) -> Result<Result<(), String>> {
+    data_error(sqlx::query(sqlx::AssertSqlSafe(dataset::value_check_query(sql_type))).bind(value).execute(db).await)
 }
 
 /// Checks that a time zone name is known; the error is PostgreSQL's message.
-pub async fn check_time_zone(pool: &PgPool, name: &str) -> Result<Result<(), String>> {
-    data_error(sqlx::query(dataset::time_zone_check_query()).bind(name).execute(pool).await)
+pub async fn check_time_zone(db: impl PgExecutor<'_>, name: &str) -> Result<Result<(), String>> {
+    data_error(sqlx::query(dataset::time_zone_check_query()).bind(name).execute(db).await)
 }
 
 /// Splits a check's outcome: a data exception (SQLSTATE class 22: bad input) is the client's
@@ -150,7 +149,7 @@ fn data_error<T>(r: std::result::Result<T, sqlx::Error>) -> Result<Result<(), St
 /// `push_tasks` inserts (`queries/task/sink.sql` of apalis-postgres 1.0); the queue tests
 /// run it through real apalis workers.
 pub async fn insert_export_with_job(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     new: &NewExport<'_>,
     job: &NewJob<'_>,
 ) -> Result<Option<ExportRecord>> {
@@ -183,7 +182,7 @@ pub async fn insert_export_with_job(
         .bind(job.queue)
         .bind(job.payload)
         .bind(job.max_attempts)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?;
     Ok(row)
 }
@@ -207,16 +206,16 @@ pub struct NewJob<'a> {
 }
 
 /// The export created with this idempotency key, if any.
-pub async fn find_by_idempotency_key(pool: &PgPool, key: &str) -> Result<Option<ExportRecord>> {
+pub async fn find_by_idempotency_key(db: impl PgExecutor<'_>, key: &str) -> Result<Option<ExportRecord>> {
     Ok(sqlx::query_as(concat!("select ", columns!(), " from exports where idempotency_key = $1"))
         .bind(key)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?)
 }
 
 /// Exports newest first, after the cursor `(created_at, id)` (exclusive), optionally of one status.
 pub async fn list_exports(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     status: Option<ExportStatus>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
@@ -243,13 +242,13 @@ pub async fn list_exports(
     if let Some(s) = status {
         q = q.bind(s.as_str());
     }
-    Ok(q.fetch_all(pool).await?)
+    Ok(q.fetch_all(db).await?)
 }
 
 /// Cancels an unfinished export (`cancelled`) or deletes a completed one's file (`expired`);
 /// a failed, cancelled or expired export is left as it is. Ownership is dropped, so a run still
 /// working on it fails its next fenced checkpoint and stops. Returns the export as it now is.
-pub async fn cancel_export(pool: &PgPool, id: Uuid) -> Result<Option<ExportRecord>> {
+pub async fn cancel_export(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ExportRecord>> {
     Ok(sqlx::query_as(concat!(
         "update exports set \
            status = case when status in ('queued', 'running') then 'cancelled' \
@@ -261,13 +260,13 @@ pub async fn cancel_export(pool: &PgPool, id: Uuid) -> Result<Option<ExportRecor
         columns!()
     ))
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?)
 }
 
 /// Marks completed exports whose retention ran out as `expired` (at most `limit`) and returns
 /// their ids, so their files can be deleted.
-pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>> {
+pub async fn expire_due(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Uuid>> {
     Ok(sqlx::query_scalar(
         "update exports set status = 'expired' where id in ( \
            select id from exports where status = 'completed' and expires_at <= now() \
@@ -275,26 +274,26 @@ pub async fn expire_due(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>> {
          returning id",
     )
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?)
 }
 
 /// Reads one export.
-pub async fn find_export(pool: &PgPool, id: Uuid) -> Result<Option<ExportRecord>> {
+pub async fn find_export(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ExportRecord>> {
     Ok(sqlx::query_as(concat!("select ", columns!(), " from exports where id = $1"))
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?)
 }
 
 /// The runs of an export, oldest first (its ownership history).
-pub async fn list_runs(pool: &PgPool, id: Uuid) -> Result<Vec<RunRecord>> {
+pub async fn list_runs(db: impl PgExecutor<'_>, id: Uuid) -> Result<Vec<RunRecord>> {
     Ok(sqlx::query_as(
         "select token, attempt, worker, start_id, started_at, ended_at, outcome, error \
          from export_runs where export_id = $1 order by started_at, attempt",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?)
 }
 
@@ -316,8 +315,14 @@ struct ClaimState {
 /// export fails instead, with the last error met. A row this version cannot read (a spec or
 /// status written by another version) counts as a run without progress, with the reason, so
 /// it fails after the same bound instead of being retried for ever.
-pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, max_stalled: u32) -> Result<Claim> {
-    let mut tx = pool.begin().await?;
+pub async fn claim_export(
+    db: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+    worker: &str,
+    max_stalled: u32,
+) -> Result<Claim> {
+    let mut tx = db.begin().await?;
     let current: Option<ClaimState> = sqlx::query_as(
         "select status, owner, released_by, file_writer, stalled_attempts, last_error, spec \
          from exports where id = $1 for update",
@@ -408,8 +413,8 @@ pub async fn claim_export(pool: &PgPool, id: Uuid, token: Uuid, worker: &str, ma
 /// still in the file (and anything after it is cut off), so durability is not needed here,
 /// and skipping a flush per chunk keeps the disk free for commits that need it (new exports).
 /// Visibility, and so the fencing, is unaffected.
-pub async fn save_checkpoint(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
-    let mut tx = pool.begin().await?;
+pub async fn save_checkpoint(db: &mut PgConnection, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
+    let mut tx = db.begin().await?;
     sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
     let done = sqlx::query(
         "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
@@ -431,13 +436,13 @@ pub async fn save_checkpoint(pool: &PgPool, id: Uuid, token: Uuid, cp: &Checkpoi
 /// Marks the export completed with its final checkpoint, fenced by the run's token; its file
 /// is kept for `retention`.
 pub async fn complete_export(
-    pool: &PgPool,
+    db: &mut PgConnection,
     id: Uuid,
     token: Uuid,
     cp: &Checkpoint,
     retention: Duration,
 ) -> Result<bool> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let done = sqlx::query(
         "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
          bytes_written = $5, file_name = $6, file_writer = $2, owner = null, stalled_attempts = 0, \
@@ -465,13 +470,13 @@ pub async fn complete_export(
 /// (`give_back`: the attempt does not count) or after an error (recorded as `last_error`).
 /// The export stays `running` with no owner until the queue hands it to the next run.
 pub async fn release_export(
-    pool: &PgPool,
+    db: &mut PgConnection,
     id: Uuid,
     token: Uuid,
     error: Option<&str>,
     give_back: bool,
 ) -> Result<bool> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let done = sqlx::query(
         "update exports set owner = null, released_by = $2, last_error = coalesce($3, last_error), \
          attempts = attempts - $4, stalled_attempts = greatest(stalled_attempts - $4, 0) \
@@ -492,7 +497,7 @@ pub async fn release_export(
 }
 
 /// Forgets the checkpoint (its file is gone): the run starts the export over, fenced.
-pub async fn reset_checkpoint(pool: &PgPool, id: Uuid, token: Uuid) -> Result<bool> {
+pub async fn reset_checkpoint(db: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> Result<bool> {
     let done = sqlx::query(
         "update exports set last_processed_id = null, rows_written = 0, bytes_written = 0, file_name = null, \
          file_writer = null \
@@ -500,15 +505,14 @@ pub async fn reset_checkpoint(pool: &PgPool, id: Uuid, token: Uuid) -> Result<bo
     )
     .bind(id)
     .bind(token)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Marks a run that found it had lost ownership.
-pub async fn mark_run_lost(pool: &PgPool, token: Uuid) -> Result<()> {
-    let mut conn = pool.acquire().await?;
-    end_run(&mut conn, token, "lost", None).await
+pub async fn mark_run_lost(conn: &mut PgConnection, token: Uuid) -> Result<()> {
+    end_run(conn, token, "lost", None).await
 }
 
 async fn end_run(conn: &mut PgConnection, token: Uuid, outcome: &str, error: Option<&str>) -> Result<()> {

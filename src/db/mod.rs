@@ -25,11 +25,12 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 ///
 /// A connection can also hang without any error: a half-open TCP connection, a stuck proxy or
 /// pooler, a frozen server. Keepalive probes do not catch those (the proxy answers them), so
-/// every wait on a pooled connection that the pool itself makes is bounded by
-/// `db_io_timeout`, and a connection that misses it is closed, never handed out again: the
-/// idle check before use, and the check on return (sqlx pings every returned connection with
-/// no deadline of its own, so a connection dropped mid-query by a caller's deadline would
-/// otherwise hold its pool slot for ever).
+/// every wait on the database has a deadline ([`with_conn`], and the idle check here), and a
+/// connection that misses one is closed, never handed out again. (Not the pool's check on
+/// return: sqlx pings every returned connection without a deadline, so a connection dropped
+/// in the middle of a query on a silent database would hold its pool slot for ever; the
+/// deadline's owner closes it instead. Timing that ping too cost a round trip per query: 10%
+/// of `GET status` throughput.)
 pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
     let io_timeout = args.db_io_timeout;
     let timeout_ms = args.statement_timeout.as_millis().max(1).to_string();
@@ -62,7 +63,6 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
                 Ok(true)
             })
         })
-        .after_release(move |conn, _| Box::pin(async move { timed_ping(conn, io_timeout).await.map(|()| true) }))
         .connect_lazy_with(options))
 }
 
@@ -110,8 +110,7 @@ pub fn timed_out(limit: Duration, what: &str) -> sqlx::Error {
     ))
 }
 
-/// Bounds a wait on the database by `limit`. A query cut off by it leaves its connection out
-/// of step; the pool closes such a connection when it comes back (see [`connect`]).
+/// Bounds a wait on the database by `limit` (for a connection the caller owns and closes).
 pub async fn within<T>(
     limit: Duration,
     what: &str,
@@ -121,6 +120,39 @@ pub async fn within<T>(
         Ok(r) => r,
         Err(_) => Err(Error::Unavailable(timed_out(limit, what))),
     }
+}
+
+/// `with_conn!(pool, limit, what, |c| work).await`: runs `work` (a future using `c: &mut
+/// PgConnection`) on a pooled connection of its own, within `limit` (the wait for the
+/// connection included). A connection that misses the deadline is closed, never returned to
+/// the pool: it may be silent for good, and a query cut off mid-way leaves it out of step
+/// anyway. (A macro rather than a function taking a closure: the future must stay `Send` for
+/// the queue's handler, which an `AsyncFnOnce` bound cannot promise.)
+#[macro_export]
+macro_rules! with_conn {
+    ($pool:expr, $limit:expr, $what:expr, |$c:ident| $work:expr) => {
+        async {
+            let (limit, what): (::std::time::Duration, &str) = ($limit, $what);
+            let started = ::tokio::time::Instant::now();
+            match $crate::db::within(limit, what, async { Ok($pool.acquire().await?) }).await {
+                Err(e) => Err(e),
+                Ok(mut conn) => {
+                    let outcome = ::tokio::time::timeout(limit.saturating_sub(started.elapsed()), async {
+                        let $c: &mut ::sqlx::PgConnection = &mut conn;
+                        $work.await
+                    })
+                    .await;
+                    match outcome {
+                        Ok(r) => r,
+                        Err(_) => {
+                            conn.close_on_drop();
+                            Err($crate::error::Error::Unavailable($crate::db::timed_out(limit, what)))
+                        }
+                    }
+                }
+            }
+        }
+    };
 }
 
 /// Applies the job queue's migrations (schema `apalis`), then exportd's (which adjust the
@@ -150,7 +182,13 @@ pub async fn wait_until_ready(pool: &PgPool, patience: Duration) -> anyhow::Resu
     }
 }
 
-/// A round trip to the database (health check).
+/// A round trip on a connection (health check).
+pub async fn ping_conn(conn: &mut sqlx::PgConnection) -> crate::error::Result<()> {
+    sqlx::query("select 1").execute(conn).await?;
+    Ok(())
+}
+
+/// A round trip to the database (start-up wait).
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("select 1").execute(pool).await.map(|_| ())
 }

@@ -164,11 +164,9 @@ impl Engine {
                 return Outcome::Released;
             }
             let token = Uuid::new_v4();
-            let claim = db::within(
-                self.settings.db_statement_wait,
-                "claiming the export",
-                db::exports::claim_export(&self.pool, export_id, token, worker, self.settings.max_stalled_attempts),
-            )
+            let claim = crate::with_conn!(self.pool, self.settings.db_statement_wait, "claiming the export", |c| {
+                db::exports::claim_export(c, export_id, token, worker, self.settings.max_stalled_attempts)
+            })
             .await;
             let (export, adopt) = match claim {
                 Ok(Claim::Owned { export, adopt_file }) => (export, adopt_file),
@@ -204,18 +202,16 @@ impl Engine {
                 }
                 Ok(RunEnd::Crashed) => return Outcome::Crashed,
                 Ok(RunEnd::Lost) => {
-                    let _ = db::within(
-                        self.settings.db_statement_wait,
-                        "recording a lost run",
-                        db::exports::mark_run_lost(&self.pool, token),
-                    )
-                    .await;
-                    let now = db::within(
-                        self.settings.db_statement_wait,
-                        "reading the export",
-                        db::exports::find_export(&self.pool, export_id),
-                    )
-                    .await;
+                    let _ =
+                        crate::with_conn!(self.pool, self.settings.db_statement_wait, "recording a lost run", |c| {
+                            db::exports::mark_run_lost(c, token)
+                        })
+                        .await;
+                    let now =
+                        crate::with_conn!(self.pool, self.settings.db_statement_wait, "reading the export", |c| {
+                            db::exports::find_export(c, export_id)
+                        })
+                        .await;
                     if let Ok(Some(e)) = &now
                         && matches!(e.status, ExportStatus::Cancelled | ExportStatus::Expired)
                     {
@@ -227,11 +223,9 @@ impl Engine {
                     return Outcome::Lost;
                 }
                 Ok(RunEnd::Stopped) => {
-                    match db::within(
-                        self.settings.db_statement_wait,
-                        "releasing the export",
-                        db::exports::release_export(&self.pool, export_id, token, None, true),
-                    )
+                    match crate::with_conn!(self.pool, self.settings.db_statement_wait, "releasing the export", |c| {
+                        db::exports::release_export(c, export_id, token, None, true)
+                    })
                     .await
                     {
                         Ok(true) => {
@@ -247,12 +241,11 @@ impl Engine {
                 Err(e) => {
                     let message = describe(&e);
                     tracing::warn!(%export_id, %token, error = %message, "export run failed");
-                    let _ = db::within(
-                        self.settings.db_statement_wait,
-                        "releasing the export",
-                        db::exports::release_export(&self.pool, export_id, token, Some(&message), false),
-                    )
-                    .await;
+                    let _ =
+                        crate::with_conn!(self.pool, self.settings.db_statement_wait, "releasing the export", |c| {
+                            db::exports::release_export(c, export_id, token, Some(&message), false)
+                        })
+                        .await;
                     let wait = self.backoff(export.stalled_attempts.max(1) as u32);
                     if !self.pause(wait).await {
                         return Outcome::Released;
@@ -291,11 +284,9 @@ impl Engine {
             Ok(None) => return Ok(RunEnd::Stopped),
             Err(PrepareError::CheckpointLost { name, bytes }) => {
                 tracing::error!(export_id = %export.id, %name, bytes, "checkpointed bytes are gone; starting the export over");
-                if !db::within(
-                    self.settings.db_statement_wait,
-                    "resetting the checkpoint",
-                    db::exports::reset_checkpoint(&self.pool, export.id, token),
-                )
+                if !crate::with_conn!(self.pool, self.settings.db_statement_wait, "resetting the checkpoint", |c| {
+                    db::exports::reset_checkpoint(c, export.id, token)
+                })
                 .await?
                 {
                     return Ok(RunEnd::Lost);
@@ -334,11 +325,9 @@ impl Engine {
             Produced::Stopped => Ok(RunEnd::Stopped),
             Produced::WriterGone => Err(anyhow::anyhow!("the file writer stopped unexpectedly")),
             Produced::Finished => {
-                if !db::within(
-                    self.settings.db_statement_wait,
-                    "completing the export",
-                    db::exports::complete_export(&self.pool, export.id, token, &cp, self.settings.retention),
-                )
+                if !crate::with_conn!(self.pool, self.settings.db_statement_wait, "completing the export", |c| {
+                    db::exports::complete_export(c, export.id, token, &cp, self.settings.retention)
+                })
                 .await?
                 {
                     return Ok(RunEnd::Lost);
@@ -582,11 +571,9 @@ impl Engine {
                         file_name: cp.file_name.clone(),
                     };
                     let t = Instant::now();
-                    if !db::within(
-                        self.settings.db_statement_wait,
-                        "saving a checkpoint",
-                        db::exports::save_checkpoint(&self.pool, export_id, token, &next),
-                    )
+                    if !crate::with_conn!(self.pool, self.settings.db_statement_wait, "saving a checkpoint", |c| {
+                        db::exports::save_checkpoint(c, export_id, token, &next)
+                    })
                     .await?
                     {
                         return Ok((cp, Some(RunEnd::Lost)));

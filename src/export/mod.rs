@@ -76,7 +76,7 @@ pub enum Created {
 /// a single round trip. With an idempotency key already used,
 /// returns that export when the request is the same, and a conflict when it differs.
 pub async fn create_export(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
     waker: &queue::Waker,
     ds: &dataset::Dataset,
     spec: &ExportSpec,
@@ -85,7 +85,7 @@ pub async fn create_export(
     use crate::{db::exports, error::Error};
     let same_request = |e: &exports::ExportRecord| e.dataset == ds.name && e.spec.0 == *spec;
     if let Some(key) = idempotency_key
-        && let Some(existing) = exports::find_by_idempotency_key(pool, key).await?
+        && let Some(existing) = exports::find_by_idempotency_key(&mut *conn, key).await?
     {
         return if same_request(&existing) {
             Ok(Created::Existing(existing))
@@ -96,17 +96,17 @@ pub async fn create_export(
     let bounds = if spec.filters.is_empty() {
         exports::Bounds::FromTable
     } else {
-        exports::filtered_bounds(pool, ds, spec).await?
+        exports::filtered_bounds(&mut *conn, ds, spec).await?
     };
     let job_id = queue::new_job_id();
     let id = uuid::Uuid::new_v4();
     let new = exports::NewExport { id, dataset: ds, spec, bounds, job_id: &job_id, idempotency_key };
     let payload = queue::job_payload(id);
     let job = exports::NewJob { queue: queue::QUEUE, payload: &payload, max_attempts: queue::QUEUE_MAX_ATTEMPTS };
-    let Some(record) = exports::insert_export_with_job(pool, &new, &job).await? else {
+    let Some(record) = exports::insert_export_with_job(&mut *conn, &new, &job).await? else {
         // Another request with the same key won the race: answer as if it came first.
         let key = idempotency_key.expect("only a key can conflict");
-        let existing = exports::find_by_idempotency_key(pool, key).await?.ok_or(Error::NotFound(id))?;
+        let existing = exports::find_by_idempotency_key(&mut *conn, key).await?.ok_or(Error::NotFound(id))?;
         return if same_request(&existing) {
             Ok(Created::Existing(existing))
         } else {

@@ -72,14 +72,21 @@ async fn api_requests_answer_503_while_the_database_is_silent_then_recover() {
     let (app, proxy, _) = proxied_app(100, 0).await;
     let id = app.create_export(None).await;
     assert_eq!(app.status(id).await["status"], "queued");
+    let status = app.url(&format!("/api/export/{id}/status"));
+    // Open many connections (requests at once), then silence them all while they are fresh
+    // (a connection idle under 500 ms is handed out without a check).
+    let warm = (0..40).map(|_| app.client.get(&status).send());
+    for resp in futures::future::join_all(warm).await {
+        assert_eq!(resp.unwrap().status(), 200);
+    }
     proxy.freeze_open_connections();
     proxy.freeze_new_connections();
-    let status = app.url(&format!("/api/export/{id}/status"));
-    for _ in 0..3 {
-        let resp = tokio::time::timeout(Duration::from_secs(30), app.client.get(&status).send())
-            .await
-            .expect("the request is answered, not hung")
-            .unwrap();
+    // More requests at once than the pool has connections (10 with no workers): had a timed-out
+    // request's connection gone back to the pool (sqlx pings a returned connection with no
+    // deadline), each would hold a slot for good and the pool would never recover.
+    let requests = (0..12).map(|_| tokio::time::timeout(Duration::from_secs(30), app.client.get(&status).send()));
+    for answered in futures::future::join_all(requests).await {
+        let resp = answered.expect("the request is answered, not hung").unwrap();
         expect_error(resp, 503, "retry later").await;
     }
     proxy.thaw_new();
