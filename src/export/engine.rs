@@ -8,7 +8,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::TryStreamExt;
 use sqlx::PgPool;
 use tokio::{io::AsyncWriteExt, sync::mpsc, time::Instant};
 use uuid::Uuid;
@@ -440,9 +439,8 @@ impl Engine {
             // Every message of the chunk has a deadline: the first one the statement's, the next
             // ones `db_io_timeout` each. A connection that goes silent (half-open, a stuck proxy,
             // a frozen server) fails the run, and the run's connection is closed, never pooled.
-            let mut wait = first_wait;
-            while let Some(message) = next_message(&mut stream, wait).await? {
-                wait = next_wait;
+            let mut silence = Silence::new(first_wait, next_wait);
+            while let Some(message) = silence.next(&mut stream).await? {
                 // Rows usually come out of sqlx's buffer without touching the socket, so this
                 // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
                 // in whenever the task's cooperative budget runs out.
@@ -506,7 +504,8 @@ impl Engine {
             let sql = db::dataset::chunk_copy(ds, spec, None, 0, 0, true);
             let mut stream =
                 db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
-            while let Some(message) = next_message(&mut stream, first_wait).await? {
+            let mut silence = Silence::new(first_wait, first_wait);
+            while let Some(message) = silence.next(&mut stream).await? {
                 shaper.shape(&message, true, &mut buf);
             }
         }
@@ -737,14 +736,44 @@ impl Output {
     }
 }
 
-/// The next message of a COPY stream, or an error when none comes within `limit`.
-async fn next_message<S>(stream: &mut S, limit: Duration) -> anyhow::Result<Option<bytes::Bytes>>
-where
-    S: futures::Stream<Item = Result<bytes::Bytes, sqlx::Error>> + Unpin,
-{
-    match tokio::time::timeout(limit, stream.try_next()).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(db::timed_out(limit, "reading a chunk").into()),
+/// A deadline on a COPY stream's silence that costs nothing while rows come out of the
+/// connection's buffer (most of them): the timer is armed only when the stream has to wait
+/// for the socket, once per wait, to `first` for the first message and `next` after it.
+struct Silence {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    next: Duration,
+}
+
+impl Silence {
+    fn new(first: Duration, next: Duration) -> Self {
+        Self { sleep: Box::pin(tokio::time::sleep(first)), limit: first, next }
+    }
+
+    /// The next message, or an error when the stream stays silent for the limit.
+    async fn next<S>(&mut self, stream: &mut S) -> anyhow::Result<Option<bytes::Bytes>>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, sqlx::Error>> + Unpin,
+    {
+        use futures::StreamExt;
+        use std::{future::Future, task::Poll};
+        let mut waiting = false;
+        let item = std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+            Poll::Ready(item) => Poll::Ready(Some(item)),
+            Poll::Pending => {
+                if !std::mem::replace(&mut waiting, true) {
+                    self.sleep.as_mut().reset(Instant::now() + self.limit);
+                }
+                match self.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        })
+        .await;
+        let Some(item) = item else { return Err(db::timed_out(self.limit, "reading a chunk").into()) };
+        self.limit = self.next;
+        Ok(item.transpose()?)
     }
 }
 
