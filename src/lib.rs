@@ -14,7 +14,9 @@
 //!   [`export::engine`] claims it with a fencing token, resumes from the checkpoint and
 //!   streams keyset chunks (PostgreSQL's own `COPY ... (FORMAT csv)` output) to the file,
 //!   plain or as gzip members, syncing then checkpointing after each chunk; [`export::csv`]
-//!   reads a row's key back and applies what COPY cannot (CRLF, the formula guard).
+//!   reads a row's key back and applies what COPY cannot (CRLF, the formula guard);
+//!   [`export::sweep`] deletes what ended exports leave behind; [`export::fault`] holds the
+//!   test-only fault and pause points that force a schedule.
 //! - [`storage`]: one file per run, so a stale runner cannot touch the served bytes.
 //! - [`db`]: the pool, migrations and every SQL statement.
 //! - [`alloc`]: a malloc setting that keeps memory flat from one export to the next.
