@@ -147,7 +147,7 @@ impl DownloadApi {
         }
         // A Range is honoured only if If-Range (when sent) names the current version.
         let range = range.filter(|_| if_range.as_deref().is_none_or(|v| v.trim() == etag));
-        let spec = &record.spec.0;
+        let spec = record.spec.get()?;
         let disposition =
             format!("attachment; filename=\"{}-{}.{}\"", record.dataset, record.id, spec.compression.extension());
         let content_type = spec.compression.content_type();

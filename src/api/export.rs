@@ -279,7 +279,8 @@ impl ExportApi {
             job_id: r.id,
             status: r.status.into(),
             dataset: r.dataset.clone(),
-            options: serde_json::to_value(&r.spec.0).unwrap_or_default(),
+            // As this version reads them, or as stored when it cannot.
+            options: r.spec.get().ok().and_then(|s| serde_json::to_value(s).ok()).unwrap_or_else(|| r.spec.raw.clone()),
             rows_written: r.rows_written,
             bytes_written: r.bytes_written,
             last_processed_id: r.last_processed_id,

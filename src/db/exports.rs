@@ -22,7 +22,7 @@ use crate::{
 pub struct ExportRecord {
     pub id: Uuid,
     pub dataset: String,
-    pub spec: Json<ExportSpec>,
+    pub spec: StoredSpec,
     #[sqlx(try_from = "String")]
     pub status: ExportStatus,
     pub upper_bound_id: Option<i64>,
@@ -45,6 +45,47 @@ pub struct ExportRecord {
     pub file_writer: Option<Uuid>,
     /// The run that last released the export cleanly (its writes finished); None once claimed.
     pub released_by: Option<Uuid>,
+}
+
+/// An export's options as stored, read leniently: a row written by another version (a field or
+/// value this one does not know) is still listed and shown as stored, and only a run, which
+/// needs them, fails (a bounded number of times; see [`claim_export`]).
+#[derive(Debug, Clone)]
+pub struct StoredSpec {
+    /// The JSON as stored.
+    pub raw: serde_json::Value,
+    /// The options, or why this version cannot read them.
+    read: std::result::Result<ExportSpec, String>,
+}
+
+impl StoredSpec {
+    /// The options, or an error naming why this version cannot read them.
+    pub fn get(&self) -> Result<&ExportSpec> {
+        self.read.as_ref().map_err(|e| {
+            crate::error::Error::Other(anyhow::anyhow!(
+                "the export's stored options cannot be read by this version of exportd ({}): {e}",
+                env!("CARGO_PKG_VERSION")
+            ))
+        })
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for StoredSpec {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Json<serde_json::Value> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <Json<serde_json::Value> as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for StoredSpec {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        let Json(raw) = <Json<serde_json::Value> as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        let read = <ExportSpec as serde::Deserialize>::deserialize(&raw).map_err(|e| e.to_string());
+        Ok(Self { raw, read })
+    }
 }
 
 /// One run (attempt) of an export, from `export_runs`.

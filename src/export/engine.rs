@@ -270,7 +270,7 @@ impl Engine {
     /// One run of an export this run owns (`token`), from its checkpoint to the end.
     pub async fn run(&self, export: &ExportRecord, token: Uuid, adopt: bool) -> anyhow::Result<RunEnd> {
         let ds = self.dataset(export)?;
-        let extension = export.spec.0.compression.extension();
+        let extension = export.spec.get()?.compression.extension();
         let mut cp = Checkpoint {
             last_id: export.last_processed_id,
             rows: export.rows_written,
@@ -347,7 +347,7 @@ impl Engine {
         bytes: u64,
         adopt: bool,
     ) -> Result<Option<RunFile>, PrepareError> {
-        let extension = export.spec.0.compression.extension();
+        let extension = export.spec.get().map_err(std::io::Error::other)?.compression.extension();
         let previous = export.file_name.as_deref();
         let mut copy = match self.storage.prepare_run(export.id, token, previous, bytes, adopt, extension).await? {
             Prepared::Ready(f) => return Ok(Some(f)),
@@ -386,7 +386,7 @@ impl Engine {
         fresh: bool,
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Produced> {
-        let spec = &export.spec.0;
+        let spec = export.spec.get()?;
         let format = &spec.format;
         let columns = spec.output_columns(ds);
         let (key_index, key_appended) = db::dataset::key_position(ds, &columns);
@@ -529,7 +529,7 @@ impl Engine {
         token: Uuid,
     ) -> anyhow::Result<(Checkpoint, Option<RunEnd>)> {
         let export_id = export.id;
-        let compression = export.spec.0.compression;
+        let compression = export.spec.get()?.compression;
         // The gzip output buffer comes from the pool, allocated here rather than in the
         // blocking threads that compress (each of which would grow a malloc arena of its own).
         let spare = if compression == Compression::Gzip { self.buffers.take() } else { Vec::new() };

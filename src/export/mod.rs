@@ -83,7 +83,7 @@ pub async fn create_export(
     idempotency_key: Option<&str>,
 ) -> crate::error::Result<Created> {
     use crate::{db::exports, error::Error};
-    let same_request = |e: &exports::ExportRecord| e.dataset == ds.name && e.spec.0 == *spec;
+    let same_request = |e: &exports::ExportRecord| e.dataset == ds.name && e.spec.get().is_ok_and(|s| s == spec);
     if let Some(key) = idempotency_key
         && let Some(existing) = exports::find_by_idempotency_key(&mut *conn, key).await?
     {
