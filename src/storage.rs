@@ -143,11 +143,9 @@ impl Storage {
         adopt: bool,
         extension: &str,
     ) -> Result<Prepared, PrepareError> {
-        let dir = self.root.join(export_id.to_string());
-        fs::create_dir_all(&dir).await?;
         let previous = match previous {
             Some(p) if bytes > 0 => p,
-            _ => return Ok(Prepared::Ready(self.create(&dir, export_id, token, extension).await?)),
+            _ => return Ok(Prepared::Ready(self.create_run(export_id, token, extension).await?)),
         };
         let lost = || PrepareError::CheckpointLost { name: previous.to_owned(), bytes };
         let old_path = self.path(previous);
@@ -166,7 +164,7 @@ impl Storage {
             file.seek(io::SeekFrom::Start(bytes)).await?;
             return Ok(Prepared::Ready(RunFile { file, name: previous.to_owned() }));
         }
-        let run = self.create(&dir, export_id, token, extension).await?;
+        let run = self.create_run(export_id, token, extension).await?;
         Ok(Prepared::Copy(PrefixCopy {
             src: Some(std::fs::File::open(old_path)?),
             dst: Some(run.file.into_std().await),
@@ -178,7 +176,10 @@ impl Storage {
         }))
     }
 
-    async fn create(&self, dir: &Path, export_id: Uuid, token: Uuid, extension: &str) -> io::Result<RunFile> {
+    /// Creates a run's own empty file (and the export's directory), durably.
+    pub async fn create_run(&self, export_id: Uuid, token: Uuid, extension: &str) -> io::Result<RunFile> {
+        let dir = self.root.join(export_id.to_string());
+        fs::create_dir_all(&dir).await?;
         let name = format!("{export_id}/{token}.{extension}");
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(self.path(&name)).await?;
         // Make the new directory entry durable too.

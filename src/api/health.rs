@@ -37,7 +37,7 @@ impl HealthApi {
     #[oai(path = "/healthz", method = "get", operation_id = "health")]
     async fn health(&self) -> HealthResponse {
         let limit = Duration::from_secs(2);
-        let check = crate::with_conn!(self.state.pool, limit, "health check", |c| crate::db::ping_conn(c)).await;
+        let check = crate::with_conn!(self.state.pool, limit, "health check", |c| crate::db::ping(c)).await;
         match check {
             Ok(()) => HealthResponse::Ok(Json(Health { status: "ok".into(), database: "ok".into() })),
             Err(e) => {

@@ -338,8 +338,8 @@ pub async fn list_runs(db: impl PgExecutor<'_>, id: Uuid) -> Result<Vec<RunRecor
     .await?)
 }
 
-/// What a claim needs to know of an export before it owns it, read without decoding the
-/// spec or the status (a row written by another version may not decode here).
+/// What a claim needs to know of an export before it owns it: the status undecoded and the
+/// spec read leniently (a row written by another version may not decode here).
 #[derive(sqlx::FromRow)]
 struct ClaimState {
     status: String,
@@ -348,7 +348,7 @@ struct ClaimState {
     file_writer: Option<Uuid>,
     stalled_attempts: i32,
     last_error: Option<String>,
-    spec: Json<serde_json::Value>,
+    spec: StoredSpec,
 }
 
 /// Makes `token` the owner of an unfinished export and records the run. Any run still marked
@@ -377,9 +377,7 @@ pub async fn claim_export(
     let version = env!("CARGO_PKG_VERSION");
     let unreadable = match ExportStatus::try_from(current.status.clone()) {
         Ok(status) if status.is_terminal() => return Ok(Claim::Finished),
-        Ok(_) => serde_json::from_value::<ExportSpec>(current.spec.0)
-            .err()
-            .map(|e| format!("the export's stored options cannot be read by this version of exportd ({version}): {e}")),
+        Ok(_) => current.spec.get().err().map(|e| e.to_string()),
         Err(e) => {
             Some(format!("the export's stored status cannot be read by this version of exportd ({version}): {e}"))
         }

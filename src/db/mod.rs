@@ -182,15 +182,10 @@ pub async fn wait_until_ready(pool: &PgPool, patience: Duration) -> anyhow::Resu
     }
 }
 
-/// A round trip on a connection (health check).
-pub async fn ping_conn(conn: &mut sqlx::PgConnection) -> crate::error::Result<()> {
-    sqlx::query("select 1").execute(conn).await?;
+/// A round trip to the database (health check, start-up wait).
+pub async fn ping(db: impl sqlx::PgExecutor<'_>) -> crate::error::Result<()> {
+    sqlx::query("select 1").execute(db).await?;
     Ok(())
-}
-
-/// A round trip to the database (start-up wait).
-pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("select 1").execute(pool).await.map(|_| ())
 }
 
 #[cfg(test)]

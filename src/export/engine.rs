@@ -277,7 +277,7 @@ impl Engine {
             bytes: export.bytes_written,
             file_name: export.file_name.clone().unwrap_or_default(),
         };
-        let prepared = self.open_run_file(export, token, cp.bytes as u64, adopt).await;
+        let prepared = self.open_run_file(export, token, cp.bytes as u64, adopt, extension).await;
         let run_file = match prepared {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(RunEnd::Stopped),
@@ -291,10 +291,7 @@ impl Engine {
                     return Ok(RunEnd::Lost);
                 }
                 cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new() };
-                match self.storage.prepare_run(export.id, token, None, 0, false, extension).await? {
-                    Prepared::Ready(f) => f,
-                    Prepared::Copy(_) => unreachable!("nothing to copy from an empty checkpoint"),
-                }
+                self.storage.create_run(export.id, token, extension).await?
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
@@ -346,8 +343,8 @@ impl Engine {
         token: Uuid,
         bytes: u64,
         adopt: bool,
+        extension: &str,
     ) -> Result<Option<RunFile>, PrepareError> {
-        let extension = export.spec.get().map_err(std::io::Error::other)?.compression.extension();
         let previous = export.file_name.as_deref();
         let mut copy = match self.storage.prepare_run(export.id, token, previous, bytes, adopt, extension).await? {
             Prepared::Ready(f) => return Ok(Some(f)),

@@ -9,9 +9,13 @@
 //!   with their runs, idempotency keys and finished queue jobs;
 //! - finished queue jobs after [`Sweep::keep_finished_jobs`].
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::{db, error::Result, export::queue::QUEUE, storage::Storage};
 
@@ -47,9 +51,10 @@ pub async fn sweep(pool: &PgPool, storage: &Storage, settings: &Sweep) -> Result
     };
     swept.jobs = db::queue::purge_finished_jobs(pool, QUEUE, settings.keep_finished_jobs).await?;
     let dirs = storage.export_dirs().await?;
-    let live = db::exports::file_refs(pool, &dirs).await?;
+    let live: HashMap<Uuid, db::exports::FileRefs> =
+        db::exports::file_refs(pool, &dirs).await?.into_iter().map(|r| (r.id, r)).collect();
     for id in dirs {
-        let Some(refs) = live.iter().find(|r| r.id == id) else {
+        let Some(refs) = live.get(&id) else {
             storage.remove_export(id).await;
             swept.export_dirs += 1;
             continue;
