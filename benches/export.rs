@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use exportd::{config::DbArgs, db, export::dataset::default_config_columns};
+use exportd::{config::DbArgs, datasets::default_config_columns, db};
 use serde_json::{Value, json};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

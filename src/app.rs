@@ -12,13 +12,13 @@ use sqlx::PgPool;
 use crate::{
     api::{self, AppState},
     config::{DbArgs, ServeArgs, WorkerSettings},
-    db,
+    datasets, db,
     export::{
-        dataset::Datasets,
         engine::{Engine, EngineSettings},
         queue,
         sweep::Sweep,
     },
+    model::Datasets,
     shutdown::Shutdown,
     storage::Storage,
 };
@@ -127,7 +127,7 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
 
 /// Reads the datasets config and checks it against the catalog (start-up fails if it is wrong).
 async fn load_datasets(pool: &PgPool, settings: &WorkerSettings) -> anyhow::Result<Arc<Datasets>> {
-    let datasets = Datasets::load(pool, settings.datasets.as_deref()).await?;
+    let datasets = datasets::load(pool, settings.datasets.as_deref()).await?;
     let names: Vec<&str> = datasets.all().iter().map(|d| d.name.as_str()).collect();
     tracing::info!(datasets = ?names, default = datasets.default_name(), "datasets checked against the catalog");
     Ok(Arc::new(datasets))
@@ -210,7 +210,7 @@ impl Workers {
 /// sweeper deletes stray files, ended exports' rows and finished jobs, and dead workers are
 /// forgotten, so storage and tables do not grow without bound.
 async fn housekeeping(pool: PgPool, storage: Storage, sweep: Sweep, shutdown: Shutdown) {
-    let mut orphan_scan = db::exports::ScanCursor::default();
+    let mut orphan_scan = db::housekeeping::ScanCursor::default();
     for round in 0u64.. {
         tokio::select! {
             _ = tokio::time::sleep(REQUEUE_EVERY) => {}

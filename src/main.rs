@@ -58,7 +58,7 @@ async fn run() -> anyhow::Result<()> {
                 storage: Storage::at("exports"),
                 default_chunk_size: 10_000,
                 retention: std::time::Duration::ZERO,
-                datasets: Arc::new(exportd::export::dataset::Datasets::none()),
+                datasets: Arc::new(exportd::model::Datasets::none()),
                 public_url: String::new(),
                 request_timeout: std::time::Duration::from_secs(30),
                 faults: Default::default(),

@@ -18,9 +18,9 @@ use crate::{
         ApiTags, AppState,
         error::{ApiError, ErrorBody},
     },
-    db::exports::ExportRecord,
     error::Error,
-    export::{ExportStatus, fault::PauseAt, spec::Compression},
+    export::fault::PauseAt,
+    model::{ExportRecord, ExportStatus, spec::Compression},
 };
 
 /// Read size when streaming a file: large enough for loopback speeds, small enough for flat memory.

@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use crate::{
     api::{ApiTags, AppState, body::OptionalJson, error::ApiError, request::CreateExportRequest},
-    db::{self, exports::ExportRecord},
+    db,
     error::Error,
-    export::{self, Created, ExportStatus},
+    export::{self, Created},
+    model::{ExportRecord, ExportStatus},
 };
 
 /// Export operations.

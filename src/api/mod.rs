@@ -14,7 +14,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, Tags};
 use sqlx::PgPool;
 
-use crate::{export::dataset::Datasets, storage::Storage};
+use crate::{model::Datasets, storage::Storage};
 
 /// What the handlers share.
 #[derive(Debug)]

@@ -10,9 +10,8 @@ use crate::{
     api::AppState,
     db,
     error::Error,
-    export::{
-        ExportSpec,
-        dataset::Dataset,
+    model::{
+        Dataset, ExportSpec,
         spec::{Compression, CsvFormat, Filter, FilterOp, LineEnding, OutputColumn},
     },
 };

@@ -8,8 +8,8 @@
 //! planner uses as an index condition. Only integers we computed (key bounds, limits) and the
 //! dialect's validated characters are written into the text.
 
-use crate::export::{
-    dataset::Dataset,
+use crate::model::{
+    Dataset,
     spec::{ExportSpec, Filter, FilterOp, OutputColumn},
 };
 

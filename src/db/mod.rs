@@ -1,9 +1,20 @@
 //! The database: connection pool, migrations, and (in submodules) every SQL statement exportd runs.
 
+/// The columns of [`crate::model::ExportRecord`], as a macro so queries stay `&'static str`.
+macro_rules! columns {
+    () => {
+        "id, dataset, spec, status, upper_bound_id, owner, last_processed_id, rows_written, \
+         bytes_written, file_name, total_rows, attempts, stalled_attempts, last_error, error, \
+         job_id, created_at, started_at, finished_at, expires_at, file_writer, released_by"
+    };
+}
+
 pub mod catalog;
 pub mod dataset;
 pub mod exports;
+pub mod housekeeping;
 pub mod queue;
+pub mod runs;
 pub mod seed;
 
 use std::{future::Future, str::FromStr, time::Duration};

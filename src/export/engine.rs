@@ -13,14 +13,10 @@ use tokio::{io::AsyncWriteExt, sync::mpsc, time::Instant};
 use uuid::Uuid;
 
 use crate::{
-    db::{
-        self,
-        exports::{Checkpoint, Claim, ExportRecord},
-    },
-    export::{
-        ExportStatus,
-        csv::{self, RowShaper},
-        dataset::{Dataset, Datasets},
+    db::{self, runs::Claim},
+    export::csv::{self, RowShaper},
+    model::{
+        Checkpoint, Dataset, Datasets, ExportRecord, ExportStatus,
         spec::{Compression, LineEnding},
     },
     shutdown::Shutdown,
@@ -164,7 +160,7 @@ impl Engine {
             }
             let token = Uuid::new_v4();
             let claim = crate::with_conn!(self.pool, self.settings.db_statement_wait, "claiming the export", |c| {
-                db::exports::claim_export(c, export_id, token, worker, self.settings.max_stalled_attempts)
+                db::runs::claim_export(c, export_id, token, worker, self.settings.max_stalled_attempts)
             })
             .await;
             let (export, adopt) = match claim {
@@ -203,7 +199,7 @@ impl Engine {
                 Ok(RunEnd::Lost) => {
                     let _ =
                         crate::with_conn!(self.pool, self.settings.db_statement_wait, "recording a lost run", |c| {
-                            db::exports::mark_run_lost(c, token)
+                            db::runs::mark_run_lost(c, token)
                         })
                         .await;
                     let now =
@@ -223,7 +219,7 @@ impl Engine {
                 }
                 Ok(RunEnd::Stopped) => {
                     match crate::with_conn!(self.pool, self.settings.db_statement_wait, "releasing the export", |c| {
-                        db::exports::release_export(c, export_id, token, None, true)
+                        db::runs::release_export(c, export_id, token, None, true)
                     })
                     .await
                     {
@@ -242,7 +238,7 @@ impl Engine {
                     tracing::warn!(%export_id, %token, error = %message, "export run failed");
                     let _ =
                         crate::with_conn!(self.pool, self.settings.db_statement_wait, "releasing the export", |c| {
-                            db::exports::release_export(c, export_id, token, Some(&message), false)
+                            db::runs::release_export(c, export_id, token, Some(&message), false)
                         })
                         .await;
                     let wait = self.backoff(export.stalled_attempts.max(1) as u32);
@@ -284,7 +280,7 @@ impl Engine {
             Err(PrepareError::CheckpointLost { name, bytes }) => {
                 tracing::error!(export_id = %export.id, %name, bytes, "checkpointed bytes are gone; starting the export over");
                 if !crate::with_conn!(self.pool, self.settings.db_statement_wait, "resetting the checkpoint", |c| {
-                    db::exports::reset_checkpoint(c, export.id, token)
+                    db::runs::reset_checkpoint(c, export.id, token)
                 })
                 .await?
                 {
@@ -322,7 +318,7 @@ impl Engine {
             Produced::WriterGone => Err(anyhow::anyhow!("the file writer stopped unexpectedly")),
             Produced::Finished => {
                 if !crate::with_conn!(self.pool, self.settings.db_statement_wait, "completing the export", |c| {
-                    db::exports::complete_export(c, export.id, token, &cp, self.settings.retention)
+                    db::runs::complete_export(c, export.id, token, &cp, self.settings.retention)
                 })
                 .await?
                 {
@@ -568,7 +564,7 @@ impl Engine {
                     };
                     let t = Instant::now();
                     if !crate::with_conn!(self.pool, self.settings.db_statement_wait, "saving a checkpoint", |c| {
-                        db::exports::save_checkpoint(c, export_id, token, &next)
+                        db::runs::save_checkpoint(c, export_id, token, &next)
                     })
                     .await?
                     {

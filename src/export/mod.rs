@@ -1,73 +1,21 @@
-//! The export engine: what an export is, the keyset chunk loop with fenced checkpoints, and
+//! The export engine: creating an export, the keyset chunk loop with fenced checkpoints, and
 //! the queue that carries exports to workers.
 
 pub mod csv;
-pub mod dataset;
 pub mod engine;
 pub mod fault;
 pub mod queue;
-pub mod spec;
 pub mod sweep;
 
-use serde::{Deserialize, Serialize};
-
-pub use spec::ExportSpec;
-
-/// Where an export is in its life. Moves one way only (a database trigger enforces it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExportStatus {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    /// Completed, then its file was deleted (retention ran out, or its owner deleted it).
-    Expired,
-}
-
-impl ExportStatus {
-    /// The name stored in the database and shown in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExportStatus::Queued => "queued",
-            ExportStatus::Running => "running",
-            ExportStatus::Completed => "completed",
-            ExportStatus::Failed => "failed",
-            ExportStatus::Cancelled => "cancelled",
-            ExportStatus::Expired => "expired",
-        }
-    }
-
-    /// True once the export will never change again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, ExportStatus::Completed | ExportStatus::Failed | ExportStatus::Cancelled | ExportStatus::Expired)
-    }
-}
-
-impl TryFrom<String> for ExportStatus {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        Ok(match s.as_str() {
-            "queued" => ExportStatus::Queued,
-            "running" => ExportStatus::Running,
-            "completed" => ExportStatus::Completed,
-            "failed" => ExportStatus::Failed,
-            "cancelled" => ExportStatus::Cancelled,
-            "expired" => ExportStatus::Expired,
-            _ => return Err(format!("unknown export status {s:?}")),
-        })
-    }
-}
+use crate::model::{Dataset, ExportRecord, ExportSpec};
 
 /// What creating an export did.
 #[derive(Debug)]
 pub enum Created {
     /// A new export, queued.
-    New(crate::db::exports::ExportRecord),
+    New(ExportRecord),
     /// The `Idempotency-Key` was used before with the same request: that export.
-    Existing(crate::db::exports::ExportRecord),
+    Existing(ExportRecord),
 }
 
 /// Creates an export and its queue job in one statement (never one without the other), with
@@ -78,12 +26,12 @@ pub enum Created {
 pub async fn create_export(
     conn: &mut sqlx::PgConnection,
     waker: &queue::Waker,
-    ds: &dataset::Dataset,
+    ds: &Dataset,
     spec: &ExportSpec,
     idempotency_key: Option<&str>,
 ) -> crate::error::Result<Created> {
     use crate::{db::exports, error::Error};
-    let same_request = |e: &exports::ExportRecord| e.dataset == ds.name && e.spec.get().is_ok_and(|s| s == spec);
+    let same_request = |e: &ExportRecord| e.dataset == ds.name && e.spec.get().is_ok_and(|s| s == spec);
     if let Some(key) = idempotency_key
         && let Some(existing) = exports::find_by_idempotency_key(&mut *conn, key).await?
     {

@@ -175,10 +175,11 @@ const ORPHAN_SCAN_BATCH: i64 = 1000;
 pub async fn requeue_orphans(
     pool: &PgPool,
     min_age: Duration,
-    cursor: &mut db::exports::ScanCursor,
+    cursor: &mut db::housekeeping::ScanCursor,
 ) -> crate::error::Result<usize> {
     let (orphans, next) =
-        db::exports::exports_without_live_job(pool, QUEUE, min_age.as_secs_f64(), *cursor, ORPHAN_SCAN_BATCH).await?;
+        db::housekeeping::exports_without_live_job(pool, QUEUE, min_age.as_secs_f64(), *cursor, ORPHAN_SCAN_BATCH)
+            .await?;
     *cursor = next;
     let mut n = 0;
     for orphan in orphans {
@@ -191,10 +192,10 @@ pub async fn requeue_orphans(
 
 /// Gives one orphan a new job, unless another process did since the scan saw it (then
 /// nothing is inserted). Returns the new job's id.
-pub async fn rescue_orphan(pool: &PgPool, orphan: &db::exports::Orphan) -> crate::error::Result<Option<String>> {
+pub async fn rescue_orphan(pool: &PgPool, orphan: &db::housekeeping::Orphan) -> crate::error::Result<Option<String>> {
     let mut tx = pool.begin().await?;
     let job_id = new_job_id();
-    if !db::exports::set_job(&mut tx, orphan.id, orphan.job_id.as_deref(), &job_id).await? {
+    if !db::housekeeping::set_job(&mut tx, orphan.id, orphan.job_id.as_deref(), &job_id).await? {
         return Ok(None);
     }
     enqueue(&mut tx, &job_id, orphan.id).await.map_err(|e| anyhow::anyhow!(e))?;

@@ -172,7 +172,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
     let db = test_db().await;
     db::seed(&db, 10).await;
     let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
-    let datasets = exportd::export::dataset::Datasets::load(&app.db.pool, None).await.unwrap();
+    let datasets = exportd::datasets::load(&app.db.pool, None).await.unwrap();
     let mut args = exportd::config::DbArgs::parse_defaults();
     args.database_url = "postgres://postgres@127.0.0.1:1/none".into();
     let dead = exportd::db::connect(&args).await.unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use exportd::export::dataset::Datasets;
+use exportd::datasets;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -53,14 +53,14 @@ async fn a_wrong_config_stops_start_up_with_an_error_that_names_the_problem() {
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = config(&dir, &format!("c{i}.toml"), text);
-        let err = Datasets::load(&db.pool, Some(&path)).await.expect_err(expected);
+        let err = datasets::load(&db.pool, Some(&path)).await.expect_err(expected);
         let message = format!("{err:#}");
         assert!(message.contains(expected), "{message:?} should say {expected:?}");
         assert!(message.contains(&path.display().to_string()), "names the file: {message}");
     }
     // A view is accepted (its key cannot be checked), and the service refuses to start on a bad file.
     let path = config(&dir, "view.toml", &dataset("v_orders", "id", "\"id\", \"note\"", ""));
-    assert!(Datasets::load(&db.pool, Some(&path)).await.is_ok());
+    assert!(datasets::load(&db.pool, Some(&path)).await.is_ok());
     let mut args = exportd::config::ServeArgs::for_test(&db.url, dir.path().join("files"));
     args.worker.datasets = Some(dir.path().join("c0.toml"));
     let err = exportd::app::App::build(args, exportd::shutdown::Shutdown::new()).await.err().expect("start-up fails");

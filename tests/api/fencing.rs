@@ -55,7 +55,10 @@ async fn fenced_checkpoint_rejects_a_stale_token() {
     let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
     let id = app.create_export(None).await;
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    use exportd::db::exports::{Checkpoint, claim_export, complete_export, save_checkpoint};
+    use exportd::{
+        db::runs::{claim_export, complete_export, save_checkpoint},
+        model::Checkpoint,
+    };
     let mut conn = app.db.pool.acquire().await.unwrap();
     let c = &mut *conn;
     claim_export(c, id, a, "A", 5).await.unwrap();

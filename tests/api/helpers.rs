@@ -5,11 +5,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use exportd::{
     app::App,
     config::ServeArgs,
-    db::{self, exports::ExportRecord},
-    export::{
-        dataset::{Dataset, Datasets},
-        engine::Engine,
-    },
+    datasets, db,
+    export::engine::Engine,
+    model::{Dataset, ExportRecord},
     shutdown::Shutdown,
 };
 use futures::TryStreamExt;
@@ -250,7 +248,7 @@ pub async fn copy_reference(pool: &PgPool) -> Vec<u8> {
 
 /// The `orders` dataset of the built-in config, checked against this database.
 pub async fn orders(pool: &PgPool) -> Arc<Dataset> {
-    let datasets = Datasets::load(pool, None).await.expect("built-in datasets config is valid here");
+    let datasets = datasets::load(pool, None).await.expect("built-in datasets config is valid here");
     datasets.find("orders").expect("orders is configured").clone()
 }
 

@@ -5,7 +5,7 @@
 
 use exportd::{
     db::dataset::{chunk_select, filter_values, session_setup},
-    export::spec::{ExportSpec, Filter, FilterOp},
+    model::spec::{ExportSpec, Filter, FilterOp},
 };
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use exportd::{
-    db::{exports::ScanCursor, queue},
+    db::{housekeeping::ScanCursor, queue},
     export::queue::{self as export_queue, QUEUE},
 };
 
@@ -118,7 +118,7 @@ async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
     let mut found = 0;
     let mut cursor = ScanCursor::default();
     for _ in 0..3 {
-        found += exportd::db::exports::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2)
+        found += exportd::db::housekeeping::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2)
             .await
             .map(|(orphans, next)| {
                 cursor = next;
@@ -201,7 +201,7 @@ async fn two_processes_rescuing_the_same_orphan_enqueue_one_job() {
     let pool_b = exportd::db::connect(&args).await.unwrap();
     let scan = |pool: sqlx::PgPool| async move {
         let (orphans, _) =
-            exportd::db::exports::exports_without_live_job(&pool, QUEUE, 0.0, ScanCursor::default(), 100)
+            exportd::db::housekeeping::exports_without_live_job(&pool, QUEUE, 0.0, ScanCursor::default(), 100)
                 .await
                 .unwrap();
         assert_eq!(orphans.iter().map(|o| o.id).collect::<Vec<_>>(), [id]);
@@ -241,7 +241,7 @@ async fn the_orphan_scan_reaches_every_running_export() {
     let mut cursor = ScanCursor::default();
     for _ in 0..3 {
         let (orphans, next) =
-            exportd::db::exports::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2).await.unwrap();
+            exportd::db::housekeeping::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2).await.unwrap();
         found.extend(orphans.into_iter().map(|o| o.id));
         cursor = next;
     }

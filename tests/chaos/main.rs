@@ -14,7 +14,7 @@ mod procs;
 use std::time::{Duration, Instant};
 
 use cluster::Cluster;
-use exportd::db::exports::{RunRecord, list_runs};
+use exportd::{db::exports::list_runs, model::RunRecord};
 use helpers::{assert_same_bytes, copy_reference, seed_nasty};
 use procs::{Exportd, chaos_env};
 use serde_json::{Value, json};

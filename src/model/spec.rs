@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::export::dataset::Dataset;
+use crate::model::Dataset;
 
 /// Everything a run needs to know about what to write. Stored as JSON in `exports.spec`;
 /// every field has a default, so exports stored by older versions still read.

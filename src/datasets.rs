@@ -1,4 +1,5 @@
-//! What can be exported: the datasets of the config file, checked against the database catalog.
+//! Loads the datasets config file and checks every dataset against the database catalog
+//! (key unique, indexed and integer; columns present; filterable columns indexed).
 
 use std::{path::Path, sync::Arc};
 
@@ -6,10 +7,13 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use sqlx::PgPool;
 
-use crate::db::catalog;
+use crate::{
+    db::catalog,
+    model::{Column, Dataset, Datasets},
+};
 
 /// The config shipped in the repo (`config/datasets.toml`), used when no file is given.
-pub const DEFAULT_CONFIG: &str = include_str!("../../config/datasets.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../config/datasets.toml");
 
 /// The config file, as written.
 #[derive(Debug, Deserialize)]
@@ -34,109 +38,31 @@ struct DatasetConfig {
     filterable: Vec<String>,
 }
 
-/// One exportable column, with its type as the catalog states it.
-#[derive(Debug, Clone)]
-pub struct Column {
-    /// Column name in the table, also the default CSV header.
-    pub name: String,
-    /// SQL type (`format_type`), e.g. `numeric(12,2)`, as shown to users.
-    pub sql_type: String,
-    /// The type filter values are cast to (no modifier: never truncated or rounded to fit).
-    pub cast_type: String,
-    /// Whether the column may be filtered on.
-    pub filterable: bool,
-    /// Whether its values are text a spreadsheet could read as a formula (everything but
-    /// numbers, dates, times, intervals and booleans): the formula guard applies to these.
-    pub textual: bool,
-}
-
-/// An exportable table or view. Exports walk it by `key` (unique, indexed, integer) in chunks.
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    /// Name used in the API.
-    pub name: String,
-    pub description: Option<String>,
-    /// The relation as configured (e.g. `orders`), shown to users.
-    pub table: String,
-    /// The relation as SQL, quoted by the catalog (`oid::regclass`).
-    pub table_sql: String,
-    /// Keyset column: unique, indexed, integer.
-    pub key: String,
-    /// Exportable columns, in the default file order.
-    pub columns: Vec<Column>,
-}
-
-impl Dataset {
-    /// An exportable column by name.
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
-    }
-
-    /// Column names, for error messages.
-    pub fn column_names(&self) -> String {
-        self.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-    }
-}
-
-/// Every dataset of the process, validated.
-#[derive(Debug, Clone)]
-pub struct Datasets {
-    list: Vec<Arc<Dataset>>,
-    default: String,
-}
-
-impl Datasets {
-    /// A dataset by its API name.
-    pub fn find(&self, name: &str) -> Option<&Arc<Dataset>> {
-        self.list.iter().find(|d| d.name == name)
-    }
-
-    /// All datasets, in config order.
-    pub fn all(&self) -> &[Arc<Dataset>] {
-        &self.list
-    }
-
-    /// The dataset of requests that name none.
-    pub fn default_name(&self) -> &str {
-        &self.default
-    }
-
-    /// Names, for error messages.
-    pub fn names(&self) -> String {
-        self.list.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
-    }
-
-    /// No dataset at all (printing the OpenAPI spec needs no database).
-    pub fn none() -> Self {
-        Self { list: Vec::new(), default: String::new() }
-    }
-
-    /// Reads the config (`path`, or the built-in default) and checks every dataset against
-    /// the database catalog. Errors name the file, the dataset and the problem.
-    pub async fn load(pool: &PgPool, path: Option<&Path>) -> anyhow::Result<Self> {
-        let (text, source) = match path {
-            Some(p) => (
-                std::fs::read_to_string(p).with_context(|| format!("reading datasets file {}", p.display()))?,
-                p.display().to_string(),
-            ),
-            None => (DEFAULT_CONFIG.to_owned(), "built-in config/datasets.toml".to_owned()),
-        };
-        let file: ConfigFile = toml::from_str(&text).with_context(|| format!("parsing datasets file {source}"))?;
-        let mut list: Vec<Arc<Dataset>> = Vec::new();
-        for config in &file.datasets {
-            if list.iter().any(|d| d.name == config.name) {
-                bail!("{source}: dataset {:?} is declared twice", config.name);
-            }
-            let ds = check(pool, config).await.with_context(|| format!("{source}: dataset {:?}", config.name))?;
-            list.push(Arc::new(ds));
+/// Reads the config (`path`, or the built-in default) and checks every dataset against
+/// the database catalog. Errors name the file, the dataset and the problem.
+pub async fn load(pool: &PgPool, path: Option<&Path>) -> anyhow::Result<Datasets> {
+    let (text, source) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading datasets file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (DEFAULT_CONFIG.to_owned(), "built-in config/datasets.toml".to_owned()),
+    };
+    let file: ConfigFile = toml::from_str(&text).with_context(|| format!("parsing datasets file {source}"))?;
+    let mut list: Vec<Arc<Dataset>> = Vec::new();
+    for config in &file.datasets {
+        if list.iter().any(|d| d.name == config.name) {
+            bail!("{source}: dataset {:?} is declared twice", config.name);
         }
-        let Some(first) = list.first() else { bail!("{source}: no [[dataset]] declared") };
-        let default = file.default.unwrap_or_else(|| first.name.clone());
-        if !list.iter().any(|d| d.name == default) {
-            bail!("{source}: default dataset {default:?} is not declared");
-        }
-        Ok(Self { list, default })
+        let ds = check(pool, config).await.with_context(|| format!("{source}: dataset {:?}", config.name))?;
+        list.push(Arc::new(ds));
     }
+    let Some(first) = list.first() else { bail!("{source}: no [[dataset]] declared") };
+    let default = file.default.unwrap_or_else(|| first.name.clone());
+    if !list.iter().any(|d| d.name == default) {
+        bail!("{source}: default dataset {default:?} is not declared");
+    }
+    Ok(Datasets::new(list, default))
 }
 
 /// The exportable columns of a dataset of the built-in config, read without the database

@@ -1,0 +1,259 @@
+//! The fenced writes of a run: claim, checkpoint, completion, release.
+//!
+//! Fencing: a run owns an export while `exports.owner` equals its token. Every write a run
+//! makes (checkpoint, completion, release) is guarded by `owner = $token` in the same
+//! statement, so a runner that lost ownership (paused, partitioned, presumed dead) changes
+//! nothing: its update matches no row and it stops.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::{
+    error::Result,
+    model::{Checkpoint, ExportRecord, ExportStatus, StoredSpec},
+};
+
+/// Result of trying to claim an export for a new run.
+#[derive(Debug)]
+pub enum Claim {
+    /// The run owns the export. `adopt_file` is true when the run that wrote the checkpointed
+    /// file is the one that released the export cleanly, so that file can be continued in
+    /// place; otherwise its writer may still be alive somewhere (paused, partitioned) and the
+    /// file must not be touched.
+    Owned { export: Box<ExportRecord>, adopt_file: bool },
+    /// Nothing to do: the export is finished (or was never there).
+    Finished,
+    /// Too many runs in a row made no progress: the export is now `failed`.
+    GaveUp,
+    /// The row cannot be read by this version (`reason`); counted as the `stalled`-th run in a
+    /// row without progress: try again later (another version may read it), up to the bound.
+    Unreadable { reason: String, stalled: i32 },
+}
+
+/// What a claim needs to know of an export before it owns it: the status undecoded and the
+/// spec read leniently (a row written by another version may not decode here).
+#[derive(sqlx::FromRow)]
+struct ClaimState {
+    status: String,
+    owner: Option<Uuid>,
+    released_by: Option<Uuid>,
+    file_writer: Option<Uuid>,
+    stalled_attempts: i32,
+    last_error: Option<String>,
+    spec: StoredSpec,
+}
+
+/// Makes `token` the owner of an unfinished export and records the run. Any run still marked
+/// open is ended as `superseded`. When `max_stalled` runs in a row made no progress the
+/// export fails instead, with the last error met. A row this version cannot read (a spec or
+/// status written by another version) counts as a run without progress, with the reason, so
+/// it fails after the same bound instead of being retried for ever.
+pub async fn claim_export(
+    db: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+    worker: &str,
+    max_stalled: u32,
+) -> Result<Claim> {
+    let mut tx = db.begin().await?;
+    let current: Option<ClaimState> = sqlx::query_as(
+        "select status, owner, released_by, file_writer, stalled_attempts, last_error, spec \
+         from exports where id = $1 for update",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(current) = current else {
+        return Ok(Claim::Finished);
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let unreadable = match ExportStatus::try_from(current.status.clone()) {
+        Ok(status) if status.is_terminal() => return Ok(Claim::Finished),
+        Ok(_) => current.spec.get().err().map(|e| e.to_string()),
+        Err(e) => {
+            Some(format!("the export's stored status cannot be read by this version of exportd ({version}): {e}"))
+        }
+    };
+    // Not just "nobody owns it": the file's own writer must be the run that let go cleanly. A
+    // run that released before its first checkpoint never wrote `file_name`, whose writer may
+    // still be alive.
+    let adopt_file =
+        current.owner.is_none() && current.released_by.is_some() && current.released_by == current.file_writer;
+    sqlx::query(
+        "update export_runs set ended_at = now(), outcome = 'superseded' where export_id = $1 and ended_at is null",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    if current.stalled_attempts >= max_stalled as i32 {
+        let cause = current
+            .last_error
+            .as_deref()
+            .unwrap_or("the worker process stopped (crash or kill) before its first checkpoint");
+        let message =
+            format!("{cause} (gave up after {} attempts in a row without progress)", current.stalled_attempts);
+        sqlx::query(
+            "update exports set status = 'failed', error = $2, owner = null, finished_at = now() where id = $1",
+        )
+        .bind(id)
+        .bind(&message)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(Claim::GaveUp);
+    }
+    if let Some(reason) = unreadable {
+        sqlx::query(
+            "update exports set stalled_attempts = stalled_attempts + 1, attempts = attempts + 1, \
+             last_error = $2, owner = null where id = $1",
+        )
+        .bind(id)
+        .bind(&reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(Claim::Unreadable { reason, stalled: current.stalled_attempts + 1 });
+    }
+    let export: ExportRecord = sqlx::query_as(concat!(
+        "update exports set owner = $2, released_by = null, status = 'running', attempts = attempts + 1, \
+         stalled_attempts = stalled_attempts + 1, started_at = coalesce(started_at, now()) \
+         where id = $1 returning ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(token)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("insert into export_runs (token, export_id, attempt, worker, start_id) values ($1, $2, $3, $4, $5)")
+        .bind(token)
+        .bind(id)
+        .bind(export.attempts)
+        .bind(worker)
+        .bind(export.last_processed_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Claim::Owned { export: Box::new(export), adopt_file })
+}
+
+/// Saves a checkpoint, fenced by the run's token. Progress resets the stalled-run count.
+/// Returns false when the run no longer owns the export.
+///
+/// Committed without waiting for the WAL flush (`synchronous_commit = off`): a checkpoint
+/// lost in a database crash only sends the next run back to the previous one, whose bytes are
+/// still in the file (and anything after it is cut off), so durability is not needed here,
+/// and skipping a flush per chunk keeps the disk free for commits that need it (new exports).
+/// Visibility, and so the fencing, is unaffected.
+pub async fn save_checkpoint(db: &mut PgConnection, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
+    let done = sqlx::query(
+        "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
+         file_name = $6, file_writer = $2, stalled_attempts = 0 \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(cp.last_id)
+    .bind(cp.rows)
+    .bind(cp.bytes)
+    .bind(&cp.file_name)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks the export completed with its final checkpoint, fenced by the run's token; its file
+/// is kept for `retention`.
+pub async fn complete_export(
+    db: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+    cp: &Checkpoint,
+    retention: Duration,
+) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(
+        "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
+         bytes_written = $5, file_name = $6, file_writer = $2, owner = null, stalled_attempts = 0, \
+         finished_at = now(), error = null, expires_at = now() + make_interval(secs => $7) \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(cp.last_id)
+    .bind(cp.rows)
+    .bind(cp.bytes)
+    .bind(&cp.file_name)
+    .bind(retention.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    end_run(&mut tx, token, "completed", None).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Gives the export up without finishing it, fenced by the run's token: at shutdown
+/// (`give_back`: the attempt does not count) or after an error (recorded as `last_error`).
+/// The export stays `running` with no owner until the queue hands it to the next run.
+pub async fn release_export(
+    db: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+    error: Option<&str>,
+    give_back: bool,
+) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(
+        "update exports set owner = null, released_by = $2, last_error = coalesce($3, last_error), \
+         attempts = attempts - $4, stalled_attempts = greatest(stalled_attempts - $4, 0) \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(error)
+    .bind(if give_back { 1 } else { 0 })
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    end_run(&mut tx, token, if give_back { "released" } else { "failed" }, error).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Forgets the checkpoint (its file is gone): the run starts the export over, fenced.
+pub async fn reset_checkpoint(db: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> Result<bool> {
+    let done = sqlx::query(
+        "update exports set last_processed_id = null, rows_written = 0, bytes_written = 0, file_name = null, \
+         file_writer = null \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a run that found it had lost ownership.
+pub async fn mark_run_lost(conn: &mut PgConnection, token: Uuid) -> Result<()> {
+    end_run(conn, token, "lost", None).await
+}
+
+async fn end_run(conn: &mut PgConnection, token: Uuid, outcome: &str, error: Option<&str>) -> Result<()> {
+    sqlx::query("update export_runs set ended_at = coalesce(ended_at, now()), outcome = coalesce(outcome, $2), error = coalesce(error, $3) where token = $1")
+        .bind(token)
+        .bind(outcome)
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

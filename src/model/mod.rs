@@ -1,0 +1,10 @@
+//! The types every layer shares (what an export is, its status and options, what a dataset
+//! is), below `db`, `export` and `api`, which all use them and none of which they use.
+
+pub mod dataset;
+pub mod export;
+pub mod spec;
+
+pub use dataset::{Column, Dataset, Datasets};
+pub use export::{Checkpoint, ExportRecord, ExportStatus, RunRecord, StoredSpec};
+pub use spec::ExportSpec;
