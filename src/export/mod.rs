@@ -1,11 +1,23 @@
 //! The export engine: creating an export, the keyset chunk loop with fenced checkpoints, and
 //! the queue that carries exports to workers.
 
+/// A statement on a connection of its own, within the engine's statement wait (see
+/// [`crate::with_conn`]): `engine_db!(engine, "what", |c| db::runs::f(c, ...))`.
+macro_rules! engine_db {
+    ($engine:expr, $what:expr, |$c:ident| $work:expr) => {
+        $crate::with_conn!($engine.pool, $engine.settings.db_statement_wait, $what, |$c| $work)
+    };
+}
+
+mod buffers;
 pub mod csv;
 pub mod engine;
 pub mod fault;
+mod output;
 pub mod queue;
+mod reader;
 pub mod sweep;
+mod writer;
 
 use crate::model::{Dataset, ExportRecord, ExportSpec};
 

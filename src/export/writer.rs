@@ -1,0 +1,101 @@
+//! The writer: appends the reader's pieces to the run's file (plain, or one gzip member per
+//! chunk), and at each chunk's end syncs the file, then saves the checkpoint, fenced by the
+//! run's token (River's resumable step: the durable effect first, then the cursor).
+
+use std::time::Duration;
+
+use tokio::{sync::mpsc, time::Instant};
+use uuid::Uuid;
+
+use crate::{
+    db,
+    export::{
+        engine::{Engine, Outcome},
+        fault::PauseAt,
+        output::Output,
+        reader::Piece,
+    },
+    model::{Checkpoint, ExportRecord, spec::Compression},
+};
+
+impl Engine {
+    /// Appends pieces (gzip-compressed, one member per chunk, when asked); at each chunk end
+    /// syncs the file, then saves the checkpoint (fenced). Returns the last checkpoint (with
+    /// every byte written and synced) and, when the run must end here, why.
+    pub(super) async fn write(
+        &self,
+        file: tokio::fs::File,
+        mut rx: mpsc::Receiver<Piece>,
+        mut cp: Checkpoint,
+        export: &ExportRecord,
+        token: Uuid,
+    ) -> anyhow::Result<(Checkpoint, Option<Outcome>)> {
+        let export_id = export.id;
+        let compression = export.spec.get()?.compression;
+        // The gzip output buffer comes from the pool, allocated here rather than in the
+        // blocking threads that compress (each of which would grow a malloc arena of its own).
+        let spare = if compression == Compression::Gzip { self.buffers.take() } else { Vec::new() };
+        let mut out = Output::new(file, compression, cp.bytes, spare);
+        let mut chunks = 0u64;
+        let mut chunk_started = false;
+        let (mut t_write, mut t_sync, mut t_checkpoint, mut t_idle) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let started = Instant::now();
+        loop {
+            let t = Instant::now();
+            let Some(piece) = rx.recv().await else { break };
+            t_idle += t.elapsed();
+            match piece {
+                Piece::Data(bytes) => {
+                    if !std::mem::replace(&mut chunk_started, true) {
+                        self.faults.pause_at(PauseAt::BeforeChunkWrite(chunks + 1)).await;
+                    }
+                    let t = Instant::now();
+                    let bytes = out.write(bytes).await?;
+                    t_write += t.elapsed();
+                    self.buffers.give(bytes);
+                }
+                Piece::ChunkEnd { last_id, rows } => {
+                    chunk_started = false;
+                    let t = Instant::now();
+                    out.end_member().await?;
+                    out.sync().await?;
+                    t_sync += t.elapsed();
+                    chunks += 1;
+                    if self.faults.crash_before_checkpoint == Some(chunks) {
+                        return Ok((cp, Some(Outcome::Crashed)));
+                    }
+                    let next = Checkpoint {
+                        last_id: Some(last_id),
+                        rows: cp.rows + rows as i64,
+                        bytes: out.written,
+                        file_name: cp.file_name.clone(),
+                    };
+                    let t = Instant::now();
+                    if !engine_db!(self, "saving a checkpoint", |c| {
+                        db::runs::save_checkpoint(c, export_id, token, &next)
+                    })
+                    .await?
+                    {
+                        return Ok((cp, Some(Outcome::Lost)));
+                    }
+                    t_checkpoint += t.elapsed();
+                    cp = next;
+                    if self.faults.crash_after_checkpoint == Some(chunks) {
+                        return Ok((cp, Some(Outcome::Crashed)));
+                    }
+                }
+            }
+        }
+        // Producer done: whatever follows the last checkpoint (only ever the header of an
+        // export without rows) is synced and becomes part of the final checkpoint.
+        out.finish().await?;
+        out.sync().await?;
+        cp.bytes = out.written;
+        if let Some(buf) = out.take_buffer() {
+            self.buffers.give(buf);
+        }
+        tracing::debug!(%export_id, chunks, total = ?started.elapsed(), idle = ?t_idle, write = ?t_write, sync = ?t_sync, checkpoint = ?t_checkpoint, "writer timings");
+        Ok((cp, None))
+    }
+}
