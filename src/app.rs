@@ -20,7 +20,7 @@ use crate::{
     },
     model::Datasets,
     shutdown::Shutdown,
-    storage::Storage,
+    storage::{LocalDir, SharedStorage, Storage},
 };
 
 /// How often unfinished exports without a live queue job are looked for.
@@ -157,11 +157,11 @@ impl Workers {
         settings: &WorkerSettings,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let storage = Storage::new(&settings.storage_dir)
+        let storage = LocalDir::new(&settings.storage_dir)
             .with_context(|| format!("creating storage directory {}", settings.storage_dir.display()))?;
         let engine = Engine::new(
             pool.clone(),
-            storage,
+            Arc::new(storage),
             datasets,
             EngineSettings {
                 max_stalled_attempts: settings.max_stalled_attempts,
@@ -209,7 +209,7 @@ impl Workers {
 /// completed exports past their retention expire and their files are deleted; every minute the
 /// sweeper deletes stray files, ended exports' rows and finished jobs, and dead workers are
 /// forgotten, so storage and tables do not grow without bound.
-async fn housekeeping(pool: PgPool, storage: Storage, sweep: Sweep, shutdown: Shutdown) {
+async fn housekeeping(pool: PgPool, storage: SharedStorage, sweep: Sweep, shutdown: Shutdown) {
     let mut orphan_scan = db::housekeeping::ScanCursor::default();
     for round in 0u64.. {
         tokio::select! {
@@ -219,9 +219,9 @@ async fn housekeeping(pool: PgPool, storage: Storage, sweep: Sweep, shutdown: Sh
         if let Err(e) = queue::requeue_orphans(&pool, ORPHAN_MIN_AGE, &mut orphan_scan).await {
             tracing::warn!(error = %e, "re-enqueueing orphaned exports failed; will retry");
         }
-        expire(&pool, &storage).await;
+        expire(&pool, storage.as_ref()).await;
         if round % 6 == 0 {
-            match crate::export::sweep::sweep(&pool, &storage, &sweep).await {
+            match crate::export::sweep::sweep(&pool, storage.as_ref(), &sweep).await {
                 Ok(swept) if swept == Default::default() => {}
                 Ok(swept) => tracing::info!(?swept, "swept what ended exports left behind"),
                 Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),
@@ -237,7 +237,7 @@ async fn housekeeping(pool: PgPool, storage: Storage, sweep: Sweep, shutdown: Sh
 
 /// Expires completed exports past their retention and deletes their files. The status
 /// changes first: a file is only deleted once no download can start on it.
-pub async fn expire(pool: &PgPool, storage: &Storage) {
+pub async fn expire(pool: &PgPool, storage: &dyn Storage) {
     match db::exports::expire_due(pool, 100).await {
         Ok(ids) => {
             for id in &ids {

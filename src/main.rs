@@ -10,7 +10,7 @@ use exportd::{
     config::{Cli, Command, DbArgs, ServeArgs},
     db,
     shutdown::Shutdown,
-    storage::Storage,
+    storage::LocalDir,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -55,7 +55,7 @@ async fn run() -> anyhow::Result<()> {
             let state = Arc::new(AppState {
                 waker: exportd::export::queue::Waker::start(pool.clone()),
                 pool,
-                storage: Storage::at("exports"),
+                storage: Arc::new(LocalDir::at("exports")),
                 default_chunk_size: 10_000,
                 retention: std::time::Duration::ZERO,
                 datasets: Arc::new(exportd::model::Datasets::none()),

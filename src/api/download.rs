@@ -1,7 +1,7 @@
 //! `GET`/`HEAD /api/export/{id}/download`: the stored file, streamed from disk, with `Range`
 //! (one range), `ETag`, `If-None-Match` and `If-Range`.
 
-use std::{io::SeekFrom, sync::Arc};
+use std::sync::Arc;
 
 use poem::{Body, IntoResponse, Response};
 use poem_openapi::{
@@ -10,7 +10,6 @@ use poem_openapi::{
     payload::Json,
     registry::{MetaMediaType, MetaSchema, MetaSchemaRef},
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use uuid::Uuid;
 
 use crate::{
@@ -21,10 +20,8 @@ use crate::{
     error::Error,
     export::fault::PauseAt,
     model::{ExportRecord, ExportStatus, spec::Compression},
+    storage::StoredFile,
 };
-
-/// Read size when streaming a file: large enough for loopback speeds, small enough for flat memory.
-const READ_BYTES: usize = 256 * 1024;
 
 /// Downloads.
 pub struct DownloadApi {
@@ -175,10 +172,10 @@ impl DownloadApi {
     /// Opens the export's file. When it is not there, the export expired or was deleted
     /// between reading its row and opening its file: answered as it now is (410 or 404),
     /// never 500. The file must hold every byte the row promises, or no header is sent.
-    async fn open(&self, record: &ExportRecord, name: &str) -> Result<tokio::fs::File, Error> {
+    async fn open(&self, record: &ExportRecord, name: &str) -> Result<Box<dyn StoredFile>, Error> {
         match self.state.storage.open(name).await {
             Ok(file) => {
-                let on_disk = file.metadata().await?.len();
+                let on_disk = file.size();
                 if on_disk < record.bytes_written as u64 {
                     return Err(Error::Other(anyhow::anyhow!(
                         "file {name} of export {} has {on_disk} bytes, its checkpoint {}",
@@ -203,14 +200,11 @@ impl DownloadApi {
 }
 
 /// `count` bytes of the file from `start`, read in pieces as the client takes them.
-async fn body(mut file: tokio::fs::File, start: u64, count: u64, with_body: bool) -> Result<Body, Error> {
+async fn body(file: Box<dyn StoredFile>, start: u64, count: u64, with_body: bool) -> Result<Body, Error> {
     if !with_body {
         return Ok(Body::empty());
     }
-    if start > 0 {
-        file.seek(SeekFrom::Start(start)).await?;
-    }
-    Ok(Body::from_bytes_stream(tokio_util::io::ReaderStream::with_capacity(file.take(count), READ_BYTES)))
+    Ok(Body::from_bytes_stream(file.read(start, count).await?))
 }
 
 /// The stored file of a completed export, or why there is none (409 not yet, 410 never again).

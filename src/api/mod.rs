@@ -14,13 +14,13 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, Tags};
 use sqlx::PgPool;
 
-use crate::{model::Datasets, storage::Storage};
+use crate::{model::Datasets, storage::SharedStorage};
 
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
     pub pool: PgPool,
-    pub storage: Storage,
+    pub storage: SharedStorage,
     /// Chunk size of exports that do not ask for one.
     pub default_chunk_size: u32,
     /// How long completed files are kept (shown as `expiresAt`).

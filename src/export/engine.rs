@@ -17,7 +17,7 @@ use crate::{
     export::buffers::BufferPool,
     model::{Checkpoint, Dataset, Datasets, ExportRecord, ExportStatus},
     shutdown::Shutdown,
-    storage::{PrepareError, Prepared, RunFile, Storage},
+    storage::{PrepareError, Prepared, RunFile, RunId, SharedStorage},
 };
 
 /// Pieces in flight between producer and writer (the backpressure bound).
@@ -66,7 +66,7 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub(super) pool: PgPool,
-    pub(super) storage: Storage,
+    pub(super) storage: SharedStorage,
     pub(super) settings: EngineSettings,
     pub(super) shutdown: Shutdown,
     pub(super) faults: Arc<Faults>,
@@ -76,7 +76,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         pool: PgPool,
-        storage: Storage,
+        storage: SharedStorage,
         datasets: Arc<Datasets>,
         settings: EngineSettings,
         shutdown: Shutdown,
@@ -97,7 +97,7 @@ impl Engine {
     }
 
     /// Where files go.
-    pub fn storage(&self) -> &Storage {
+    pub fn storage(&self) -> &SharedStorage {
         &self.storage
     }
 
@@ -231,7 +231,7 @@ impl Engine {
                     return Ok(Outcome::Lost);
                 }
                 cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new() };
-                self.storage.create_run(export.id, token, extension).await?
+                self.storage.create_run(RunId { export_id: export.id, token, extension }).await?
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
@@ -245,7 +245,7 @@ impl Engine {
             let (engine, export, last, fresh) = (self.clone(), export.clone(), cp.last_id, cp.bytes == 0);
             async move { engine.produce(&ds, &export, last, fresh, tx).await }
         });
-        let written = self.write(run_file.file, rx, cp, export, token).await;
+        let written = self.write(run_file.out, rx, cp, export, token).await;
         let cp = match written {
             Ok((cp, None)) => cp,
             Ok((_, Some(end))) => {
@@ -285,7 +285,11 @@ impl Engine {
         extension: &str,
     ) -> Result<Option<RunFile>, PrepareError> {
         let previous = export.file_name.as_deref();
-        let mut copy = match self.storage.prepare_run(export.id, token, previous, bytes, adopt, extension).await? {
+        let mut copy = match self
+            .storage
+            .prepare_run(RunId { export_id: export.id, token, extension }, previous, bytes, adopt)
+            .await?
+        {
             Prepared::Ready(f) => return Ok(Some(f)),
             Prepared::Copy(copy) => copy,
         };

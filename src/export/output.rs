@@ -1,15 +1,13 @@
 //! The run file's framing: bytes appended plain or as gzip members (one per chunk, so a
 //! checkpoint always falls on a member boundary), compressed off the async threads, and synced.
 
-use tokio::io::AsyncWriteExt;
-
-use crate::model::spec::Compression;
+use crate::{model::spec::Compression, storage::RunWriter};
 
 /// The run's file, written plain or as gzip members (one per chunk, so every checkpoint falls
 /// on a member boundary and a resumed run appends a new member after it: decoders read
 /// concatenated members as one stream).
 pub(super) struct Output {
-    file: tokio::fs::File,
+    file: Box<dyn RunWriter>,
     /// gzip: one raw deflate stream reset for each member, so its state is allocated once per run.
     gzip: Option<Gzip>,
     /// Bytes in the file.
@@ -64,7 +62,7 @@ impl Gzip {
 }
 
 impl Output {
-    pub(super) fn new(file: tokio::fs::File, compression: Compression, written: i64, pending: Vec<u8>) -> Self {
+    pub(super) fn new(file: Box<dyn RunWriter>, compression: Compression, written: i64, pending: Vec<u8>) -> Self {
         let gzip = (compression == Compression::Gzip).then(|| Gzip {
             deflate: flate2::Compress::new(flate2::Compression::fast(), false),
             crc: flate2::Crc::new(),
@@ -77,7 +75,7 @@ impl Output {
     /// Appends `bytes` (compressing them when gzip) and hands the buffer back.
     pub(super) async fn write(&mut self, bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
         let Some(gzip) = self.gzip.take() else {
-            self.file.write_all(&bytes).await.map_err(storage_error)?;
+            self.file.append(&bytes).await.map_err(storage_error)?;
             self.written += bytes.len() as i64;
             return Ok(bytes);
         };
@@ -96,7 +94,7 @@ impl Output {
     async fn flush_pending(&mut self, min: usize) -> anyhow::Result<()> {
         let Some(gzip) = self.gzip.as_mut() else { return Ok(()) };
         if gzip.pending.len() >= min.max(1) {
-            self.file.write_all(&gzip.pending).await.map_err(storage_error)?;
+            self.file.append(&gzip.pending).await.map_err(storage_error)?;
             self.written += gzip.pending.len() as i64;
             gzip.pending.clear();
         }
@@ -138,9 +136,7 @@ impl Output {
 
     /// Makes every byte written so far durable.
     pub(super) async fn sync(&mut self) -> anyhow::Result<()> {
-        self.file.flush().await.map_err(storage_error)?;
-        self.file.sync_data().await.map_err(storage_error)?;
-        Ok(())
+        self.file.sync().await.map_err(storage_error)
     }
 }
 

@@ -44,13 +44,13 @@ pub struct Swept {
 const EXPORTS_PER_SWEEP: i64 = 10_000;
 
 /// One sweep of files, rows and jobs.
-pub async fn sweep(pool: &PgPool, storage: &Storage, settings: &Sweep) -> Result<Swept> {
+pub async fn sweep(pool: &PgPool, storage: &dyn Storage, settings: &Sweep) -> Result<Swept> {
     let mut swept = Swept {
         exports: db::housekeeping::purge_ended_exports(pool, settings.keep_ended_exports, EXPORTS_PER_SWEEP).await?,
         ..Swept::default()
     };
     swept.jobs = db::queue::purge_finished_jobs(pool, QUEUE, settings.keep_finished_jobs).await?;
-    let dirs = storage.export_dirs().await?;
+    let dirs = storage.exports().await?;
     let live: HashMap<Uuid, db::housekeeping::FileRefs> =
         db::housekeeping::file_refs(pool, &dirs).await?.into_iter().map(|r| (r.id, r)).collect();
     for id in dirs {

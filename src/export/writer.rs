@@ -16,6 +16,7 @@ use crate::{
         reader::Piece,
     },
     model::{Checkpoint, ExportRecord, spec::Compression},
+    storage::RunWriter,
 };
 
 impl Engine {
@@ -24,7 +25,7 @@ impl Engine {
     /// every byte written and synced) and, when the run must end here, why.
     pub(super) async fn write(
         &self,
-        file: tokio::fs::File,
+        file: Box<dyn RunWriter>,
         mut rx: mpsc::Receiver<Piece>,
         mut cp: Checkpoint,
         export: &ExportRecord,

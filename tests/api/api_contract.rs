@@ -179,7 +179,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
     let state = std::sync::Arc::new(exportd::api::AppState {
         waker: exportd::export::queue::Waker::start(dead.clone()),
         pool: dead,
-        storage: exportd::storage::Storage::at(app.storage.path()),
+        storage: std::sync::Arc::new(exportd::storage::LocalDir::at(app.storage.path())),
         default_chunk_size: 10_000,
         retention: Duration::from_secs(3600),
         datasets: std::sync::Arc::new(datasets),

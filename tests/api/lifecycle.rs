@@ -111,11 +111,11 @@ async fn completed_files_expire_after_the_retention() {
     let expires: chrono::DateTime<chrono::Utc> = s["expiresAt"].as_str().unwrap().parse().unwrap();
     assert_eq!((expires - finished).num_seconds(), 1, "{s}");
     // Not yet due: nothing happens.
-    exportd::app::expire(&app.db.pool, app.engine.storage()).await;
+    exportd::app::expire(&app.db.pool, app.engine.storage().as_ref()).await;
     assert!(!app.download(id).await.is_empty(), "not expired yet");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The scheduled job (housekeeping runs it every 10 s; here called directly).
-    exportd::app::expire(&app.db.pool, app.engine.storage()).await;
+    exportd::app::expire(&app.db.pool, app.engine.storage().as_ref()).await;
     assert_eq!(app.status(id).await["status"], "expired");
     assert!(!export_dir(&app, id).exists());
     let resp = app.client.get(app.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
@@ -476,7 +476,7 @@ async fn the_sweeper_returns_storage_and_tables_to_their_size_before_the_exports
         .execute(&pool)
         .await
         .unwrap();
-    exportd::app::expire(&pool, app.engine.storage()).await;
+    exportd::app::expire(&pool, app.engine.storage().as_ref()).await;
     std::fs::create_dir_all(export_dir(&app, ids[0])).unwrap();
     std::fs::write(export_dir(&app, ids[0]).join("left-by-a-crash.csv"), b"id\n1\n").unwrap();
     std::fs::write(export_dir(&app, live).join("stale-runner.csv"), b"id\n").unwrap();
@@ -487,7 +487,7 @@ async fn the_sweeper_returns_storage_and_tables_to_their_size_before_the_exports
         keep_finished_jobs: Duration::ZERO,
         stray_file_age: Duration::ZERO,
     };
-    let swept = sweep(&pool, app.engine.storage(), &nothing_kept).await.unwrap();
+    let swept = sweep(&pool, app.engine.storage().as_ref(), &nothing_kept).await.unwrap();
     assert_eq!((swept.exports, swept.export_dirs, swept.files), (3, 2, 1), "{swept:?}");
     assert_eq!(
         app.download(live).await.len() as i64,
@@ -508,7 +508,7 @@ async fn the_sweeper_returns_storage_and_tables_to_their_size_before_the_exports
         assert!(tokio::time::Instant::now() < deadline, "queue jobs never finished");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    sweep(&pool, app.engine.storage(), &nothing_kept).await.unwrap();
+    sweep(&pool, app.engine.storage().as_ref(), &nothing_kept).await.unwrap();
     assert_eq!((tables().await, files(&root)), before);
     // The key is free again: a new export, not the purged one.
     let again: Value = keyed("monthly").send().await.unwrap().json().await.unwrap();

@@ -13,4 +13,5 @@ mod proxy;
 mod queue;
 mod resume;
 mod stalls;
+mod storage;
 mod throttle;

@@ -1,50 +1,74 @@
-//! Where export files live: one file per run, durable appends, truncation on resume, streaming out.
-//!
-//! Each run writes its own file (`<export>/<run token>.csv`, or `.csv.gz`). A run that takes over from a run
-//! that may still be alive (crashed, paused, partitioned) copies the checkpointed prefix into a
-//! new file instead of touching the old one, so a stale runner, whatever it still writes, can
-//! never change a byte of the file that will be served. A run that takes over from a run that
-//! released cleanly continues that file in place, cut back to the checkpoint.
+//! The local directory backend: one file per run under `<root>/<export>/`, appends synced
+//! with `fdatasync`, prefix copies with `copy_file_range`, downloads streamed from an open file.
 
 use std::{
     io,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use tokio::{
     fs::{self, File, OpenOptions},
-    io::AsyncSeekExt,
+    io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt},
 };
 use uuid::Uuid;
 
-/// The storage directory.
+use super::{PrefixCopy, PrepareError, Prepared, RunFile, RunId, RunWriter, Storage, StoredFile};
+
+/// A storage directory.
 #[derive(Debug, Clone)]
-pub struct Storage {
+pub struct LocalDir {
     root: PathBuf,
-}
-
-/// A file opened for a run, positioned at the checkpoint's byte offset.
-#[derive(Debug)]
-pub struct RunFile {
-    pub file: File,
-    /// Name relative to the storage directory, saved with each checkpoint.
-    pub name: String,
-}
-
-/// A run's file: ready, or still to be filled with the checkpointed prefix.
-#[derive(Debug)]
-pub enum Prepared {
-    Ready(RunFile),
-    Copy(PrefixCopy),
 }
 
 /// Bytes copied per [`PrefixCopy::step`]: a stop request waits for one slice at most.
 const COPY_SLICE: u64 = 8 * 1024 * 1024;
+/// Read size when streaming a file: large enough for loopback speeds, small enough for flat memory.
+const READ_BYTES: usize = 256 * 1024;
 
-/// The copy of a checkpointed prefix into a new run's file, in slices (`copy_file_range` on
-/// Linux), so that a run told to stop stops within a slice instead of after the whole prefix.
+/// A run's file on disk.
+struct LocalRunFile(File);
+
+#[async_trait]
+impl RunWriter for LocalRunFile {
+    async fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes).await
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        self.0.flush().await?;
+        self.0.sync_data().await
+    }
+}
+
+/// A finished file, open (so it reads to its end even if deleted meanwhile).
+struct LocalStoredFile {
+    file: File,
+    size: u64,
+}
+
+#[async_trait]
+impl StoredFile for LocalStoredFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn read(self: Box<Self>, start: u64, count: u64) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+        let mut file = self.file;
+        if start > 0 {
+            file.seek(io::SeekFrom::Start(start)).await?;
+        }
+        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(count), READ_BYTES)))
+    }
+}
+
+/// The copy of a checkpointed prefix into a new run's file, slice by slice (`copy_file_range`
+/// on Linux).
 #[derive(Debug)]
-pub struct PrefixCopy {
+struct LocalPrefixCopy {
     src: Option<std::fs::File>,
     dst: Option<std::fs::File>,
     /// The new file's name, and its path.
@@ -56,9 +80,9 @@ pub struct PrefixCopy {
     previous: String,
 }
 
-impl PrefixCopy {
-    /// Copies the next slice; true once the whole prefix is copied.
-    pub async fn step(&mut self) -> Result<bool, PrepareError> {
+#[async_trait]
+impl PrefixCopy for LocalPrefixCopy {
+    async fn step(&mut self) -> Result<bool, PrepareError> {
         let (Some(mut src), Some(mut dst)) = (self.src.take(), self.dst.take()) else {
             return Ok(self.copied == self.bytes);
         };
@@ -80,17 +104,15 @@ impl PrefixCopy {
         Ok(self.copied == self.bytes)
     }
 
-    /// The copied file, synced, positioned after the prefix.
-    pub async fn finish(mut self) -> Result<RunFile, PrepareError> {
+    async fn finish(mut self: Box<Self>) -> Result<RunFile, PrepareError> {
         let dst = self.dst.take().expect("the copy owns its file until finished");
         dst.sync_data()?;
         let mut file = File::from_std(dst);
         file.seek(io::SeekFrom::Start(self.bytes)).await?;
-        Ok(RunFile { file, name: std::mem::take(&mut self.name) })
+        Ok(RunFile { out: Box::new(LocalRunFile(file)), name: std::mem::take(&mut self.name) })
     }
 
-    /// Stops the copy and deletes its partial file (nothing refers to it).
-    pub async fn abandon(mut self) {
+    async fn abandon(mut self: Box<Self>) {
         self.dst.take();
         if let Err(e) = fs::remove_file(&self.path).await {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove an abandoned copy");
@@ -98,17 +120,7 @@ impl PrefixCopy {
     }
 }
 
-/// Why a run's file could not be prepared.
-#[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
-    /// The checkpointed bytes are not on disk (file gone or shorter than the checkpoint).
-    #[error("checkpointed file {name} is missing or shorter than {bytes} bytes")]
-    CheckpointLost { name: String, bytes: u64 },
-    #[error(transparent)]
-    Io(#[from] io::Error),
-}
-
-impl Storage {
+impl LocalDir {
     /// Uses (and creates) `root`.
     pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
         let storage = Self::at(root);
@@ -131,21 +143,30 @@ impl Storage {
         self.root.join(name)
     }
 
-    /// Opens the file a run appends to, holding exactly the `bytes` checkpointed bytes of
-    /// `previous` (see the module docs for when it is continued in place or copied): ready at
-    /// once, or a copy of the prefix for the caller to drive slice by slice.
-    pub async fn prepare_run(
+    /// Creates a run's own empty file (and the export's directory), durably.
+    async fn create_file(&self, run: RunId<'_>) -> io::Result<(File, String)> {
+        let dir = self.root.join(run.export_id.to_string());
+        fs::create_dir_all(&dir).await?;
+        let name = run.file_name();
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(self.path(&name)).await?;
+        // Make the new directory entry durable too.
+        File::open(dir).await?.sync_all().await?;
+        Ok((file, name))
+    }
+}
+
+#[async_trait]
+impl Storage for LocalDir {
+    async fn prepare_run(
         &self,
-        export_id: Uuid,
-        token: Uuid,
+        run: RunId<'_>,
         previous: Option<&str>,
         bytes: u64,
         adopt: bool,
-        extension: &str,
     ) -> Result<Prepared, PrepareError> {
         let previous = match previous {
             Some(p) if bytes > 0 => p,
-            _ => return Ok(Prepared::Ready(self.create_run(export_id, token, extension).await?)),
+            _ => return Ok(Prepared::Ready(self.create_run(run).await?)),
         };
         let lost = || PrepareError::CheckpointLost { name: previous.to_owned(), bytes };
         let old_path = self.path(previous);
@@ -162,33 +183,32 @@ impl Storage {
             file.set_len(bytes).await?; // drop a torn or uncheckpointed tail
             file.sync_data().await?;
             file.seek(io::SeekFrom::Start(bytes)).await?;
-            return Ok(Prepared::Ready(RunFile { file, name: previous.to_owned() }));
+            return Ok(Prepared::Ready(RunFile { out: Box::new(LocalRunFile(file)), name: previous.to_owned() }));
         }
-        let run = self.create_run(export_id, token, extension).await?;
-        Ok(Prepared::Copy(PrefixCopy {
+        let (file, name) = self.create_file(run).await?;
+        Ok(Prepared::Copy(Box::new(LocalPrefixCopy {
             src: Some(std::fs::File::open(old_path)?),
-            dst: Some(run.file.into_std().await),
-            path: self.path(&run.name),
-            name: run.name,
+            dst: Some(file.into_std().await),
+            path: self.path(&name),
+            name,
             bytes,
             copied: 0,
             previous: previous.to_owned(),
-        }))
+        })))
     }
 
-    /// Creates a run's own empty file (and the export's directory), durably.
-    pub async fn create_run(&self, export_id: Uuid, token: Uuid, extension: &str) -> io::Result<RunFile> {
-        let dir = self.root.join(export_id.to_string());
-        fs::create_dir_all(&dir).await?;
-        let name = format!("{export_id}/{token}.{extension}");
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(self.path(&name)).await?;
-        // Make the new directory entry durable too.
-        File::open(dir).await?.sync_all().await?;
-        Ok(RunFile { file, name })
+    async fn create_run(&self, run: RunId<'_>) -> io::Result<RunFile> {
+        let (file, name) = self.create_file(run).await?;
+        Ok(RunFile { out: Box::new(LocalRunFile(file)), name })
     }
 
-    /// Deletes the files of an export's other runs (after completion; best effort).
-    pub async fn remove_other_runs(&self, export_id: Uuid, keep: &str) {
+    async fn open(&self, name: &str) -> io::Result<Box<dyn StoredFile>> {
+        let file = File::open(self.path(name)).await?;
+        let size = file.metadata().await?.len();
+        Ok(Box::new(LocalStoredFile { file, size }))
+    }
+
+    async fn remove_other_runs(&self, export_id: Uuid, keep: &str) {
         let dir = self.root.join(export_id.to_string());
         let Ok(mut entries) = fs::read_dir(&dir).await else {
             return;
@@ -203,8 +223,7 @@ impl Storage {
         }
     }
 
-    /// Deletes every file of an export (failed, cancelled or expired: nothing stays on disk).
-    pub async fn remove_export(&self, export_id: Uuid) {
+    async fn remove_export(&self, export_id: Uuid) {
         let dir = self.root.join(export_id.to_string());
         if let Err(e) = fs::remove_dir_all(&dir).await
             && e.kind() != io::ErrorKind::NotFound
@@ -213,8 +232,7 @@ impl Storage {
         }
     }
 
-    /// The exports that have a directory here.
-    pub async fn export_dirs(&self) -> io::Result<Vec<Uuid>> {
+    async fn exports(&self) -> io::Result<Vec<Uuid>> {
         let mut out = Vec::new();
         let mut entries = fs::read_dir(&self.root).await?;
         while let Some(entry) = entries.next_entry().await? {
@@ -227,8 +245,7 @@ impl Storage {
         Ok(out)
     }
 
-    /// The files of an export (names as stored in checkpoints) and when each was last written.
-    pub async fn run_files(&self, export_id: Uuid) -> io::Result<Vec<(String, std::time::SystemTime)>> {
+    async fn run_files(&self, export_id: Uuid) -> io::Result<Vec<(String, SystemTime)>> {
         let mut out = Vec::new();
         let Ok(mut entries) = fs::read_dir(self.root.join(export_id.to_string())).await else { return Ok(out) };
         while let Some(entry) = entries.next_entry().await? {
@@ -238,17 +255,11 @@ impl Storage {
         Ok(out)
     }
 
-    /// Deletes one stored file (best effort).
-    pub async fn remove_file(&self, name: &str) {
+    async fn remove_file(&self, name: &str) {
         if let Err(e) = fs::remove_file(self.path(name)).await
             && e.kind() != io::ErrorKind::NotFound
         {
             tracing::warn!(name, error = %e, "could not remove a stray file");
         }
-    }
-
-    /// Opens a finished file for reading.
-    pub async fn open(&self, name: &str) -> io::Result<File> {
-        File::open(self.path(name)).await
     }
 }

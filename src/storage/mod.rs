@@ -1,0 +1,143 @@
+//! Where export files live: one small trait ([`Storage`]) the engine writes through and the API
+//! reads through, with the local directory ([`LocalDir`]) as its first backend.
+//!
+//! The contract every backend keeps (and `tests/api/storage.rs` checks):
+//! - each run writes a file of its own (`<export>/<run token>.<ext>`); a run that takes over
+//!   from a run that may still be alive gets the checkpointed prefix *copied* into its own file
+//!   ([`Prepared::Copy`], in slices so a stop is never held up), so a stale runner can never
+//!   change a byte that will be served; one that takes over from a clean release continues the
+//!   file in place, cut back to the checkpoint;
+//! - [`RunWriter::sync`] makes every appended byte durable: the engine saves a checkpoint only
+//!   after it, so a checkpoint never points past durable bytes;
+//! - a stored file opened for reading keeps its bytes until read, even if it is deleted.
+//!
+//! Names are relative to the backend's root and are what checkpoints store. An object-store
+//! backend maps a run file to a multipart upload (append = buffer, sync = upload a part) and
+//! a prefix copy to server-side part copies; pieces of parallel ranges are run files of their
+//! own, joined when the export completes.
+
+mod local;
+
+use std::{fmt, io, time::SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use uuid::Uuid;
+
+pub use local::LocalDir;
+
+/// A storage backend, shared by the engine, the API and the sweeper.
+pub type SharedStorage = std::sync::Arc<dyn Storage>;
+
+/// Where export files live (see the module docs for the contract).
+#[async_trait]
+pub trait Storage: fmt::Debug + Send + Sync {
+    /// Opens the file a run appends to, holding exactly the `bytes` checkpointed bytes of
+    /// `previous`: ready at once (`adopt`: continued in place), or a copy of the prefix for the
+    /// caller to drive slice by slice.
+    async fn prepare_run(
+        &self,
+        run: RunId<'_>,
+        previous: Option<&str>,
+        bytes: u64,
+        adopt: bool,
+    ) -> Result<Prepared, PrepareError>;
+
+    /// Creates a run's own empty file, durably.
+    async fn create_run(&self, run: RunId<'_>) -> io::Result<RunFile>;
+
+    /// Opens a finished file for reading.
+    async fn open(&self, name: &str) -> io::Result<Box<dyn StoredFile>>;
+
+    /// Deletes the files of an export's other runs (after completion; best effort).
+    async fn remove_other_runs(&self, export_id: Uuid, keep: &str);
+
+    /// Deletes every file of an export (best effort).
+    async fn remove_export(&self, export_id: Uuid);
+
+    /// The exports that have files here.
+    async fn exports(&self) -> io::Result<Vec<Uuid>>;
+
+    /// The files of an export (names as stored in checkpoints) and when each was last written.
+    async fn run_files(&self, export_id: Uuid) -> io::Result<Vec<(String, SystemTime)>>;
+
+    /// Deletes one stored file (best effort).
+    async fn remove_file(&self, name: &str);
+}
+
+/// Which run a file belongs to, and its extension (`csv`, `csv.gz`).
+#[derive(Debug, Clone, Copy)]
+pub struct RunId<'a> {
+    pub export_id: Uuid,
+    /// The run's owner token.
+    pub token: Uuid,
+    pub extension: &'a str,
+}
+
+impl RunId<'_> {
+    /// The run file's name: `<export>/<token>.<extension>`.
+    pub fn file_name(&self) -> String {
+        format!("{}/{}.{}", self.export_id, self.token, self.extension)
+    }
+}
+
+/// A file opened for a run, positioned at the checkpoint's byte offset.
+pub struct RunFile {
+    pub out: Box<dyn RunWriter>,
+    /// Name in storage, saved with each checkpoint.
+    pub name: String,
+}
+
+impl fmt::Debug for RunFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunFile").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// The writing end of a run's file.
+#[async_trait]
+pub trait RunWriter: Send {
+    /// Appends `bytes` (durable only after [`RunWriter::sync`]).
+    async fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes every byte appended so far durable.
+    async fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A run's file: ready, or still to be filled with the checkpointed prefix.
+#[derive(Debug)]
+pub enum Prepared {
+    Ready(RunFile),
+    Copy(Box<dyn PrefixCopy>),
+}
+
+/// The copy of a checkpointed prefix into a new run's file, in slices, so that a run told to
+/// stop stops within a slice instead of after the whole prefix.
+#[async_trait]
+pub trait PrefixCopy: fmt::Debug + Send {
+    /// Copies the next slice; true once the whole prefix is copied.
+    async fn step(&mut self) -> Result<bool, PrepareError>;
+    /// The copied file, durable, positioned after the prefix.
+    async fn finish(self: Box<Self>) -> Result<RunFile, PrepareError>;
+    /// Stops the copy and deletes its partial file (nothing refers to it).
+    async fn abandon(self: Box<Self>);
+}
+
+/// A stored file opened for reading.
+#[async_trait]
+pub trait StoredFile: Send {
+    /// Its length in bytes.
+    fn size(&self) -> u64;
+    /// `count` bytes from `start`, read as the consumer takes them.
+    async fn read(self: Box<Self>, start: u64, count: u64) -> io::Result<BoxStream<'static, io::Result<Bytes>>>;
+}
+
+/// Why a run's file could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The checkpointed bytes are not there (file gone or shorter than the checkpoint).
+    #[error("checkpointed file {name} is missing or shorter than {bytes} bytes")]
+    CheckpointLost { name: String, bytes: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
