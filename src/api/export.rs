@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use poem_openapi::{
-    ApiResponse, Enum, Object, OpenApi,
+    ApiResponse, Object, OpenApi,
     param::{Header, Path, Query},
     payload::Json,
 };
@@ -23,45 +23,6 @@ pub struct ExportApi {
     pub state: Arc<AppState>,
 }
 
-/// Where an export is in its life: `queued` → `running` → `completed` | `failed` |
-/// `cancelled`; `completed` → `expired` when its file is deleted (retention, or DELETE).
-#[derive(Debug, Enum, Clone, Copy, PartialEq, Eq)]
-#[oai(rename_all = "lowercase")]
-pub enum StatusName {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    Expired,
-}
-
-impl From<ExportStatus> for StatusName {
-    fn from(s: ExportStatus) -> Self {
-        match s {
-            ExportStatus::Queued => StatusName::Queued,
-            ExportStatus::Running => StatusName::Running,
-            ExportStatus::Completed => StatusName::Completed,
-            ExportStatus::Failed => StatusName::Failed,
-            ExportStatus::Cancelled => StatusName::Cancelled,
-            ExportStatus::Expired => StatusName::Expired,
-        }
-    }
-}
-
-impl From<StatusName> for ExportStatus {
-    fn from(s: StatusName) -> Self {
-        match s {
-            StatusName::Queued => ExportStatus::Queued,
-            StatusName::Running => ExportStatus::Running,
-            StatusName::Completed => ExportStatus::Completed,
-            StatusName::Failed => ExportStatus::Failed,
-            StatusName::Cancelled => ExportStatus::Cancelled,
-            StatusName::Expired => ExportStatus::Expired,
-        }
-    }
-}
-
 /// The answer to a new export: where to follow it.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
@@ -69,7 +30,7 @@ pub struct ExportCreated {
     /// The export's id.
     pub job_id: Uuid,
     /// `queued` for a new export (no row has been read yet); for a repeated idempotent request, the export's status now.
-    pub status: StatusName,
+    pub status: ExportStatus,
     /// Where to poll progress.
     pub status_url: String,
     /// Where the file will be once `status` is `completed`.
@@ -81,7 +42,7 @@ pub struct ExportCreated {
 #[oai(rename_all = "camelCase")]
 pub struct ExportStatusView {
     pub job_id: Uuid,
-    pub status: StatusName,
+    pub status: ExportStatus,
     /// The dataset exported.
     pub dataset: String,
     /// The options the export runs with, after defaults: columns, filters, format, compression.
@@ -186,7 +147,7 @@ impl ExportApi {
         Ok(CreateExportResponse::Accepted(
             Json(ExportCreated {
                 job_id: record.id,
-                status: record.status.into(),
+                status: record.status,
                 status_url: status_url.clone(),
                 download_url: self.state.url(&format!("/api/export/{}/download", record.id)),
             }),
@@ -230,7 +191,7 @@ impl ExportApi {
     async fn list(
         &self,
         /// Only exports in this status.
-        status: Query<Option<StatusName>>,
+        status: Query<Option<ExportStatus>>,
         /// Page size, 1 to 100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<u32>>,
@@ -245,7 +206,7 @@ impl ExportApi {
             })?),
         };
         let mut rows = crate::with_conn!(self.state.pool, self.state.request_timeout, "listing exports", |c| {
-            db::exports::list_exports(c, status.0.map(Into::into), after, i64::from(limit) + 1)
+            db::exports::list_exports(c, status.0, after, i64::from(limit) + 1)
         })
         .await?;
         let more = rows.len() > limit as usize;
@@ -278,7 +239,7 @@ impl ExportApi {
         let rate = rows_per_second(r);
         ExportStatusView {
             job_id: r.id,
-            status: r.status.into(),
+            status: r.status,
             dataset: r.dataset.clone(),
             // As this version reads them, or as stored when it cannot.
             options: r.spec.get().ok().and_then(|s| serde_json::to_value(s).ok()).unwrap_or_else(|| r.spec.raw.clone()),

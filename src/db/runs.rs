@@ -149,21 +149,30 @@ pub async fn claim_export(
 pub async fn save_checkpoint(db: &mut PgConnection, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
     let mut tx = db.begin().await?;
     sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
-    let done = sqlx::query(
-        "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
-         file_name = $6, file_writer = $2, stalled_attempts = 0 \
-         where id = $1 and owner = $2 and status = 'running'",
+    let done = bind_checkpoint(
+        sqlx::query(
+            "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
+             file_name = $6, file_writer = $2, stalled_attempts = 0 \
+             where id = $1 and owner = $2 and status = 'running'",
+        ),
+        id,
+        token,
+        cp,
     )
-    .bind(id)
-    .bind(token)
-    .bind(cp.last_id)
-    .bind(cp.rows)
-    .bind(cp.bytes)
-    .bind(&cp.file_name)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Binds `$1` export, `$2` token and `$3`..`$6` the checkpoint, as the fenced writes take them.
+fn bind_checkpoint<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    id: Uuid,
+    token: Uuid,
+    cp: &'q Checkpoint,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query.bind(id).bind(token).bind(cp.last_id).bind(cp.rows).bind(cp.bytes).bind(&cp.file_name)
 }
 
 /// Marks the export completed with its final checkpoint, fenced by the run's token; its file
@@ -176,18 +185,17 @@ pub async fn complete_export(
     retention: Duration,
 ) -> Result<bool> {
     let mut tx = db.begin().await?;
-    let done = sqlx::query(
-        "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
-         bytes_written = $5, file_name = $6, file_writer = $2, owner = null, stalled_attempts = 0, \
-         finished_at = now(), error = null, expires_at = now() + make_interval(secs => $7) \
-         where id = $1 and owner = $2 and status = 'running'",
+    let done = bind_checkpoint(
+        sqlx::query(
+            "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
+             bytes_written = $5, file_name = $6, file_writer = $2, owner = null, stalled_attempts = 0, \
+             finished_at = now(), error = null, expires_at = now() + make_interval(secs => $7) \
+             where id = $1 and owner = $2 and status = 'running'",
+        ),
+        id,
+        token,
+        cp,
     )
-    .bind(id)
-    .bind(token)
-    .bind(cp.last_id)
-    .bind(cp.rows)
-    .bind(cp.bytes)
-    .bind(&cp.file_name)
     .bind(retention.as_secs_f64())
     .execute(&mut *tx)
     .await?;

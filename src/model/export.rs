@@ -8,9 +8,13 @@ use uuid::Uuid;
 
 use crate::{error::Result, model::ExportSpec};
 
-/// Where an export is in its life. Moves one way only (a database trigger enforces it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an export is in its life: `queued` → `running` → `completed` | `failed` |
+/// `cancelled`; `completed` → `expired` when its file is deleted (retention, or DELETE).
+// Moves one way only (a database trigger enforces it). Also the API's enum (as `StatusName`,
+// the name the published spec has always used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
 #[serde(rename_all = "lowercase")]
+#[oai(rename = "StatusName", rename_all = "lowercase")]
 pub enum ExportStatus {
     Queued,
     Running,
