@@ -25,13 +25,14 @@ seed: build ## (re)create the demo dataset with ROWS rows (default 1000000)
 	DATABASE_URL=$(DB) $(BIN) seed --rows $(ROWS)
 
 test: ## run the whole test suite against real PostgreSQL
-	db=$(DB) && DATABASE_URL=$$db scripts/drop-test-dbs.sh && \
-	  DATABASE_URL=$$db $(CARGO) test --release --locked -- --test-threads 2 2>&1 | tee target/test.log; \
+	mkdir -p target && db=$(DB) && DATABASE_URL=$$db scripts/drop-test-dbs.sh && \
+	  DATABASE_URL=$$db $(CARGO) test --release --locked --features faults -- --test-threads 2 2>&1 | tee target/test.log; \
 	  status=$${PIPESTATUS[0]}; grep -E '^test result:' target/test.log | tail -n 20; exit $$status
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --all-targets --locked -- -D warnings
+	$(CARGO) clippy --release --all-targets --locked --features faults -- -D warnings
+	$(CARGO) clippy --release --lib --bins --locked -- -D warnings
 
 fmt: ## format the code
 	$(CARGO) fmt --all
@@ -53,5 +54,5 @@ bench: ## psql \copy vs exportd end to end, memory, download, API latency (ROWS=
 	db=$(DB) && DATABASE_URL=$$db ROWS=$(ROWS) $(CARGO) bench --locked --bench export
 
 chaos: ## the whole fault-injection suite (kills, pauses, database restarts, full disk)
-	$(CARGO) test --release --locked --test chaos -- --include-ignored --test-threads 1 2>&1 | tee target/chaos.log; \
+	mkdir -p target && $(CARGO) test --release --locked --test chaos -- --include-ignored --test-threads 1 2>&1 | tee target/chaos.log; \
 	  status=$${PIPESTATUS[0]}; grep -E '^test result:' target/chaos.log; exit $$status

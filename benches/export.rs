@@ -10,24 +10,25 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use exportd::{config::DbArgs, datasets::default_config_columns, db};
-use serde_json::{Value, json};
+use serde_json::json;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{
+    client::Api,
+    helpers::with_database,
+    process::{Exportd, exportd_env, peak_rss_kib, reset_peak_rss},
+};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map(|(b, q)| (b, format!("?{q}"))).unwrap_or((url, String::new()));
-    let base = base.trim_end_matches('/');
-    let i = base.rfind('/').expect("a database URL");
-    let prefix = if base[..i].ends_with('/') { base } else { &base[..i] };
-    format!("{prefix}/{name}{query}")
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -36,77 +37,11 @@ fn median(v: &[f64]) -> f64 {
     if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 }
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Resets the kernel's peak-RSS counter of `pid`, so VmHWM measures from now.
-fn reset_peak_rss(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_server(db_url: &str, storage: &Path) -> anyhow::Result<Server> {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_exportd"))
-        .arg("serve")
-        .env("DATABASE_URL", db_url)
-        .env("EXPORTD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("EXPORTD_STORAGE_DIR", storage)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting exportd")?;
-    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/healthz", server.base)).await
-            && r.status() == 200
-        {
-            return Ok(server);
-        }
-        if Instant::now() > deadline {
-            bail!("exportd did not come up");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn create_export(client: &reqwest::Client, base: &str, body: Value) -> anyhow::Result<String> {
-    let v: Value = client.post(format!("{base}/api/export")).json(&body).send().await?.json().await?;
-    Ok(v["jobId"].as_str().context("jobId")?.to_owned())
-}
-
-async fn wait_completed(client: &reqwest::Client, base: &str, id: &str) -> anyhow::Result<Value> {
-    loop {
-        let s: Value = client.get(format!("{base}/api/export/{id}/status")).send().await?.json().await?;
-        match s["status"].as_str() {
-            Some("completed") => return Ok(s),
-            Some("failed" | "cancelled") => bail!("export {id} ended {s}"),
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+/// Waits for the export to complete (an error if it ends otherwise).
+async fn wait_completed(api: &Api, id: uuid::Uuid) -> anyhow::Result<()> {
+    let s = api.wait_finished(id, Duration::from_secs(3600)).await;
+    anyhow::ensure!(s["status"] == "completed", "export {id} ended {s}");
+    Ok(())
 }
 
 fn psql_copy(db_url: &str, target: &Path) -> anyhow::Result<f64> {
@@ -219,26 +154,27 @@ async fn main() -> anyhow::Result<()> {
     // that autovacuum would clean up in the middle of this run's measurements.
     sqlx::raw_sql("truncate apalis.jobs, exports cascade").execute(&pool).await?;
 
-    let server = start_server(&db_url, &storage).await?;
-    let pid = server.child.id();
+    let server = Exportd::serve(exportd_env(&db_url, &storage, &[("RUST_LOG", "warn")])).await;
+    let pid = server.pid();
+    let api: Api = server.api();
     let client = reqwest::Client::new();
     let psql_file = out_dir.join("psql.csv");
     let (mut psql_secs, mut export_secs, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
     let (mut gzip_secs, mut gzip_bytes) = (Vec::new(), 0u64);
     let mut identical = true;
     let mut last_file = PathBuf::new();
-    let mut last_id = String::new();
+    let mut last_id = uuid::Uuid::nil();
     println!("{rows} rows, {rounds} rounds, alternating psql \\copy and exportd");
     for round in 1..=rounds {
         let p = psql_copy(&db_url, &psql_file)?;
         reset_peak_rss(pid);
         let started = Instant::now();
-        let id = create_export(&client, &server.base, json!({})).await?;
-        wait_completed(&client, &server.base, &id).await?;
+        let id = api.create_export(Some(json!({}))).await;
+        wait_completed(&api, id).await?;
         let e = started.elapsed().as_secs_f64();
         let peak = peak_rss_kib(pid);
         let row: (String,) =
-            sqlx::query_as("select file_name from exports where id = $1::uuid").bind(&id).fetch_one(&pool).await?;
+            sqlx::query_as("select file_name from exports where id = $1").bind(id).fetch_one(&pool).await?;
         last_file = storage.join(row.0);
         identical &= same_files(&last_file, &psql_file);
         println!(
@@ -252,11 +188,11 @@ async fn main() -> anyhow::Result<()> {
         last_id = id;
         // The same export as .csv.gz (one gzip member per chunk, zlib-rs level 1).
         let started = Instant::now();
-        let id = create_export(&client, &server.base, json!({"compression": "gzip"})).await?;
-        wait_completed(&client, &server.base, &id).await?;
+        let id = api.create_export(Some(json!({"compression": "gzip"}))).await;
+        wait_completed(&api, id).await?;
         let g = started.elapsed().as_secs_f64();
         let row: (String,) =
-            sqlx::query_as("select file_name from exports where id = $1::uuid").bind(&id).fetch_one(&pool).await?;
+            sqlx::query_as("select file_name from exports where id = $1").bind(id).fetch_one(&pool).await?;
         let gz = storage.join(row.0);
         gzip_bytes = std::fs::metadata(&gz)?.len();
         identical &= gunzip_equals(&gz, &psql_file)?;
@@ -274,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
     reset_peak_rss(pid);
     let size = std::fs::metadata(&last_file)?.len();
     let started = Instant::now();
-    let mut resp = client.get(format!("{}/api/export/{last_id}/download", server.base)).send().await?;
+    let mut resp = client.get(format!("{}/api/export/{last_id}/download", api.base)).send().await?;
     let mut got = 0u64;
     while let Some(chunk) = resp.chunk().await? {
         got += chunk.len() as u64;
@@ -290,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
     // measure the same load; they outlast the 10 s of wrk as long as ROWS >= 500k).
     let throttle = 50_000;
     for _ in 0..2 {
-        create_export(&client, &server.base, json!({"maxRowsPerSecond": throttle})).await?;
+        api.create_export(Some(json!({"maxRowsPerSecond": throttle}))).await;
     }
     // Both running (each worker slot first finishes recording its previous job), at most 5 s.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -302,14 +238,14 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let (status_p99, status_rps) = wrk(&format!("{}/api/export/{last_id}/status", server.base), None, 5)?;
+    let (status_p99, status_rps) = wrk(&format!("{}/api/export/{last_id}/status", api.base), None, 5)?;
     let script = out_dir.join("post.lua");
     std::fs::write(
         &script,
         "wrk.method = \"POST\"\nwrk.body = '{\"maxRowsPerSecond\": 1}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
     )?;
     let load_started = chrono::Utc::now();
-    let (post_p99, post_rps) = wrk(&format!("{}/api/export", server.base), Some(&script), 5)?;
+    let (post_p99, post_rps) = wrk(&format!("{}/api/export", api.base), Some(&script), 5)?;
     // The exports the POST load created are not part of the benchmark: drop them.
     sqlx::query(
         "delete from apalis.jobs where id in (select job_id from exports where created_at >= $1 and status = 'queued')",

@@ -42,7 +42,9 @@ pub struct EngineSettings {
     pub db_statement_wait: Duration,
 }
 
-pub use super::fault::{Faults, Pause, PauseAt};
+#[cfg(feature = "faults")]
+pub use super::fault::Pause;
+pub use super::fault::{Faults, PauseAt};
 
 /// How a run, and so a queue delivery of an export, ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,21 +1,27 @@
 //! Test-only fault and pause points: a run dies, or holds still, at a precise instant, so tests
 //! force the schedules that break exactness deterministically instead of hoping a sleep lines
-//! them up. Nothing here is armed unless a test arms it.
+//! them up. Nothing here is armed unless a test arms it, and without the `faults` cargo
+//! feature (which only the tests turn on) nothing of it is compiled in: the points are no-ops.
 
+#[cfg(feature = "faults")]
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
 };
 
+#[cfg(feature = "faults")]
 use tokio::sync::Semaphore;
 
-/// Where a run dies or holds (all unarmed by default).
+/// Where a run dies or holds (all unarmed by default; empty without the `faults` feature).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
+    #[cfg(feature = "faults")]
     /// Die after the n-th chunk (1-based, counted per run) is written and synced, before its checkpoint.
     pub crash_before_checkpoint: Option<u64>,
+    #[cfg(feature = "faults")]
     /// Die right after the n-th chunk's checkpoint is saved.
     pub crash_after_checkpoint: Option<u64>,
+    #[cfg(feature = "faults")]
     /// Hold the run at a point until the test lets it go on (see [`Pause`]).
     pub pause: Option<(PauseAt, Pause)>,
 }
@@ -37,6 +43,7 @@ pub enum PauseAt {
 /// A rendezvous between a test and a paused run: the run announces it got there and waits;
 /// the test waits for the announcement, does what the schedule needs, then lets the run go.
 /// It holds once: later runs that pass the same point go on.
+#[cfg(feature = "faults")]
 #[derive(Debug, Clone)]
 pub struct Pause {
     reached: Arc<Semaphore>,
@@ -44,6 +51,7 @@ pub struct Pause {
     used: Arc<AtomicBool>,
 }
 
+#[cfg(feature = "faults")]
 impl Default for Pause {
     fn default() -> Self {
         Self {
@@ -54,6 +62,7 @@ impl Default for Pause {
     }
 }
 
+#[cfg(feature = "faults")]
 impl Pause {
     /// A new, unreached pause.
     pub fn new() -> Self {
@@ -80,6 +89,7 @@ impl Pause {
     }
 }
 
+#[cfg(feature = "faults")]
 impl Faults {
     /// Holds the run if a pause is armed at `at`.
     pub async fn pause_at(&self, at: PauseAt) {
@@ -89,5 +99,35 @@ impl Faults {
             tracing::info!(?at, "test pause point reached; holding");
             pause.hold().await;
         }
+    }
+
+    /// Whether the run dies after its `chunk`-th chunk is synced, before its checkpoint.
+    pub fn crash_before_checkpoint(&self, chunk: u64) -> bool {
+        self.crash_before_checkpoint == Some(chunk)
+    }
+
+    /// Whether the run dies right after its `chunk`-th checkpoint.
+    pub fn crash_after_checkpoint(&self, chunk: u64) -> bool {
+        self.crash_after_checkpoint == Some(chunk)
+    }
+}
+
+/// Without the feature every point is a no-op the compiler removes.
+#[cfg(not(feature = "faults"))]
+impl Faults {
+    /// Holds the run if a pause is armed at `at` (never, in this build).
+    #[inline(always)]
+    pub async fn pause_at(&self, _at: PauseAt) {}
+
+    /// Whether the run dies before its `chunk`-th checkpoint (never, in this build).
+    #[inline(always)]
+    pub fn crash_before_checkpoint(&self, _chunk: u64) -> bool {
+        false
+    }
+
+    /// Whether the run dies after its `chunk`-th checkpoint (never, in this build).
+    #[inline(always)]
+    pub fn crash_after_checkpoint(&self, _chunk: u64) -> bool {
+        false
     }
 }

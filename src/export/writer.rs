@@ -63,7 +63,7 @@ impl Engine {
                     out.sync().await?;
                     t_sync += t.elapsed();
                     chunks += 1;
-                    if self.faults.crash_before_checkpoint == Some(chunks) {
+                    if self.faults.crash_before_checkpoint(chunks) {
                         return Ok((cp, Some(Outcome::Crashed)));
                     }
                     let next = Checkpoint {
@@ -82,7 +82,7 @@ impl Engine {
                     }
                     t_checkpoint += t.elapsed();
                     cp = next;
-                    if self.faults.crash_after_checkpoint == Some(chunks) {
+                    if self.faults.crash_after_checkpoint(chunks) {
                         return Ok((cp, Some(Outcome::Crashed)));
                     }
                 }

@@ -4,7 +4,6 @@ mod api_contract;
 mod datasets_config;
 mod exactness;
 mod fencing;
-mod helpers;
 mod lifecycle;
 mod options;
 mod plans;
@@ -14,4 +13,8 @@ mod queue;
 mod resume;
 mod stalls;
 mod storage;
+#[path = "../support/mod.rs"]
+mod support;
 mod throttle;
+
+use support::helpers;

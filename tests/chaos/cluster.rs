@@ -15,7 +15,7 @@ pub struct Cluster {
 
 fn as_postgres(program: PathBuf) -> Command {
     // initdb and postgres refuse to run as root.
-    if crate::procs::is_root() {
+    if crate::support::process::is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c
@@ -38,7 +38,7 @@ impl Cluster {
     /// initdb + start on a free port.
     pub fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("exportd-chaos-pg-").tempdir_in("/tmp").unwrap();
-        if crate::procs::is_root() {
+        if crate::support::process::is_root() {
             let ok = Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap().success();
             assert!(ok, "chown postgres {}", dir.path().display());
         }

@@ -6,19 +6,19 @@
 //! `make test` runs the quick scenarios; `make chaos` runs them all (the `#[ignore]`d ones too).
 
 mod cluster;
-#[allow(dead_code)]
-#[path = "../api/helpers.rs"]
-mod helpers;
-mod procs;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
 use cluster::Cluster;
 use exportd::{db::exports::list_runs, model::RunRecord};
-use helpers::{assert_same_bytes, copy_reference, seed_nasty};
-use procs::{Exportd, chaos_env};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use support::{
+    helpers::{assert_same_bytes, copy_reference, seed_nasty},
+    process::{Exportd, Tmpfs, exportd_env, is_root},
+};
 use uuid::Uuid;
 
 /// A cluster with a seeded database, a storage directory, and the COPY reference.
@@ -78,37 +78,15 @@ impl Setup {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
-}
-
-async fn create(base: &str, body: Value) -> Uuid {
-    let resp = client().post(format!("{base}/api/export")).json(&body).send().await.unwrap();
-    assert_eq!(resp.status(), 202);
-    let v: Value = resp.json().await.unwrap();
-    v["jobId"].as_str().unwrap().parse().unwrap()
-}
-
-async fn status(base: &str, id: Uuid) -> Value {
-    client().get(format!("{base}/api/export/{id}/status")).send().await.unwrap().json().await.unwrap()
-}
-
-async fn wait_finished(base: &str, id: Uuid, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = status(base, id).await;
-        if ["completed", "failed", "cancelled"].contains(&s["status"].as_str().unwrap_or("")) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "export {id} not finished after {limit:?}: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn download(base: &str, id: Uuid) -> Vec<u8> {
-    let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.bytes().await.unwrap().to_vec()
+/// Settings every chaos process shares: fast failure detection, short backoff.
+fn chaos_env(db_url: &str, storage: &std::path::Path) -> Vec<(String, String)> {
+    let fast = [
+        ("EXPORTD_HEARTBEAT", "500ms"),
+        ("EXPORTD_RETRY_BACKOFF", "200ms"),
+        ("EXPORTD_STATEMENT_TIMEOUT", "10s"),
+        ("RUST_LOG", "warn"),
+    ];
+    exportd_env(db_url, storage, &fast)
 }
 
 /// Which of `procs` runs the export's current run (worker names carry the process id).
@@ -131,10 +109,10 @@ fn assert_runs_never_overlap(runs: &[RunRecord]) {
 async fn paused_owner_is_fenced_out() {
     let s = setup(30_000).await;
     let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
-    let base = serve.base.clone().unwrap();
+    let api = serve.api();
     let w1 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
     let w2 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
-    let id = create(&base, json!({"chunkSize": 1000, "maxRowsPerSecond": 5000})).await;
+    let id = api.create_export(Some(json!({"chunkSize": 1000, "maxRowsPerSecond": 5000}))).await;
     s.wait_for("first progress", Duration::from_secs(20), || async { s.rows_written(id).await >= 3_000 }).await;
 
     let first = s.runs(id).await.remove(0);
@@ -149,16 +127,16 @@ async fn paused_owner_is_fenced_out() {
     })
     .await;
     paused.signal("-CONT");
-    let done = wait_finished(&base, id, Duration::from_secs(60)).await;
+    let done = api.wait_finished(id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed", "{done}");
     // Give the resumed stale runner time to try its next checkpoint (it must fail and stop).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = status(&base, id).await;
+    let after = api.status(id).await;
     assert_eq!(
         (after["status"].clone(), after["bytesWritten"].clone()),
         (done["status"].clone(), done["bytesWritten"].clone())
     );
-    assert_same_bytes(&download(&base, id).await, &s.reference);
+    assert_same_bytes(&api.download(id).await, &s.reference);
 
     let runs = s.runs(id).await;
     assert_eq!(runs[0].token, first.token);
@@ -172,33 +150,34 @@ async fn paused_owner_is_fenced_out() {
 async fn database_restart_fast_and_immediate() {
     let s = setup(20_000).await;
     let serve = Exportd::serve(s.env(&[])).await;
-    let base = serve.base.clone().unwrap();
+    let api = serve.api();
+    let base = api.base.clone();
     for mode in ["fast", "immediate"] {
-        let id = create(&base, json!({"chunkSize": 1000, "maxRowsPerSecond": 4000})).await;
+        let id = api.create_export(Some(json!({"chunkSize": 1000, "maxRowsPerSecond": 4000}))).await;
         s.wait_for("progress", Duration::from_secs(20), || async { s.rows_written(id).await >= 4_000 }).await;
         s.cluster.stop_server(mode);
         let down = Instant::now();
         // While the database is down: 503s with JSON bodies, promptly, never a 500 or a hang.
         for path in ["/healthz".to_owned(), format!("/api/export/{id}/status")] {
             let asked = Instant::now();
-            let resp = client().get(format!("{base}{path}")).send().await.unwrap();
+            let resp = api.client.get(format!("{base}{path}")).send().await.unwrap();
             assert_eq!(resp.status(), 503, "{path} with the database down ({mode})");
             assert!(asked.elapsed() < Duration::from_secs(5), "{path} took {:?}", asked.elapsed());
             let body: Value = resp.json().await.unwrap();
             assert!(body.is_object(), "{body}");
         }
-        let resp = client().post(format!("{base}/api/export")).json(&json!({})).send().await.unwrap();
+        let resp = api.client.post(format!("{base}/api/export")).json(&json!({})).send().await.unwrap();
         assert_eq!(resp.status(), 503);
         tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
         s.cluster.start_server();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while client().get(format!("{base}/healthz")).send().await.unwrap().status() != 200 {
+        while api.client.get(format!("{base}/healthz")).send().await.unwrap().status() != 200 {
             assert!(Instant::now() < deadline, "healthz not back to 200");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let done = wait_finished(&base, id, Duration::from_secs(90)).await;
+        let done = api.wait_finished(id, Duration::from_secs(90)).await;
         assert_eq!(done["status"], "completed", "{mode}: {done}");
-        assert_same_bytes(&download(&base, id).await, &s.reference);
+        assert_same_bytes(&api.download(id).await, &s.reference);
         assert_runs_never_overlap(&s.runs(id).await);
     }
 }
@@ -207,10 +186,10 @@ async fn database_restart_fast_and_immediate() {
 async fn sigterm_releases_and_another_worker_resumes_within_seconds() {
     let s = setup(30_000).await;
     let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
-    let base = serve.base.clone().unwrap();
+    let api = serve.api();
     let mut w1 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
     let mut w2 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
-    let id = create(&base, json!({"chunkSize": 1000, "maxRowsPerSecond": 5000})).await;
+    let id = api.create_export(Some(json!({"chunkSize": 1000, "maxRowsPerSecond": 5000}))).await;
     s.wait_for("progress", Duration::from_secs(20), || async { s.rows_written(id).await >= 3_000 }).await;
     let first = s.runs(id).await.remove(0);
     let owner_is_w1 = owner_index(&[&w1, &w2], &first) == 0;
@@ -221,10 +200,10 @@ async fn sigterm_releases_and_another_worker_resumes_within_seconds() {
     let released = Instant::now();
     s.wait_for("resumed by the other worker", Duration::from_secs(10), || async { s.runs(id).await.len() >= 2 }).await;
     assert!(released.elapsed() < Duration::from_secs(5), "resumed after {:?}", released.elapsed());
-    let done = wait_finished(&base, id, Duration::from_secs(60)).await;
+    let done = api.wait_finished(id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed");
     assert_eq!(done["attempts"], 1, "a release gives its attempt back");
-    assert_same_bytes(&download(&base, id).await, &s.reference);
+    assert_same_bytes(&api.download(id).await, &s.reference);
     let runs = s.runs(id).await;
     assert_eq!(runs[0].outcome.as_deref(), Some("released"));
     assert_runs_never_overlap(&runs);
@@ -234,8 +213,9 @@ async fn sigterm_releases_and_another_worker_resumes_within_seconds() {
 async fn export_whose_runs_keep_crashing_fails_after_bounded_attempts() {
     let s = setup(20_000).await;
     let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
-    let base = serve.base.clone().unwrap();
-    let id = create(&base, json!({})).await;
+    let api = serve.api();
+    let base = api.base.clone();
+    let id = api.create_export(Some(json!({}))).await;
     // Every run blocks on its first chunk (the table is locked) and is killed there, before
     // its first checkpoint: five crashes in a row without progress.
     let mut locker = s.pool.begin().await.unwrap();
@@ -247,23 +227,23 @@ async fn export_whose_runs_keep_crashing_fails_after_bounded_attempts() {
         worker.start().await;
     }
     locker.rollback().await.unwrap();
-    let done = wait_finished(&base, id, Duration::from_secs(30)).await;
+    let done = api.wait_finished(id, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["attempts"], 5);
     let error = done["error"].as_str().unwrap();
     assert!(error.contains("without progress") && error.contains("crash or kill"), "{error}");
-    let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
+    let resp = api.client.get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
     assert_eq!(resp.status(), 410, "nothing partial can be downloaded: a failed export has no file");
     assert!(!s.storage.path().join(id.to_string()).exists(), "partial files are removed");
     // The same data exports fine when nothing kills the worker.
-    let again = create(&base, json!({})).await;
-    assert_eq!(wait_finished(&base, again, Duration::from_secs(60)).await["status"], "completed");
-    assert_same_bytes(&download(&base, again).await, &s.reference);
+    let again = api.create_export(Some(json!({}))).await;
+    assert_eq!(api.wait_finished(again, Duration::from_secs(60)).await["status"], "completed");
+    assert_same_bytes(&api.download(again).await, &s.reference);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_fails_cleanly_and_a_retry_succeeds_after_space_is_freed() {
-    if !procs::is_root() {
+    if !is_root() {
         eprintln!("SKIPPED: mounting a size-limited tmpfs needs root");
         return;
     }
@@ -271,28 +251,29 @@ async fn disk_full_fails_cleanly_and_a_retry_succeeds_after_space_is_freed() {
     // Room for one export and 4 MiB more: the first export fits, the second fills the disk.
     let mount = tempfile::tempdir().unwrap();
     let room = format!("{}k", s.reference.len() / 1024 + 4096);
-    let small = procs::Tmpfs::mount(mount.path(), &room);
+    let small = Tmpfs::mount(mount.path(), &room);
     let mut env = s.env(&[]);
     env.retain(|(k, _)| k != "EXPORTD_STORAGE_DIR");
     env.push(("EXPORTD_STORAGE_DIR".into(), mount.path().display().to_string()));
     let serve = Exportd::serve(env).await;
-    let base = serve.base.clone().unwrap();
-    let first = create(&base, json!({})).await;
-    assert_eq!(wait_finished(&base, first, Duration::from_secs(60)).await["status"], "completed");
+    let api = serve.api();
+    let base = api.base.clone();
+    let first = api.create_export(Some(json!({}))).await;
+    assert_eq!(api.wait_finished(first, Duration::from_secs(60)).await["status"], "completed");
 
-    let id = create(&base, json!({"chunkSize": 1000})).await;
-    let done = wait_finished(&base, id, Duration::from_secs(60)).await;
+    let id = api.create_export(Some(json!({"chunkSize": 1000}))).await;
+    let done = api.wait_finished(id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert!(done["error"].as_str().unwrap().starts_with("disk full"), "{done}");
-    let resp = client().get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
+    let resp = api.client.get(format!("{base}/api/export/{id}/download")).send().await.unwrap();
     assert_eq!(resp.status(), 410, "a failed export has no file");
     assert!(!mount.path().join(id.to_string()).exists(), "the partial file is removed");
-    assert_eq!(client().get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "the service stays up");
-    assert_same_bytes(&download(&base, first).await, &s.reference);
+    assert_eq!(api.client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200, "the service stays up");
+    assert_same_bytes(&api.download(first).await, &s.reference);
     small.resize("64m");
-    let again = create(&base, json!({})).await;
-    assert_eq!(wait_finished(&base, again, Duration::from_secs(60)).await["status"], "completed");
-    assert_same_bytes(&download(&base, again).await, &s.reference);
+    let again = api.create_export(Some(json!({}))).await;
+    assert_eq!(api.wait_finished(again, Duration::from_secs(60)).await["status"], "completed");
+    assert_same_bytes(&api.download(again).await, &s.reference);
     drop(serve);
 }
 
@@ -322,11 +303,11 @@ impl Rng {
 async fn crash_storm_of_20_kills_during_a_million_row_export() {
     let s = setup(1_000_000).await;
     let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
-    let base = serve.base.clone().unwrap();
+    let api = serve.api();
     let mut worker = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
     let mut rng = Rng::new();
     // About 12 s of work at full chunk size, so 20 lives each end mid-export.
-    let id = create(&base, json!({"chunkSize": 10000, "maxRowsPerSecond": 80000})).await;
+    let id = api.create_export(Some(json!({"chunkSize": 10000, "maxRowsPerSecond": 80000}))).await;
     for kill in 1..=20 {
         // Kill only while a run is in progress: after it starts, at a random moment.
         s.wait_for("a run in progress", Duration::from_secs(30), || async { s.runs(id).await.len() >= kill }).await;
@@ -334,10 +315,10 @@ async fn crash_storm_of_20_kills_during_a_million_row_export() {
         worker.kill9();
         worker.start().await;
     }
-    let done = wait_finished(&base, id, Duration::from_secs(180)).await;
+    let done = api.wait_finished(id, Duration::from_secs(180)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["attempts"].as_i64().unwrap() >= 21, "attempts reflect the kills: {done}");
-    assert_same_bytes(&download(&base, id).await, &s.reference);
+    assert_same_bytes(&api.download(id).await, &s.reference);
     let runs = s.runs(id).await;
     assert_eq!(runs.len() as i64, done["attempts"].as_i64().unwrap());
     assert_runs_never_overlap(&runs);
@@ -348,14 +329,14 @@ async fn crash_storm_of_20_kills_during_a_million_row_export() {
 async fn many_workers_twenty_exports_random_kills() {
     let s = setup(30_000).await;
     let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
-    let base = serve.base.clone().unwrap();
+    let api = serve.api();
     let mut workers = Vec::new();
     for _ in 0..3 {
         workers.push(Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "2")])).await);
     }
     let mut ids = Vec::new();
     for _ in 0..20 {
-        ids.push(create(&base, json!({"chunkSize": 1000, "maxRowsPerSecond": 15000})).await);
+        ids.push(api.create_export(Some(json!({"chunkSize": 1000, "maxRowsPerSecond": 15000}))).await);
     }
     let mut rng = Rng::new();
     let storm = Instant::now();
@@ -366,9 +347,9 @@ async fn many_workers_twenty_exports_random_kills() {
         workers[victim].start().await;
     }
     for id in &ids {
-        let done = wait_finished(&base, *id, Duration::from_secs(180)).await;
+        let done = api.wait_finished(*id, Duration::from_secs(180)).await;
         assert_eq!(done["status"], "completed", "{done}");
-        assert_same_bytes(&download(&base, *id).await, &s.reference);
+        assert_same_bytes(&api.download(*id).await, &s.reference);
         assert_runs_never_overlap(&s.runs(*id).await);
     }
 }

@@ -1,4 +1,5 @@
-//! Real `exportd` processes, started from the built binary and stopped with real signals.
+//! Real `exportd` processes, started from the built binary and stopped with real signals; a
+//! process's peak memory; a size-limited filesystem.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,25 +16,33 @@ pub struct Exportd {
     pub base: Option<String>,
 }
 
-/// Settings every chaos process shares: fast failure detection, short backoff.
-pub fn chaos_env(db_url: &str, storage: &Path) -> Vec<(String, String)> {
-    [
-        ("DATABASE_URL", db_url.to_owned()),
-        ("EXPORTD_STORAGE_DIR", storage.display().to_string()),
-        ("EXPORTD_HEARTBEAT", "500ms".into()),
-        ("EXPORTD_RETRY_BACKOFF", "200ms".into()),
-        ("EXPORTD_STATEMENT_TIMEOUT", "10s".into()),
-        ("RUST_LOG", "warn".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+/// The settings of a process on `db_url` writing to `storage`, plus `extra`.
+pub fn exportd_env(db_url: &str, storage: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let base = [("DATABASE_URL", db_url.to_owned()), ("EXPORTD_STORAGE_DIR", storage.display().to_string())];
+    base.into_iter().chain(extra.iter().map(|(k, v)| (*k, (*v).to_owned()))).map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Peak resident memory of a process (KiB), since it started or since [`reset_peak_rss`].
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Starts measuring a process's peak memory afresh.
+pub fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
 impl Exportd {
     /// `exportd serve` on a free port, once `/healthz` answers.
     pub async fn serve(env: Vec<(String, String)>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut env = env;
         env.push(("EXPORTD_LISTEN".into(), format!("127.0.0.1:{port}")));
         let mut p = Self { child: None, command: "serve", env, base: Some(format!("http://127.0.0.1:{port}")) };
@@ -68,6 +77,11 @@ impl Exportd {
         } else {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+
+    /// The API of a `serve` process.
+    pub fn api(&self) -> super::client::Api {
+        super::client::Api::new(self.base.clone().expect("a serve process"))
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,4 +1,4 @@
-//! Shared test set-up: a database per test, the app on a free port, fixtures and references.
+//! A database per test, the app in this process on a free port, fixtures and references.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -14,6 +14,8 @@ use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
+
+use super::client::Api;
 
 /// The server that holds the test databases (`make test` sets it).
 pub fn admin_url() -> String {
@@ -92,12 +94,11 @@ impl Default for AppOptions {
 
 /// The app running in this process on a free port, with its own database and storage.
 pub struct TestApp {
-    pub base: String,
+    pub api: Api,
     pub db: TestDb,
     pub storage: tempfile::TempDir,
     pub engine: Arc<Engine>,
     pub shutdown: Shutdown,
-    pub client: reqwest::Client,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -128,51 +129,19 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     let base = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine().clone();
     let handle = tokio::spawn(app.run());
-    TestApp { base, db, storage, engine, shutdown, client: reqwest::Client::new(), handle }
+    TestApp { api: Api::new(base), db, storage, engine, shutdown, handle }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+
+    /// The app's API over HTTP: `app.status(id)`, `app.download(id)`, ...
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// POSTs an export request (`None` = no body at all) and returns the new id.
-    pub async fn create_export(&self, body: Option<Value>) -> Uuid {
-        let mut req = self.client.post(self.url("/api/export"));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-        let v: Value = resp.json().await.unwrap();
-        v["jobId"].as_str().unwrap().parse().unwrap()
-    }
-
-    pub async fn status(&self, id: Uuid) -> Value {
-        let resp = self.client.get(self.url(&format!("/api/export/{id}/status"))).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.json().await.unwrap()
-    }
-
-    /// Polls until the export reaches a terminal status (panics after `limit`).
-    pub async fn wait_finished(&self, id: Uuid, limit: Duration) -> Value {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let s = self.status(id).await;
-            if ["completed", "failed", "cancelled"].contains(&s["status"].as_str().unwrap()) {
-                return s;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "export {id} not finished in {limit:?}: {s}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub async fn download(&self, id: Uuid) -> Vec<u8> {
-        let resp = self.client.get(self.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.bytes().await.unwrap().to_vec()
-    }
-
     /// Stops the app the way SIGTERM would, waits for it, and hands back database and storage.
     pub async fn stop(self) -> (TestDb, tempfile::TempDir) {
         self.shutdown.trigger();

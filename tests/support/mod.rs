@@ -1,0 +1,10 @@
+//! Test support shared by every test binary and the bench, one copy of each helper: a
+//! database per test and the app in-process ([`helpers`]), the real binary as a process
+//! ([`process`]), and the API over HTTP ([`client`]).
+//!
+//! Included with `#[path = "../support/mod.rs"] mod support;`; not every binary uses every helper.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod helpers;
+pub mod process;
