@@ -25,6 +25,7 @@ seed: build ## (re)create the demo dataset with ROWS rows (default 1000000)
 	DATABASE_URL=$(DB) $(BIN) seed --rows $(ROWS)
 
 test: ## run the whole test suite against real PostgreSQL
+	@echo "Tests inject faults on purpose (kills, stalls, a dead database): the WARN and ERROR lines they log are expected; the 'test result' lines at the end are what count."
 	mkdir -p target && db=$(DB) && DATABASE_URL=$$db scripts/drop-test-dbs.sh && \
 	  DATABASE_URL=$$db $(CARGO) test --release --locked --features faults -- --test-threads 2 2>&1 | tee target/test.log; \
 	  status=$${PIPESTATUS[0]}; grep -E '^test result:' target/test.log | tail -n 20; exit $$status

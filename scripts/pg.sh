@@ -35,6 +35,7 @@ case "${1:-start}" in
     if ! as_owner "$BIN/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; then
       as_owner "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 \
         -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+      echo "started a private PostgreSQL cluster at $URL (data in $DIR); it keeps running: stop it with 'make pg-stop'" >&2
     fi
     echo "$URL"
     ;;

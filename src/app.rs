@@ -39,6 +39,8 @@ const FORGET_DEAD_WORKERS: Duration = Duration::from_secs(3600);
 pub struct App {
     acceptor: TcpAcceptor,
     port: u16,
+    /// Where a person on this machine reaches the API (`http://127.0.0.1:8080`).
+    url: String,
     state: Arc<AppState>,
     workers: Workers,
     shutdown: Shutdown,
@@ -60,6 +62,9 @@ impl App {
             .first()
             .and_then(|a| a.as_socket_addr().map(|s| s.port()))
             .context("listener has no address")?;
+        let ip =
+            if args.listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.listen.ip() };
+        let url = format!("http://{}", std::net::SocketAddr::new(ip, port));
         let public_url = args.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
         let waker = queue::Waker::start(pool.clone());
         let state = Arc::new(AppState {
@@ -73,7 +78,7 @@ impl App {
             request_timeout: args.db.db_io_timeout,
             faults: Default::default(),
         });
-        Ok(Self { acceptor, port, state, workers, shutdown })
+        Ok(Self { acceptor, port, url, state, workers, shutdown })
     }
 
     /// The same app with test fault and pause points armed, in the API and the engine.
@@ -108,7 +113,7 @@ impl App {
             async move { shutdown.wait().await },
             Some(Duration::from_secs(5)),
         );
-        tracing::info!(port = self.port, "exportd serving: API at /api, Swagger UI at /docs");
+        tracing::info!("exportd serving on {url}: Swagger UI at {url}/docs, API at {url}/api", url = self.url);
         let (http, workers) = tokio::join!(http, self.workers.run());
         http.context("HTTP server")?;
         workers

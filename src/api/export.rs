@@ -7,6 +7,7 @@ use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Header, Path, Query},
     payload::Json,
+    types::ToJSON,
 };
 use uuid::Uuid;
 
@@ -45,7 +46,9 @@ pub struct ExportStatusView {
     pub status: ExportStatus,
     /// The dataset exported.
     pub dataset: String,
-    /// The options the export runs with, after defaults: columns, filters, format, compression.
+    /// The options the export runs with, after defaults, as a request body: posted to
+    /// `POST /api/export` it makes the same export again. (As stored, when this version of
+    /// exportd cannot read them.)
     pub options: serde_json::Value,
     /// Data rows in the file so far (checkpointed).
     pub rows_written: i64,
@@ -59,7 +62,7 @@ pub struct ExportStatusView {
     /// Estimate of the rows to export, taken at creation without counting (planner
     /// statistics, of the filtered query when there are filters); may be null.
     pub total_rows: Option<i64>,
-    /// 0 to 1; exactly 1 only when completed.
+    /// 0 to 1; exactly 1 only once completed (and still 1 once expired).
     pub progress: f64,
     /// Average rows per second since the export started (null before its first checkpoint).
     pub rows_per_second: Option<f64>,
@@ -241,8 +244,11 @@ impl ExportApi {
             job_id: r.id,
             status: r.status,
             dataset: r.dataset.clone(),
-            // As this version reads them, or as stored when it cannot.
-            options: r.spec.get().ok().and_then(|s| serde_json::to_value(s).ok()).unwrap_or_else(|| r.spec.raw.clone()),
+            // As a request that makes the same export, or as stored when this version cannot read them.
+            options: match r.spec.get() {
+                Ok(spec) => CreateExportRequest::from_spec(&r.dataset, spec).to_json().unwrap_or_default(),
+                Err(_) => r.spec.raw.clone(),
+            },
             rows_written: r.rows_written,
             bytes_written: r.bytes_written,
             last_processed_id: r.last_processed_id,
@@ -286,7 +292,8 @@ fn eta(r: &ExportRecord, rate: Option<f64>) -> Option<i64> {
 /// range, capped below 1.
 fn progress(r: &ExportRecord) -> f64 {
     match r.status {
-        ExportStatus::Completed => return 1.0,
+        // An expired export completed before its file was deleted.
+        ExportStatus::Completed | ExportStatus::Expired => return 1.0,
         ExportStatus::Queued => return 0.0,
         _ => {}
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod export;
 pub mod health;
 pub mod request;
+mod validate;
 
 use std::sync::Arc;
 
@@ -87,6 +88,10 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .around(move |ep, req| async move {
+            if req.uri().path() == "/" {
+                // A person (or a browser) at the root is sent to the docs, not a JSON 404.
+                return Ok(poem::web::Redirect::see_other("/docs").into_response());
+            }
             match tokio::time::timeout(limit, ep.call(req)).await {
                 Ok(answered) => answered,
                 Err(_) => {

@@ -157,6 +157,12 @@ async fn health_spec_and_docs_are_served() {
     let docs = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));
+    // The root points a browser (or a person with curl) at the docs.
+    let root = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = root.get(app.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/docs");
+    assert_eq!(app.client.get(app.url("/")).send().await.unwrap().status(), 200, "followed to the docs");
 
     // The committed spec is the one the service serves (regenerate with `make openapi`).
     let committed: Value = serde_json::from_str(

@@ -73,8 +73,12 @@ async fn cancel_queued_delete_completed_and_repeat() {
     let file = app.storage.path().join(export_row(&app.db.pool, done).await.file_name.unwrap());
     assert!(file.exists());
     // Deleting a completed export deletes its file: status `expired`, download 410.
+    assert_eq!(app.status(done).await["progress"], 1.0);
     let v: Value = delete(&app, done).await.json().await.unwrap();
     assert_eq!(v["status"], "expired");
+    // It did complete: progress stays 1 (it dropped to 0.99 before).
+    assert_eq!(v["progress"], 1.0);
+    assert_eq!(app.status(done).await["progress"], 1.0);
     assert!(!file.exists());
     expect_error(
         app.client.get(app.url(&format!("/api/export/{done}/download"))).send().await.unwrap(),

@@ -230,3 +230,28 @@ async fn gzip_file_is_served_as_is_and_decodes_to_the_copy_bytes_even_after_cras
     let gz = app.download(id).await;
     assert_same_bytes(&gunzip(&gz), &copy_reference(&app.db.pool).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_in_a_status_post_back_as_the_same_export() {
+    let app = app_with_hard_rows(3_000).await;
+    let body = json!({
+        "columns": ["id", "customer_email", "amount", "note"],
+        "headers": {"customer_email": "email"},
+        "filters": {"status": {"in": ["paid", "shipped"]}, "id": {"gte": 10, "lt": 2500}, "country": {"isNull": false}},
+        "format": {"delimiter": "\t", "lineEnding": "crlf", "null": "NULL", "formulaGuard": true, "timeZone": "Europe/Berlin"},
+        "compression": "gzip",
+        "chunkSize": 500,
+    });
+    let first = app.create_export(Some(body)).await;
+    let done = app.wait_finished(first, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    // The options, posted back as they are, make the same export: same options, same bytes.
+    let again = app.create_export(Some(done["options"].clone())).await;
+    let redone = app.wait_finished(again, Duration::from_secs(60)).await;
+    assert_eq!(redone["options"], done["options"]);
+    assert_eq!(redone["rowsWritten"], done["rowsWritten"]);
+    assert!(done["rowsWritten"].as_i64().unwrap() > 0);
+    assert_eq!(app.download(again).await, app.download(first).await);
+    assert_eq!(done["options"]["headers"], json!({"customer_email": "email"}));
+    assert_eq!(done["options"]["filters"]["id"], json!({"gte": "10", "lt": "2500"}));
+}

@@ -1,0 +1,208 @@
+//! The validation of a `POST /api/export` body into an [`ExportSpec`]: every error is a 400
+//! whose message starts with the offending field; values are checked by PostgreSQL itself.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde_json::Value;
+
+use crate::{
+    api::{
+        AppState,
+        request::{CompressionName, CreateExportRequest, FilterOps, FormatRequest, LineEndingName},
+    },
+    db,
+    error::Error,
+    model::{
+        Dataset, ExportSpec,
+        spec::{Compression, CsvFormat, Filter, FilterOp, LineEnding, OutputColumn},
+    },
+};
+
+/// Most values one `in` filter may list.
+const MAX_IN_VALUES: usize = 1000;
+/// Longest header name (PostgreSQL's identifier limit, in bytes).
+const MAX_HEADER_BYTES: usize = 63;
+
+fn bad(message: String) -> Error {
+    Error::BadRequest(message)
+}
+
+impl CreateExportRequest {
+    /// Checks the request against the dataset and the column types, and returns what the
+    /// export will do. Values are checked by PostgreSQL (a cast of each, as a bound parameter).
+    pub async fn into_spec(self, state: &AppState) -> Result<(Arc<Dataset>, ExportSpec), Error> {
+        let name = self.dataset.as_deref().unwrap_or(state.datasets.default_name());
+        let ds = state
+            .datasets
+            .find(name)
+            .cloned()
+            .ok_or_else(|| bad(format!("dataset: unknown dataset {name:?} (known: {})", state.datasets.names())))?;
+        let mut spec = ExportSpec::new(self.chunk_size.unwrap_or(state.default_chunk_size));
+        spec.max_rows_per_second = self.max_rows_per_second;
+        spec.columns = columns(&ds, self.columns, self.headers)?;
+        spec.format = format(self.format)?;
+        spec.filters = filters(&ds, self.filters.unwrap_or_default())?;
+        spec.compression = match self.compression {
+            Some(CompressionName::Gzip) => Compression::Gzip,
+            _ => Compression::None,
+        };
+        check_values(state, &ds, &spec).await?;
+        Ok((ds, spec))
+    }
+}
+
+/// The file's columns, with their headers.
+fn columns(
+    ds: &Dataset,
+    names: Option<Vec<String>>,
+    headers: Option<BTreeMap<String, String>>,
+) -> Result<Vec<OutputColumn>, Error> {
+    let names = names.unwrap_or_else(|| ds.columns.iter().map(|c| c.name.clone()).collect());
+    if names.is_empty() {
+        return Err(bad("columns: must name at least one column".into()));
+    }
+    let mut headers = headers.unwrap_or_default();
+    let mut out: Vec<OutputColumn> = Vec::with_capacity(names.len());
+    for name in names {
+        if ds.column(&name).is_none() {
+            return Err(bad(format!(
+                "columns: unknown column {name:?} in dataset {} (exportable: {})",
+                ds.name,
+                ds.column_names()
+            )));
+        }
+        if out.iter().any(|c| c.name == name) {
+            return Err(bad(format!("columns: {name:?} is listed twice")));
+        }
+        let header = headers.remove(&name).unwrap_or_else(|| name.clone());
+        if header.is_empty() || header.len() > MAX_HEADER_BYTES || header.contains('\0') {
+            return Err(bad(format!("headers.{name}: must be 1 to {MAX_HEADER_BYTES} bytes")));
+        }
+        if out.iter().any(|c| c.header == header) {
+            return Err(bad(format!("headers.{name}: header {header:?} is used twice")));
+        }
+        out.push(OutputColumn { name, header });
+    }
+    if let Some(name) = headers.keys().next() {
+        return Err(bad(format!("headers.{name}: {name:?} is not one of the exported columns")));
+    }
+    Ok(out)
+}
+
+/// The CSV dialect, checked.
+fn format(req: Option<FormatRequest>) -> Result<CsvFormat, Error> {
+    let mut f = CsvFormat::default();
+    let Some(req) = req else { return Ok(f) };
+    if let Some(d) = req.delimiter {
+        let mut chars = d.chars();
+        f.delimiter = match (d.as_str(), chars.next(), chars.next()) {
+            ("tab" | "\\t", _, _) => '\t',
+            (_, Some(c), None) => c,
+            _ => return Err(bad(format!("format.delimiter: {d:?} is not one character"))),
+        };
+    }
+    f.header = req.header.unwrap_or(f.header);
+    f.quote_all = req.quote_all.unwrap_or(f.quote_all);
+    f.null = req.null.unwrap_or(f.null);
+    f.line_ending = match req.line_ending {
+        Some(LineEndingName::Crlf) => LineEnding::Crlf,
+        _ => LineEnding::Lf,
+    };
+    f.bom = req.bom.unwrap_or(f.bom);
+    f.time_zone = req.time_zone.unwrap_or(f.time_zone);
+    f.formula_guard = req.formula_guard.unwrap_or(f.formula_guard);
+    f.validate().map_err(bad)?;
+    Ok(f)
+}
+
+/// The filters, in a stable order (by column, then operator).
+fn filters(ds: &Dataset, by_column: BTreeMap<String, FilterOps>) -> Result<Vec<Filter>, Error> {
+    let mut out = Vec::new();
+    for (column, ops) in by_column {
+        let field = format!("filters.{column}");
+        let Some(c) = ds.column(&column) else {
+            return Err(bad(format!("{field}: unknown column {column:?} in dataset {}", ds.name)));
+        };
+        if !c.filterable {
+            let filterable: Vec<&str> = ds.columns.iter().filter(|c| c.filterable).map(|c| c.name.as_str()).collect();
+            return Err(bad(format!(
+                "{field}: column {column:?} cannot be filtered on (filterable: {})",
+                filterable.join(", ")
+            )));
+        }
+        let before = out.len();
+        let single = [
+            (FilterOp::Eq, ops.eq),
+            (FilterOp::Gt, ops.gt),
+            (FilterOp::Gte, ops.gte),
+            (FilterOp::Lt, ops.lt),
+            (FilterOp::Lte, ops.lte),
+        ];
+        for (op, value) in single {
+            if let Some(v) = value {
+                let values = vec![text(&v, &format!("{field}.{}", op.name()), &c.sql_type)?];
+                out.push(Filter { column: column.clone(), op, values });
+            }
+        }
+        if let Some(list) = ops.in_ {
+            let at = format!("{field}.in");
+            if list.is_empty() || list.len() > MAX_IN_VALUES {
+                return Err(bad(format!("{at}: list 1 to {MAX_IN_VALUES} values")));
+            }
+            let values = list.iter().map(|v| text(v, &at, &c.sql_type)).collect::<Result<_, _>>()?;
+            out.push(Filter { column: column.clone(), op: FilterOp::In, values });
+        }
+        if let Some(is_null) = ops.is_null {
+            let op = if is_null { FilterOp::IsNull } else { FilterOp::IsNotNull };
+            out.push(Filter { column: column.clone(), op, values: Vec::new() });
+        }
+        if out.len() == before {
+            return Err(bad(format!("{field}: give at least one of eq, in, gt, gte, lt, lte, isNull")));
+        }
+    }
+    Ok(out)
+}
+
+/// A filter value as the text PostgreSQL will cast.
+fn text(v: &Value, field: &str, sql_type: &str) -> Result<String, Error> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => return Err(bad(format!("{field}: null is not a value; use isNull"))),
+        _ => return Err(bad(format!("{field}: expected a string, number or boolean"))),
+    };
+    // Relative times would change from one chunk to the next (and across a resume).
+    let relative = ["now", "today", "tomorrow", "yesterday"];
+    if (sql_type.starts_with("timestamp") || sql_type == "date" || sql_type.starts_with("time"))
+        && relative.contains(&s.trim().to_ascii_lowercase().as_str())
+    {
+        return Err(bad(format!("{field}: {s:?} is relative and would move during the export; give a fixed time")));
+    }
+    Ok(s)
+}
+
+/// Checks each filter value against its column's type, and the time zone, in PostgreSQL.
+async fn check_values(state: &AppState, ds: &Dataset, spec: &ExportSpec) -> Result<(), Error> {
+    if spec.format.time_zone != "UTC"
+        && let Err(message) = crate::with_conn!(state.pool, state.request_timeout, "checking format.timeZone", |c| {
+            db::exports::check_time_zone(c, &spec.format.time_zone)
+        })
+        .await?
+    {
+        return Err(bad(format!("format.timeZone: {message}")));
+    }
+    for f in &spec.filters {
+        let sql_type = &ds.column(&f.column).expect("checked").cast_type;
+        for value in &f.values {
+            if let Err(message) = crate::with_conn!(state.pool, state.request_timeout, "checking a filter value", |c| {
+                db::exports::check_value(c, sql_type, value)
+            })
+            .await?
+            {
+                return Err(bad(format!("filters.{}.{}: {message}", f.column, f.op.name())));
+            }
+        }
+    }
+    Ok(())
+}
