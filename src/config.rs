@@ -172,23 +172,17 @@ impl DbArgs {
     }
 }
 
-/// Parses "500ms", "2s", "1m", "1h", "7d" or a bare number of seconds.
+/// Parses a duration as `humantime` reads it ("500ms", "2s", "1m", "1h 30m", "7d"), or a bare
+/// number of seconds (as earlier versions took it).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m, 7d"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86400.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m, h or d")),
-    };
-    Ok(Duration::from_secs_f64(secs))
+    if let Ok(secs) = s.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}): expected e.g. 500ms, 2s, 1m, 7d"))
 }
 
 #[cfg(test)]
@@ -202,7 +196,9 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
-        assert!(parse_duration("2 weeks").is_err());
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("2 fortnights").is_err());
+        assert!(parse_duration("-1").is_err());
         assert!(parse_duration("x").is_err());
     }
 }

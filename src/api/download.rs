@@ -143,7 +143,7 @@ impl DownloadApi {
             return Ok(DownloadResponse::NotModified(etag));
         }
         // A Range is honoured only if If-Range (when sent) names the current version.
-        let range = range.filter(|_| if_range.as_deref().is_none_or(|v| v.trim() == etag));
+        let range = range.filter(|_| if_range.as_deref().is_none_or(|v| if_range_holds(v, &etag)));
         let spec = record.spec.get()?;
         let disposition =
             format!("attachment; filename=\"{}-{}.{}\"", record.dataset, record.id, spec.compression.extension());
@@ -223,38 +223,41 @@ fn finished_file(record: &ExportRecord) -> Result<&str, Error> {
     }
 }
 
-/// Whether an `If-None-Match` list names `etag` (or is `*`); weak comparison.
+/// Whether an `If-None-Match` header names `etag` (or is `*`); weak comparison, as RFC 9110 asks.
 fn etag_matches(header: &str, etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+    let (Some(header), Ok(etag)) = (decode::<headers::IfNoneMatch>(header), etag.parse::<headers::ETag>()) else {
+        return false;
+    };
+    !header.precondition_passes(&etag)
 }
 
-/// One byte range of a file of `len` bytes: None when the header is not one range we serve
-/// (then the whole file is sent), Some(Err) when it is unsatisfiable (416).
-fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
-    let spec = header.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        let suffix: u64 = b.parse().ok()?;
-        if suffix == 0 {
-            return Some(Err(()));
-        }
-        (len.saturating_sub(suffix), len.checked_sub(1)?)
-    } else {
-        let start: u64 = a.parse().ok()?;
-        let end: u64 = if b.is_empty() { u64::MAX } else { b.parse().ok()? };
-        if end < start {
-            return None;
-        }
-        if start >= len {
-            return Some(Err(()));
-        }
-        (start, end.min(len - 1))
+/// Whether an `If-Range` header names the current version (`etag`), so a Range may be honoured.
+fn if_range_holds(header: &str, etag: &str) -> bool {
+    let (Some(header), Ok(etag)) = (decode::<headers::IfRange>(header), etag.parse::<headers::ETag>()) else {
+        return false;
     };
-    Some(Ok(range))
+    !header.is_modified(Some(&etag), None)
+}
+
+/// One typed header from its text.
+fn decode<H: headers::Header>(value: &str) -> Option<H> {
+    let value = poem::http::HeaderValue::from_str(value).ok()?;
+    H::decode(&mut std::iter::once(&value)).ok()
+}
+
+/// One byte range of a file of `len` bytes (RFC 9110 through `http-range-header`): None when
+/// the header is not one range we serve (then the whole file is sent, as the RFC allows for a
+/// malformed header or several ranges), Some(Err) when it is unsatisfiable (416).
+fn parse_range(header: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    use http_range_header::RangeUnsatisfiableError::Unsatisfiable;
+    match http_range_header::parse_range_header(header.trim()).and_then(|r| r.validate(len)) {
+        Ok(ranges) => match ranges.as_slice() {
+            [one] => Some(Ok((*one.start(), *one.end()))),
+            _ => None,
+        },
+        Err(Unsatisfiable) => Some(Err(())),
+        Err(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +277,13 @@ mod tests {
         assert_eq!(parse_range("bytes=9-1", 100), None);
         assert_eq!(parse_range("items=0-1", 100), None);
         assert_eq!(parse_range("bytes=x-1", 100), None);
+    }
+
+    #[test]
+    fn if_range() {
+        assert!(if_range_holds("\"a-1\"", "\"a-1\""));
+        assert!(!if_range_holds("\"a-2\"", "\"a-1\""));
+        assert!(!if_range_holds("W/\"a-1\"", "\"a-1\""), "If-Range compares strongly");
     }
 
     #[test]
