@@ -248,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
     let (post_p99, post_rps) = wrk(&format!("{}/api/export", api.base), Some(&script), 5)?;
     // The exports the POST load created are not part of the benchmark: drop them.
     sqlx::query(
-        "delete from apalis.jobs where id in (select job_id from exports where created_at >= $1 and status = 'queued')",
+        "delete from apalis.jobs where id in (select queue_job_id from exports where created_at >= $1 and status = 'queued')",
     )
     .bind(load_started)
     .execute(&pool)

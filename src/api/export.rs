@@ -28,7 +28,8 @@ pub struct ExportApi {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ExportCreated {
-    /// The export's id.
+    /// The export's id (the name `jobId` is kept for existing clients; it is not the id of
+    /// the internal queue job).
     pub job_id: Uuid,
     /// `queued` for a new export (no row has been read yet); for a repeated idempotent request, the export's status now.
     pub status: ExportStatus,
@@ -42,6 +43,7 @@ pub struct ExportCreated {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ExportStatusView {
+    /// The export's id.
     pub job_id: Uuid,
     pub status: ExportStatus,
     /// The dataset exported.

@@ -18,7 +18,8 @@ pub struct NewExport<'a> {
     pub dataset: &'a Dataset,
     pub spec: &'a ExportSpec,
     pub bounds: Bounds,
-    pub job_id: &'a str,
+    /// The queue job inserted with it.
+    pub queue_job_id: &'a str,
     pub idempotency_key: Option<&'a str>,
 }
 
@@ -77,13 +78,13 @@ pub async fn insert_export_with_job(
     };
     let sql = format!(
         "with e as ( \
-           insert into exports (id, dataset, spec, upper_bound_id, total_rows, job_id, idempotency_key) \
+           insert into exports (id, dataset, spec, upper_bound_id, total_rows, queue_job_id, idempotency_key) \
            values ($1, $2, $3, {upper_sql}, {total_sql}, $6, $7) \
            on conflict (idempotency_key) where idempotency_key is not null do nothing \
            returning *), \
          j as ( \
            insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata) \
-           select e.job_id, $8, $9, 'Pending', 0, $10, now(), 0, ''::hstore from e) \
+           select e.queue_job_id, $8, $9, 'Pending', 0, $10, now(), 0, ''::hstore from e) \
          select {} from e",
         columns!()
     );
@@ -93,7 +94,7 @@ pub async fn insert_export_with_job(
         .bind(Json(new.spec))
         .bind(upper)
         .bind(total)
-        .bind(new.job_id)
+        .bind(new.queue_job_id)
         .bind(new.idempotency_key)
         .bind(job.queue)
         .bind(job.payload)

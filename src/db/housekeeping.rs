@@ -22,14 +22,14 @@ pub struct ScanCursor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
     pub id: Uuid,
-    pub job_id: Option<String>,
+    pub queue_job_id: Option<String>,
 }
 
 /// A row the orphan scan looked at.
 #[derive(sqlx::FromRow)]
 struct ScannedRow {
     id: Uuid,
-    job_id: Option<String>,
+    queue_job_id: Option<String>,
     created_at: DateTime<Utc>,
     queued: bool,
     orphan: bool,
@@ -54,15 +54,15 @@ pub async fn exports_without_live_job(
     let (running_at, running_id) = cursor.running.unwrap_or(start);
     let rows: Vec<ScannedRow> = sqlx::query_as(
         "with scanned as ( \
-           (select id, job_id, created_at, updated_at, false as queued from exports \
+           (select id, queue_job_id, created_at, updated_at, false as queued from exports \
             where status = 'running' and (created_at, id) > ($6, $7) order by created_at, id limit $3) \
            union all \
-           (select id, job_id, created_at, updated_at, true from exports \
+           (select id, queue_job_id, created_at, updated_at, true from exports \
             where status = 'queued' and (created_at, id) > ($4, $5) order by created_at, id limit $3)) \
-         select s.id, s.job_id, s.created_at, s.queued, \
+         select s.id, s.queue_job_id, s.created_at, s.queued, \
                 s.updated_at < now() - make_interval(secs => $2) and coalesce( \
                   (select j.status in ('Done', 'Killed') or (j.status = 'Failed' and j.attempts >= j.max_attempts) \
-                   from apalis.jobs j where j.id = s.job_id and j.job_type = $1), true) as orphan \
+                   from apalis.jobs j where j.id = s.queue_job_id and j.job_type = $1), true) as orphan \
          from scanned s \
          order by s.queued, s.created_at, s.id",
     )
@@ -81,7 +81,7 @@ pub async fn exports_without_live_job(
         (slice.len() as i64 == limit).then(|| slice.last().map(|r| (r.created_at, r.id))).flatten()
     };
     let cursor = ScanCursor { running: next(false), queued: next(true) };
-    let orphans = rows.into_iter().filter(|r| r.orphan).map(|r| Orphan { id: r.id, job_id: r.job_id }).collect();
+    let orphans = rows.into_iter().filter(|r| r.orphan).map(|r| Orphan { id: r.id, queue_job_id: r.queue_job_id }).collect();
     Ok((orphans, cursor))
 }
 
@@ -91,8 +91,8 @@ pub async fn exports_without_live_job(
 /// changes nothing), so an export never gets two live jobs.
 pub async fn set_job(conn: &mut PgConnection, id: Uuid, old_job_id: Option<&str>, job_id: &str) -> Result<bool> {
     let done = sqlx::query(
-        "update exports set job_id = $3 \
-         where id = $1 and job_id is not distinct from $2 and status in ('queued', 'running')",
+        "update exports set queue_job_id = $3 \
+         where id = $1 and queue_job_id is not distinct from $2 and status in ('queued', 'running')",
     )
     .bind(id)
     .bind(old_job_id)
@@ -134,9 +134,9 @@ pub async fn purge_ended_exports(pool: &PgPool, keep: Duration, limit: i64) -> R
              where status in ('expired', 'failed', 'cancelled') \
                and coalesce(expires_at, finished_at, updated_at) < now() - make_interval(secs => $1) \
              limit $2 for update skip locked) \
-           returning job_id), \
+           returning queue_job_id), \
          jobs as ( \
-           delete from apalis.jobs where id in (select job_id from ended) \
+           delete from apalis.jobs where id in (select queue_job_id from ended) \
              and status in ('Done', 'Killed', 'Failed')) \
          select count(*) from ended",
     )

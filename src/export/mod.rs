@@ -60,7 +60,7 @@ pub async fn create_export(
     };
     let job_id = queue::new_job_id();
     let id = uuid::Uuid::new_v4();
-    let new = exports::NewExport { id, dataset: ds, spec, bounds, job_id: &job_id, idempotency_key };
+    let new = exports::NewExport { id, dataset: ds, spec, bounds, queue_job_id: &job_id, idempotency_key };
     let payload = queue::job_payload(id);
     let job = exports::NewJob { queue: queue::QUEUE, payload: &payload, max_attempts: queue::QUEUE_MAX_ATTEMPTS };
     let Some(record) = exports::insert_export_with_job(&mut *conn, &new, &job).await? else {

@@ -195,7 +195,7 @@ pub async fn requeue_orphans(
 pub async fn rescue_orphan(pool: &PgPool, orphan: &db::housekeeping::Orphan) -> crate::error::Result<Option<String>> {
     let mut tx = pool.begin().await?;
     let job_id = new_job_id();
-    if !db::housekeeping::set_job(&mut tx, orphan.id, orphan.job_id.as_deref(), &job_id).await? {
+    if !db::housekeeping::set_job(&mut tx, orphan.id, orphan.queue_job_id.as_deref(), &job_id).await? {
         return Ok(None);
     }
     enqueue(&mut tx, &job_id, orphan.id).await.map_err(|e| anyhow::anyhow!(e))?;

@@ -79,7 +79,8 @@ pub struct ExportRecord {
     pub stalled_attempts: i32,
     pub last_error: Option<String>,
     pub error: Option<String>,
-    pub job_id: Option<String>,
+    /// The queue job (`apalis.jobs.id`) that carries the export to a worker.
+    pub queue_job_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

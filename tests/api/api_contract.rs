@@ -38,7 +38,7 @@ async fn create_answers_202_with_links_and_location() {
         assert_eq!(location, format!("/api/export/{id}/status"));
         // The export row and its queue job exist together.
         let job: i64 =
-            sqlx::query_scalar("select count(*) from apalis.jobs j join exports e on e.job_id = j.id where e.id = $1")
+            sqlx::query_scalar("select count(*) from apalis.jobs j join exports e on e.queue_job_id = j.id where e.id = $1")
                 .bind(id)
                 .fetch_one(&app.db.pool)
                 .await

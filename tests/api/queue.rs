@@ -88,12 +88,12 @@ async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
     }
     let pool = app.db.pool.clone();
     // Two lose their job row, one has a job the queue gave up on; two keep a live job.
-    sqlx::query("delete from apalis.jobs where id in (select job_id from exports where id = any($1))")
+    sqlx::query("delete from apalis.jobs where id in (select queue_job_id from exports where id = any($1))")
         .bind(&ids[..2])
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("update apalis.jobs set status = 'Killed' where id = (select job_id from exports where id = $1)")
+    sqlx::query("update apalis.jobs set status = 'Killed' where id = (select queue_job_id from exports where id = $1)")
         .bind(ids[2])
         .execute(&pool)
         .await
@@ -101,7 +101,7 @@ async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
     let job_of = |id| {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, String>("select job_id from exports where id = $1")
+            sqlx::query_scalar::<_, String>("select queue_job_id from exports where id = $1")
                 .bind(id)
                 .fetch_one(&pool)
                 .await
@@ -218,7 +218,7 @@ async fn two_processes_rescuing_the_same_orphan_enqueue_one_job() {
         .await
         .unwrap();
     assert_eq!(jobs, new_jobs, "one live job for the export");
-    assert_eq!(export_row(&pool_a, id).await.job_id.as_deref(), Some(new_jobs[0].as_str()));
+    assert_eq!(export_row(&pool_a, id).await.queue_job_id.as_deref(), Some(new_jobs[0].as_str()));
 }
 
 /// The scan goes through running exports by key too: with 2 per round, 5 running exports
