@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "exportd", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
+    /// What to run (default: `serve`).
     pub command: Option<Command>,
 }
 
@@ -112,9 +113,11 @@ pub struct ServeArgs {
     pub public_url: Option<String>,
 
     #[command(flatten)]
+    /// The database connection.
     pub db: DbArgs,
 
     #[command(flatten)]
+    /// The export workers.
     pub worker: WorkerSettings,
 }
 
@@ -122,9 +125,11 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
+    /// The database connection.
     pub db: DbArgs,
 
     #[command(flatten)]
+    /// The export workers.
     pub worker: WorkerSettings,
 }
 
@@ -132,6 +137,7 @@ pub struct WorkerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SeedArgs {
     #[command(flatten)]
+    /// The database connection.
     pub db: DbArgs,
 
     /// Rows to create (the table is emptied first, so the result depends only on this).

@@ -13,10 +13,20 @@ pub enum Error {
     NotFound(uuid::Uuid),
     /// The export is in the wrong state for the request (409), e.g. downloading a running export.
     #[error("{message}")]
-    Conflict { message: String, status: String },
+    Conflict {
+        /// What the client reads.
+        message: String,
+        /// The export's status now.
+        status: String,
+    },
     /// The export's file will never be available (410): expired, cancelled or failed.
     #[error("{message}")]
-    Gone { message: String, status: String },
+    Gone {
+        /// What the client reads.
+        message: String,
+        /// The export's status now.
+        status: String,
+    },
     /// The `Idempotency-Key` was used before with a different request (422).
     #[error("Idempotency-Key: this key was already used for export {0} with a different request")]
     IdempotencyMismatch(uuid::Uuid),

@@ -21,6 +21,8 @@
 //! - [`db`]: the pool, migrations and every SQL statement.
 //! - [`alloc`]: a malloc setting that keeps memory flat from one export to the next.
 
+#![warn(missing_docs)]
+
 pub mod alloc;
 pub mod api;
 pub mod app;

@@ -9,6 +9,7 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// A signal not yet triggered.
     pub fn new() -> Self {
         Self::default()
     }

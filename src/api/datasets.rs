@@ -8,6 +8,7 @@ use crate::api::{ApiTags, AppState};
 
 /// Dataset listing.
 pub struct DatasetsApi {
+    /// Shared state: datasets, pool.
     pub state: Arc<AppState>,
 }
 
@@ -15,6 +16,7 @@ pub struct DatasetsApi {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ColumnView {
+    /// Name to pass as `dataset` in `POST /api/export`.
     pub name: String,
     /// SQL type, as the database catalog states it (e.g. `numeric(12,2)`).
     #[oai(rename = "type")]
@@ -29,6 +31,7 @@ pub struct ColumnView {
 pub struct DatasetView {
     /// The name to pass as `dataset`.
     pub name: String,
+    /// What the dataset holds, from the datasets config.
     pub description: Option<String>,
     /// Keyset column: exports walk the dataset in its order; `upperBoundId` refers to it.
     pub key: String,

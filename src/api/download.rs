@@ -25,6 +25,7 @@ use crate::{
 
 /// Downloads.
 pub struct DownloadApi {
+    /// Shared state: pool, storage.
     pub state: Arc<AppState>,
 }
 

@@ -18,6 +18,7 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
+    /// A body with a machine-readable `error` code and a message for people.
     pub fn new(error: &str, message: impl Into<String>) -> Json<Self> {
         Json(Self { error: error.to_owned(), message: message.into(), status: None })
     }

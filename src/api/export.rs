@@ -21,6 +21,7 @@ use crate::{
 
 /// Export operations.
 pub struct ExportApi {
+    /// Shared state: pool, waker, datasets.
     pub state: Arc<AppState>,
 }
 
@@ -45,6 +46,7 @@ pub struct ExportCreated {
 pub struct ExportStatusView {
     /// The export's id.
     pub job_id: Uuid,
+    /// Where the export is in its life.
     pub status: ExportStatus,
     /// The dataset exported.
     pub dataset: String,
@@ -74,8 +76,11 @@ pub struct ExportStatusView {
     pub attempts: i32,
     /// Why the export failed; null unless `status` is `failed`.
     pub error: Option<String>,
+    /// When the export was created.
     pub created_at: DateTime<Utc>,
+    /// When its first run started (null while queued).
     pub started_at: Option<DateTime<Utc>>,
+    /// When it ended: completed, failed or cancelled (null before).
     pub finished_at: Option<DateTime<Utc>>,
     /// When the file will be (or was) deleted; set once completed.
     pub expires_at: Option<DateTime<Utc>>,

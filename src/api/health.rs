@@ -8,6 +8,7 @@ use crate::api::{ApiTags, AppState};
 
 /// Health endpoint.
 pub struct HealthApi {
+    /// Shared state: the pool to check.
     pub state: Arc<AppState>,
 }
 

@@ -20,7 +20,9 @@ use crate::{model::Datasets, storage::SharedStorage};
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
+    /// The database pool (every handler's statement has its own deadline).
     pub pool: PgPool,
+    /// Where completed files are read from.
     pub storage: SharedStorage,
     /// Chunk size of exports that do not ask for one.
     pub default_chunk_size: u32,

@@ -137,7 +137,9 @@ impl Example for FormatRequest {
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum LineEndingName {
+    /// `\n` after each line (PostgreSQL's own).
     Lf,
+    /// `\r\n` after each line (what Windows tools expect).
     Crlf,
 }
 
@@ -145,7 +147,9 @@ pub enum LineEndingName {
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum CompressionName {
+    /// A plain `.csv` file.
     None,
+    /// A `.csv.gz` file (one gzip member per chunk; decoders read them as one stream).
     Gzip,
 }
 

@@ -7,6 +7,7 @@ use crate::error::Result;
 /// A table or view found in the catalog.
 #[derive(Debug, Clone)]
 pub struct Relation {
+    /// The relation's `pg_class` oid.
     pub oid: i64,
     /// Quoted, schema-qualified when not on the search path (`oid::regclass`).
     pub sql_name: String,
@@ -17,7 +18,9 @@ pub struct Relation {
 /// A column of a relation.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CatalogColumn {
+    /// Column name.
     pub name: String,
+    /// Column number in the relation (`pg_attribute.attnum`).
     pub attnum: i16,
     /// `format_type`, e.g. `numeric(12,2)`.
     pub sql_type: String,

@@ -14,12 +14,17 @@ use crate::{
 /// A new export, as the API creates it.
 #[derive(Debug)]
 pub struct NewExport<'a> {
+    /// The export's id.
     pub id: Uuid,
+    /// What it exports.
     pub dataset: &'a Dataset,
+    /// Its validated options.
     pub spec: &'a ExportSpec,
+    /// Its high-water mark and row estimate.
     pub bounds: Bounds,
     /// The queue job inserted with it.
     pub queue_job_id: &'a str,
+    /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency_key: Option<&'a str>,
 }
 
@@ -108,7 +113,12 @@ pub async fn insert_export_with_job(
 #[derive(Debug, Clone, Copy)]
 pub enum Bounds {
     /// Taken beforehand (filtered exports: the estimate is the filtered query's).
-    Known { upper_bound_id: Option<i64>, total_rows: Option<i64> },
+    Known {
+        /// The largest key now (None: the table is empty).
+        upper_bound_id: Option<i64>,
+        /// The estimate of the rows covered.
+        total_rows: Option<i64>,
+    },
     /// Read from the table by the insert itself (largest key, planner's row count).
     FromTable,
 }
@@ -116,9 +126,11 @@ pub enum Bounds {
 /// A queue job to insert with its export.
 #[derive(Debug)]
 pub struct NewJob<'a> {
+    /// The queue's name (apalis `job_type`).
     pub queue: &'a str,
     /// The job's arguments as apalis stores them (JSON bytes).
     pub payload: &'a [u8],
+    /// How often the queue may hand the job out before it gives up.
     pub max_attempts: i32,
 }
 

@@ -13,7 +13,9 @@ use crate::error::Result;
 /// `(created_at, id)` of the last one seen (None: from the start).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanCursor {
+    /// Last running export seen.
     pub running: Option<(DateTime<Utc>, Uuid)>,
+    /// Last queued export seen.
     pub queued: Option<(DateTime<Utc>, Uuid)>,
 }
 
@@ -21,7 +23,9 @@ pub struct ScanCursor {
 /// the scan saw it (the rescue replaces exactly that one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
+    /// The export.
     pub id: Uuid,
+    /// The queue job it pointed at when the scan saw it.
     pub queue_job_id: Option<String>,
 }
 
@@ -81,7 +85,8 @@ pub async fn exports_without_live_job(
         (slice.len() as i64 == limit).then(|| slice.last().map(|r| (r.created_at, r.id))).flatten()
     };
     let cursor = ScanCursor { running: next(false), queued: next(true) };
-    let orphans = rows.into_iter().filter(|r| r.orphan).map(|r| Orphan { id: r.id, queue_job_id: r.queue_job_id }).collect();
+    let orphans =
+        rows.into_iter().filter(|r| r.orphan).map(|r| Orphan { id: r.id, queue_job_id: r.queue_job_id }).collect();
     Ok((orphans, cursor))
 }
 
@@ -107,8 +112,11 @@ pub async fn set_job(conn: &mut PgConnection, id: Uuid, old_job_id: Option<&str>
 /// can still be served or resumed are returned; the sweeper deletes the directories of the others.
 #[derive(Debug, sqlx::FromRow)]
 pub struct FileRefs {
+    /// The export.
     pub id: Uuid,
+    /// Its checkpointed (or completed) file.
     pub file_name: Option<String>,
+    /// Its current run's token (that run's file is named after it).
     pub owner: Option<Uuid>,
 }
 

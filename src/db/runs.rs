@@ -22,14 +22,24 @@ pub enum Claim {
     /// file is the one that released the export cleanly, so that file can be continued in
     /// place; otherwise its writer may still be alive somewhere (paused, partitioned) and the
     /// file must not be touched.
-    Owned { export: Box<ExportRecord>, adopt_file: bool },
+    Owned {
+        /// The export as the claim left it (`running`, owned by the run).
+        export: Box<ExportRecord>,
+        /// Whether the checkpointed file may be continued in place.
+        adopt_file: bool,
+    },
     /// Nothing to do: the export is finished (or was never there).
     Finished,
     /// Too many runs in a row made no progress: the export is now `failed`.
     GaveUp,
     /// The row cannot be read by this version (`reason`); counted as the `stalled`-th run in a
     /// row without progress: try again later (another version may read it), up to the bound.
-    Unreadable { reason: String, stalled: i32 },
+    Unreadable {
+        /// What this version cannot read.
+        reason: String,
+        /// Runs in a row without progress, this one included.
+        stalled: i32,
+    },
 }
 
 /// What a claim needs to know of an export before it owns it: the status undecoded and the

@@ -67,6 +67,7 @@ pub struct RowShaper {
 }
 
 impl RowShaper {
+    /// A shaper for rows with this delimiter; `cut_key` drops an appended key column, `crlf` ends lines with CR LF, `guard` marks the columns the formula guard applies to, `null` is the NULL text.
     pub fn new(delimiter: u8, cut_key: bool, crlf: bool, guard: Option<Vec<bool>>, null: &str) -> Self {
         Self { delimiter, cut_key, crlf, guard, null: null.as_bytes().to_vec() }
     }

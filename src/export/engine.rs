@@ -76,6 +76,7 @@ pub struct Engine {
     pub(super) datasets: Arc<Datasets>,
 }
 impl Engine {
+    /// An engine over `pool`, writing to `storage`, stopping when `shutdown` fires.
     pub fn new(
         pool: PgPool,
         storage: SharedStorage,

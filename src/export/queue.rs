@@ -28,6 +28,7 @@ pub const QUEUE: &str = "exportd.export";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExportJob {
+    /// The export the job carries.
     pub export_id: Uuid,
 }
 

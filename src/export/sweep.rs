@@ -34,9 +34,13 @@ pub struct Sweep {
 /// What one sweep deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
+    /// Directories of ended or unknown exports deleted.
     pub export_dirs: usize,
+    /// Stray files of live exports deleted.
     pub files: usize,
+    /// Ended export rows deleted.
     pub exports: u64,
+    /// Finished queue jobs deleted with them.
     pub jobs: u64,
 }
 

@@ -24,6 +24,7 @@ pub struct Column {
 pub struct Dataset {
     /// Name used in the API.
     pub name: String,
+    /// What the dataset holds, shown in `GET /api/datasets`.
     pub description: Option<String>,
     /// The relation as configured (e.g. `orders`), shown to users.
     pub table: String,

@@ -16,10 +16,15 @@ use crate::{error::Result, model::ExportSpec};
 #[serde(rename_all = "lowercase")]
 #[oai(rename = "StatusName", rename_all = "lowercase")]
 pub enum ExportStatus {
+    /// Waiting for a worker.
     Queued,
+    /// A run owns it (or it waits between runs).
     Running,
+    /// Its file is complete and can be downloaded.
     Completed,
+    /// Gave up: too many runs in a row without progress (see `error`).
     Failed,
+    /// Cancelled by a client before it completed.
     Cancelled,
     /// Completed, then its file was deleted (retention ran out, or its owner deleted it).
     Expired,
@@ -63,27 +68,46 @@ impl TryFrom<String> for ExportStatus {
 /// An export as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExportRecord {
+    /// The export's id (the API's `jobId`).
     pub id: Uuid,
+    /// The dataset's name.
     pub dataset: String,
+    /// Its options as stored.
     pub spec: StoredSpec,
     #[sqlx(try_from = "String")]
+    /// Where it is in its life.
     pub status: ExportStatus,
+    /// The largest key when it was created: the export stops there.
     pub upper_bound_id: Option<i64>,
+    /// The token of the run that owns it now (the fencing token), if any.
     pub owner: Option<Uuid>,
+    /// Key of the last row checkpointed; the next run resumes after it.
     pub last_processed_id: Option<i64>,
+    /// Data rows checkpointed.
     pub rows_written: i64,
+    /// Bytes of `file_name` checkpointed (header and BOM included).
     pub bytes_written: i64,
+    /// The file the checkpoint refers to (a name in storage).
     pub file_name: Option<String>,
+    /// The planner's estimate of the rows to export, taken at creation.
     pub total_rows: Option<i64>,
+    /// Runs started (a run released at shutdown gives its attempt back).
     pub attempts: i32,
+    /// Runs in a row without progress; at the bound the export fails.
     pub stalled_attempts: i32,
+    /// The last run's error, kept while the export is retried.
     pub last_error: Option<String>,
+    /// Why the export failed, once it has.
     pub error: Option<String>,
     /// The queue job (`apalis.jobs.id`) that carries the export to a worker.
     pub queue_job_id: Option<String>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When its first run started.
     pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// When its file is deleted (completed exports).
     pub expires_at: Option<DateTime<Utc>>,
     /// The run (token) that wrote the checkpointed bytes of `file_name`.
     pub file_writer: Option<Uuid>,
@@ -135,21 +159,33 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for StoredSpec {
 /// One run (attempt) of an export, from `export_runs`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRecord {
+    /// The run's owner token.
     pub token: Uuid,
+    /// Which attempt it was (1-based).
     pub attempt: i32,
+    /// The worker that ran it (host, process id, slot).
     pub worker: String,
+    /// The checkpoint it resumed from (None: from the start).
     pub start_id: Option<i64>,
+    /// When it started.
     pub started_at: DateTime<Utc>,
+    /// When it ended (None while it runs, or when its process died).
     pub ended_at: Option<DateTime<Utc>>,
+    /// `completed`, `released`, `failed`, `lost` or `superseded`.
     pub outcome: Option<String>,
+    /// Its error, when it failed.
     pub error: Option<String>,
 }
 
 /// Where a run has got to: everything up to `last_id` is in `file_name`, `bytes` long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// Key of the last row in the file (None: no row yet).
     pub last_id: Option<i64>,
+    /// Data rows in the file.
     pub rows: i64,
+    /// Bytes in the file, all durable.
     pub bytes: i64,
+    /// The file, by its name in storage.
     pub file_name: String,
 }

@@ -23,8 +23,10 @@ pub struct ExportSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
     #[serde(default)]
+    /// The CSV dialect.
     pub format: CsvFormat,
     #[serde(default)]
+    /// Plain or gzip.
     pub compression: Compression,
 }
 
@@ -58,7 +60,9 @@ impl ExportSpec {
 /// One column of the file: which dataset column, under which header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputColumn {
+    /// The dataset's column.
     pub name: String,
+    /// Its name in the header line.
     pub header: String,
 }
 
@@ -66,9 +70,12 @@ pub struct OutputColumn {
 /// PostgreSQL, as bound parameters (never spliced into SQL).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {
+    /// The dataset's column (a filterable one).
     pub column: String,
+    /// How it is compared.
     pub op: FilterOp,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The values, as text PostgreSQL casts to the column's type (none for the NULL tests).
     pub values: Vec<String>,
 }
 
@@ -76,13 +83,21 @@ pub struct Filter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum FilterOp {
+    /// `=` one value.
     Eq,
+    /// `= any` of the values.
     In,
+    /// `>` one value.
     Gt,
+    /// `>=` one value.
     Gte,
+    /// `<` one value.
     Lt,
+    /// `<=` one value.
     Lte,
+    /// `is null`.
     IsNull,
+    /// `is not null`.
     IsNotNull,
 }
 
@@ -108,11 +123,13 @@ impl FilterOp {
 pub struct CsvFormat {
     /// One of `,` `;` `\t` `|`.
     pub delimiter: char,
+    /// Write a header line first.
     pub header: bool,
     /// Quote every non-NULL value.
     pub quote_all: bool,
     /// How NULL is written.
     pub null: String,
+    /// LF or CRLF after each line.
     pub line_ending: LineEnding,
     /// Start the file with a UTF-8 byte order mark (Excel reads UTF-8 only with one).
     pub bom: bool,
@@ -179,7 +196,9 @@ impl CsvFormat {
 #[serde(rename_all = "lowercase")]
 pub enum LineEnding {
     #[default]
+    /// `\n` (PostgreSQL's own).
     Lf,
+    /// `\r\n`.
     Crlf,
 }
 
@@ -188,6 +207,7 @@ pub enum LineEnding {
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
+    /// A plain file.
     None,
     /// `.csv.gz`: one gzip member per chunk (decoders read concatenated members as one stream).
     Gzip,

@@ -69,9 +69,11 @@ pub trait Storage: fmt::Debug + Send + Sync {
 /// Which run a file belongs to, and its extension (`csv`, `csv.gz`).
 #[derive(Debug, Clone, Copy)]
 pub struct RunId<'a> {
+    /// The export.
     pub export_id: Uuid,
     /// The run's owner token.
     pub token: Uuid,
+    /// The file's extension (`csv`, `csv.gz`).
     pub extension: &'a str,
 }
 
@@ -84,6 +86,7 @@ impl RunId<'_> {
 
 /// A file opened for a run, positioned at the checkpoint's byte offset.
 pub struct RunFile {
+    /// Where the run appends.
     pub out: Box<dyn RunWriter>,
     /// Name in storage, saved with each checkpoint.
     pub name: String,
@@ -107,7 +110,9 @@ pub trait RunWriter: Send {
 /// A run's file: ready, or still to be filled with the checkpointed prefix.
 #[derive(Debug)]
 pub enum Prepared {
+    /// The file holds exactly the checkpointed bytes: append.
     Ready(RunFile),
+    /// The checkpointed prefix is still to be copied, slice by slice.
     Copy(Box<dyn PrefixCopy>),
 }
 
@@ -137,7 +142,13 @@ pub trait StoredFile: Send {
 pub enum PrepareError {
     /// The checkpointed bytes are not there (file gone or shorter than the checkpoint).
     #[error("checkpointed file {name} is missing or shorter than {bytes} bytes")]
-    CheckpointLost { name: String, bytes: u64 },
+    CheckpointLost {
+        /// The checkpointed file.
+        name: String,
+        /// The bytes the checkpoint says it holds.
+        bytes: u64,
+    },
     #[error(transparent)]
+    /// Any other storage error.
     Io(#[from] io::Error),
 }

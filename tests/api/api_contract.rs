@@ -37,12 +37,13 @@ async fn create_answers_202_with_links_and_location() {
         assert_eq!(v["downloadUrl"], format!("/api/export/{id}/download"));
         assert_eq!(location, format!("/api/export/{id}/status"));
         // The export row and its queue job exist together.
-        let job: i64 =
-            sqlx::query_scalar("select count(*) from apalis.jobs j join exports e on e.queue_job_id = j.id where e.id = $1")
-                .bind(id)
-                .fetch_one(&app.db.pool)
-                .await
-                .unwrap();
+        let job: i64 = sqlx::query_scalar(
+            "select count(*) from apalis.jobs j join exports e on e.queue_job_id = j.id where e.id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
         assert_eq!(job, 1);
     }
     // A bare POST with no Content-Type at all works too.
