@@ -17,7 +17,7 @@ use crate::{
     export::buffers::BufferPool,
     model::{Checkpoint, Dataset, Datasets, ExportRecord, ExportStatus},
     shutdown::Shutdown,
-    storage::{PrepareError, Prepared, RunFile, RunId, SharedStorage},
+    storage::{PrepareError, Prepared, Resume, RunFile, RunId, SharedStorage},
 };
 
 /// Pieces in flight between producer and writer (the backpressure bound).
@@ -290,7 +290,7 @@ impl Engine {
         let previous = export.file_name.as_deref();
         let mut copy = match self
             .storage
-            .prepare_run(RunId { export_id: export.id, token, extension }, previous, bytes, adopt)
+            .prepare_run(RunId { export_id: export.id, token, extension }, Resume { file: previous, bytes, adopt })
             .await?
         {
             Prepared::Ready(f) => return Ok(Some(f)),

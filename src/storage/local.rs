@@ -16,7 +16,7 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use super::{PrefixCopy, PrepareError, Prepared, RunFile, RunId, RunWriter, Storage, StoredFile};
+use super::{PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile};
 
 /// A storage directory.
 #[derive(Debug, Clone)]
@@ -157,13 +157,8 @@ impl LocalDir {
 
 #[async_trait]
 impl Storage for LocalDir {
-    async fn prepare_run(
-        &self,
-        run: RunId<'_>,
-        previous: Option<&str>,
-        bytes: u64,
-        adopt: bool,
-    ) -> Result<Prepared, PrepareError> {
+    async fn prepare_run(&self, run: RunId<'_>, from: Resume<'_>) -> Result<Prepared, PrepareError> {
+        let Resume { file: previous, bytes, adopt } = from;
         let previous = match previous {
             Some(p) if bytes > 0 => p,
             _ => return Ok(Prepared::Ready(self.create_run(run).await?)),

@@ -33,16 +33,10 @@ pub type SharedStorage = std::sync::Arc<dyn Storage>;
 /// Where export files live (see the module docs for the contract).
 #[async_trait]
 pub trait Storage: fmt::Debug + Send + Sync {
-    /// Opens the file a run appends to, holding exactly the `bytes` checkpointed bytes of
-    /// `previous`: ready at once (`adopt`: continued in place), or a copy of the prefix for the
-    /// caller to drive slice by slice.
-    async fn prepare_run(
-        &self,
-        run: RunId<'_>,
-        previous: Option<&str>,
-        bytes: u64,
-        adopt: bool,
-    ) -> Result<Prepared, PrepareError>;
+    /// Opens the file a run appends to, holding exactly the checkpointed bytes of `from`: ready
+    /// at once (adopted: continued in place), or a copy of the prefix for the caller to drive
+    /// slice by slice.
+    async fn prepare_run(&self, run: RunId<'_>, from: Resume<'_>) -> Result<Prepared, PrepareError>;
 
     /// Creates a run's own empty file, durably.
     async fn create_run(&self, run: RunId<'_>) -> io::Result<RunFile>;
@@ -82,6 +76,18 @@ impl RunId<'_> {
     pub fn file_name(&self) -> String {
         format!("{}/{}.{}", self.export_id, self.token, self.extension)
     }
+}
+
+/// Where a run resumes: the checkpointed file (None: nothing yet), its checkpointed length, and
+/// whether the run that wrote it released cleanly (so it may be continued in place).
+#[derive(Debug, Clone, Copy)]
+pub struct Resume<'a> {
+    /// The checkpointed file's name.
+    pub file: Option<&'a str>,
+    /// Its checkpointed length: everything after is cut off (or not copied).
+    pub bytes: u64,
+    /// Continue the file in place rather than copy its prefix.
+    pub adopt: bool,
 }
 
 /// A file opened for a run, positioned at the checkpoint's byte offset.

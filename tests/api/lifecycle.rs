@@ -1,5 +1,6 @@
-//! An export's life after creation: cancel, delete, expiry, listing, resumable downloads,
-//! idempotent creation, progress, and the datasets the service offers.
+//! An export's life after creation: cancel, delete, expiry, listing, idempotent creation,
+//! progress, and the datasets the service offers (downloads and the sweeper have files of
+//! their own).
 
 use std::time::Duration;
 
@@ -8,17 +9,17 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-async fn app(rows: i64, opts: AppOptions) -> TestApp {
+pub async fn app(rows: i64, opts: AppOptions) -> TestApp {
     let db = test_db().await;
     seed_nasty(&db.pool, rows).await;
     spawn_app(db, opts).await
 }
 
-async fn delete(app: &TestApp, id: Uuid) -> reqwest::Response {
+pub async fn delete(app: &TestApp, id: Uuid) -> reqwest::Response {
     app.client.delete(app.url(&format!("/api/export/{id}"))).send().await.unwrap()
 }
 
-fn export_dir(app: &TestApp, id: Uuid) -> std::path::PathBuf {
+pub fn export_dir(app: &TestApp, id: Uuid) -> std::path::PathBuf {
     app.storage.path().join(id.to_string())
 }
 
@@ -175,69 +176,6 @@ async fn list_pages_newest_first_with_a_cursor_and_filters_by_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downloads_support_range_etag_if_range_and_head() {
-    let app = app(3_000, AppOptions::default()).await;
-    let id = app.create_export(None).await;
-    app.wait_finished(id, Duration::from_secs(30)).await;
-    let full = app.download(id).await;
-    let len = full.len();
-    let url = app.url(&format!("/api/export/{id}/download"));
-    let get = |headers: Vec<(&'static str, String)>| {
-        let mut req = app.client.get(&url);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        req.send()
-    };
-    let resp = get(vec![]).await.unwrap();
-    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
-    assert_eq!(resp.headers()["accept-ranges"], "bytes");
-    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong ETag: {etag}");
-
-    for (range, start, end) in
-        [("bytes=0-99", 0, 99), ("bytes=1000-", 1000, len - 1), ("bytes=-500", len - 500, len - 1)]
-    {
-        let resp = get(vec![("range", range.into())]).await.unwrap();
-        assert_eq!(resp.status(), 206, "{range}");
-        assert_eq!(resp.headers()["content-range"].to_str().unwrap(), format!("bytes {start}-{end}/{len}"));
-        assert_eq!(resp.headers()["content-length"].to_str().unwrap(), (end - start + 1).to_string());
-        assert_eq!(resp.bytes().await.unwrap().as_ref(), &full[start..=end], "{range}");
-    }
-    // Resuming a broken download: the first part plus the rest is the file.
-    let head = get(vec![("range", "bytes=0-12344".into())]).await.unwrap().bytes().await.unwrap();
-    let tail = get(vec![("range", "bytes=12345-".into()), ("if-range", etag.clone())]).await.unwrap();
-    assert_eq!(tail.status(), 206);
-    assert_eq!([head.as_ref(), tail.bytes().await.unwrap().as_ref()].concat(), full);
-    // If-Range with another version: the whole file instead.
-    let resp = get(vec![("range", "bytes=0-9".into()), ("if-range", "\"other\"".into())]).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.bytes().await.unwrap().len(), len);
-    // Unsatisfiable: 416 with the length.
-    let resp = get(vec![("range", format!("bytes={len}-"))]).await.unwrap();
-    assert_eq!(resp.headers()["content-range"].to_str().unwrap(), format!("bytes */{len}"));
-    expect_error(resp, 416, "Range").await;
-    // Several ranges or a malformed one: the whole file (allowed by RFC 9110).
-    for range in ["bytes=0-1,5-6", "lines=1-2"] {
-        let resp = get(vec![("range", range.into())]).await.unwrap();
-        assert_eq!(resp.status(), 200, "{range}");
-        assert_eq!(resp.bytes().await.unwrap().len(), len);
-    }
-    // Conditional GET.
-    let resp = get(vec![("if-none-match", etag.clone())]).await.unwrap();
-    assert_eq!(resp.status(), 304);
-    assert_eq!(resp.headers()["etag"].to_str().unwrap(), etag);
-    assert!(resp.bytes().await.unwrap().is_empty());
-    assert_eq!(get(vec![("if-none-match", "\"other\"".into())]).await.unwrap().status(), 200);
-    // HEAD: the headers of GET, no body.
-    let resp = app.client.head(&url).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-length"].to_str().unwrap(), len.to_string());
-    assert_eq!(resp.headers()["etag"].to_str().unwrap(), etag);
-    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
-    assert!(resp.bytes().await.unwrap().is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_returns_the_same_export_and_refuses_another_body() {
     let app = app(100, AppOptions { workers: 0, ..Default::default() }).await;
     let post = |key: &'static str, body: Value| {
@@ -368,153 +306,4 @@ async fn bad_options_get_a_400_that_names_the_field_and_create_nothing() {
     }
     let n: i64 = sqlx::query_scalar("select count(*) from exports").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(n, 0);
-}
-
-/// A download whose export expires, or is deleted, between the handler reading its row and
-/// opening its file. Forced with a pause point in the download handler: the request reads the
-/// row (`completed`) and is held; the test deletes the export (file gone, status `expired`) or
-/// removes its row and file (as the purge of expired exports does); then the request goes on.
-/// Before, the failed open answered 500.
-async fn download_racing(remove: &str) -> reqwest::Response {
-    use exportd::export::engine::{Faults, Pause, PauseAt};
-    let pause = Pause::new();
-    let faults = Faults { pause: Some((PauseAt::DownloadLookedUp, pause.clone())), ..Default::default() };
-    let app = app(500, AppOptions { faults: Some(faults), ..Default::default() }).await;
-    let id = app.create_export(None).await;
-    app.wait_finished(id, Duration::from_secs(30)).await;
-    let request = tokio::spawn(app.client.get(app.url(&format!("/api/export/{id}/download"))).send());
-    pause.reached().await;
-    match remove {
-        "expire" => assert_eq!(delete(&app, id).await.status(), 200),
-        _ => {
-            sqlx::query("delete from exports where id = $1").bind(id).execute(&app.db.pool).await.unwrap();
-            std::fs::remove_dir_all(export_dir(&app, id)).unwrap();
-        }
-    }
-    pause.resume();
-    request.await.unwrap().unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_download_racing_expiry_answers_410() {
-    expect_error(download_racing("expire").await, 410, "expired").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_download_racing_the_purge_of_its_export_answers_404() {
-    expect_error(download_racing("purge").await, 404, "no export").await;
-}
-
-/// A download under way when its export is deleted reads the file to its end: the file was
-/// opened before the headers went out, and its bytes stay until it is closed. The test reads
-/// the first piece of the body, deletes the export (file unlinked), then reads the rest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_download_under_way_when_its_file_is_deleted_completes() {
-    let app = app(20_000, AppOptions::default()).await;
-    let reference = copy_reference(&app.db.pool).await;
-    let id = app.create_export(None).await;
-    app.wait_finished(id, Duration::from_secs(30)).await;
-    let mut resp = app.client.get(app.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.chunk().await.unwrap().unwrap().to_vec();
-    assert!(body.len() < reference.len());
-    assert_eq!(delete(&app, id).await.status(), 200);
-    assert!(!export_dir(&app, id).exists(), "the file is deleted");
-    while let Some(piece) = resp.chunk().await.unwrap() {
-        body.extend_from_slice(&piece);
-    }
-    assert_same_bytes(&body, &reference);
-}
-
-/// After exports complete and expire, one sweep (as the housekeeping loop runs it, called
-/// directly with nothing kept) leaves the storage directory and the tables as they were
-/// before them, and an idempotency key can be used again. What a crash would leave behind is
-/// made by hand: a file back in an expired export's directory (a crash between the status
-/// change and the file's deletion), a stray file beside a live export's file (a stale
-/// runner's), and the directory of an export whose row is gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweeper_returns_storage_and_tables_to_their_size_before_the_exports() {
-    use exportd::export::sweep::{Sweep, sweep};
-    let app = app(2_000, AppOptions::default()).await;
-    let pool = app.db.pool.clone();
-    let tables = || {
-        let pool = pool.clone();
-        async move {
-            let mut counts = Vec::new();
-            for table in ["exports", "export_runs", "apalis.jobs"] {
-                let sql = format!("select count(*) from {table}");
-                counts.push(sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap());
-            }
-            counts
-        }
-    };
-    let files = |root: &std::path::Path| -> usize {
-        std::fs::read_dir(root)
-            .unwrap()
-            .map(|d| 1 + std::fs::read_dir(d.unwrap().path()).map_or(0, |f| f.count()))
-            .sum()
-    };
-    let root = app.storage.path().to_path_buf();
-    let before = (tables().await, files(&root));
-
-    let keyed = |key: &str| {
-        app.client.post(app.url("/api/export")).header("Idempotency-Key", key).json(&json!({"chunkSize": 500}))
-    };
-    let mut ids = vec![
-        keyed("monthly").send().await.unwrap().json::<Value>().await.unwrap()["jobId"]
-            .as_str()
-            .unwrap()
-            .parse::<Uuid>()
-            .unwrap(),
-    ];
-    for _ in 0..3 {
-        ids.push(app.create_export(Some(json!({"chunkSize": 500}))).await);
-    }
-    for id in &ids {
-        assert_eq!(app.wait_finished(*id, Duration::from_secs(30)).await["status"], "completed");
-    }
-    let live = ids[3];
-    let live_file = export_row(&pool, live).await.file_name.unwrap();
-    sqlx::query("update exports set expires_at = now() where id = any($1)")
-        .bind(&ids[..3])
-        .execute(&pool)
-        .await
-        .unwrap();
-    exportd::app::expire(&pool, app.engine.storage().as_ref()).await;
-    std::fs::create_dir_all(export_dir(&app, ids[0])).unwrap();
-    std::fs::write(export_dir(&app, ids[0]).join("left-by-a-crash.csv"), b"id\n1\n").unwrap();
-    std::fs::write(export_dir(&app, live).join("stale-runner.csv"), b"id\n").unwrap();
-    std::fs::create_dir_all(root.join(Uuid::new_v4().to_string())).unwrap();
-
-    let nothing_kept = Sweep {
-        keep_ended_exports: Duration::ZERO,
-        keep_finished_jobs: Duration::ZERO,
-        stray_file_age: Duration::ZERO,
-    };
-    let swept = sweep(&pool, app.engine.storage().as_ref(), &nothing_kept).await.unwrap();
-    assert_eq!((swept.exports, swept.export_dirs, swept.files), (3, 2, 1), "{swept:?}");
-    assert_eq!(
-        app.download(live).await.len() as i64,
-        export_row(&pool, live).await.bytes_written,
-        "the live file stays"
-    );
-    assert!(app.storage.path().join(&live_file).exists());
-    // The live export expires too: everything is back to how it was.
-    assert_eq!(delete(&app, live).await.status(), 200);
-    // The queue marks a job done just after its export completes: wait for that, not a sleep.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sqlx::query_scalar::<_, i64>("select count(*) from apalis.jobs where status <> 'Done'")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        > 0
-    {
-        assert!(tokio::time::Instant::now() < deadline, "queue jobs never finished");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    sweep(&pool, app.engine.storage().as_ref(), &nothing_kept).await.unwrap();
-    assert_eq!((tables().await, files(&root)), before);
-    // The key is free again: a new export, not the purged one.
-    let again: Value = keyed("monthly").send().await.unwrap().json().await.unwrap();
-    assert_ne!(again["jobId"].as_str().unwrap(), ids[0].to_string());
 }

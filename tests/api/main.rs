@@ -2,6 +2,7 @@
 
 mod api_contract;
 mod datasets_config;
+mod downloads;
 mod exactness;
 mod fencing;
 mod lifecycle;
@@ -15,6 +16,7 @@ mod stalls;
 mod storage;
 #[path = "../support/mod.rs"]
 mod support;
+mod sweep;
 mod throttle;
 
 use support::helpers;

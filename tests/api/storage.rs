@@ -1,7 +1,7 @@
 //! The storage contract, checked against a backend through the trait alone (the local
 //! directory here; every backend added runs the same checks).
 
-use exportd::storage::{LocalDir, PrepareError, Prepared, RunFile, RunId, Storage};
+use exportd::storage::{LocalDir, PrepareError, Prepared, Resume, RunFile, RunId, Storage};
 use futures::TryStreamExt;
 use uuid::Uuid;
 
@@ -33,7 +33,9 @@ async fn conformance(storage: &dyn Storage) {
 
     // Taken over from a run that may be alive: the prefix is copied into a new file, the old
     // one left as it is.
-    let Prepared::Copy(mut copy) = storage.prepare_run(run(b), Some(&first), 13, false).await.unwrap() else {
+    let Prepared::Copy(mut copy) =
+        storage.prepare_run(run(b), Resume { file: Some(&first), bytes: 13, adopt: false }).await.unwrap()
+    else {
         panic!("a takeover copies")
     };
     while !copy.step().await.unwrap() {}
@@ -43,7 +45,9 @@ async fn conformance(storage: &dyn Storage) {
     assert_eq!(read(storage, &first, 0, 19).await, b"header\nrow 1\nrow 2\n", "the old file is untouched");
 
     // Taken over from a clean release: continued in place, cut back to the checkpoint.
-    let Prepared::Ready(adopted) = storage.prepare_run(run(c), Some(&second), 13, true).await.unwrap() else {
+    let Prepared::Ready(adopted) =
+        storage.prepare_run(run(c), Resume { file: Some(&second), bytes: 13, adopt: true }).await.unwrap()
+    else {
         panic!("a clean release is adopted")
     };
     assert_eq!(adopted.name, second);
@@ -52,12 +56,16 @@ async fn conformance(storage: &dyn Storage) {
 
     // A checkpoint past the stored bytes, or of a missing file, is reported as lost.
     for (name, bytes) in [(second.as_str(), 1000), ("nowhere/x.csv", 1)] {
-        let lost = storage.prepare_run(run(Uuid::new_v4()), Some(name), bytes, true).await;
+        let lost = storage.prepare_run(run(Uuid::new_v4()), Resume { file: Some(name), bytes, adopt: true }).await;
         assert!(matches!(lost, Err(PrepareError::CheckpointLost { .. })), "{name}: {lost:?}");
     }
 
     // An abandoned copy leaves nothing behind.
-    let Prepared::Copy(copy) = storage.prepare_run(run(Uuid::new_v4()), Some(&second), 13, false).await.unwrap() else {
+    let Prepared::Copy(copy) = storage
+        .prepare_run(run(Uuid::new_v4()), Resume { file: Some(&second), bytes: 13, adopt: false })
+        .await
+        .unwrap()
+    else {
         panic!("a takeover copies")
     };
     copy.abandon().await;
