@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use sqlx::{Postgres, pool::PoolConnection};
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
@@ -13,7 +14,7 @@ use crate::{
         csv::{self, RowShaper},
         engine::{Engine, Outcome},
     },
-    model::{Dataset, ExportRecord, spec::LineEnding},
+    model::{Dataset, ExportRecord, ExportSpec, spec::LineEnding},
 };
 
 /// What the reader hands the writer: encoded rows, or the end of a chunk (its last key and rows).
@@ -36,6 +37,71 @@ impl Engine {
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Option<Outcome>> {
         let spec = export.spec.get()?;
+        let mut reader = ChunkReader::open(self, ds, spec, fresh, tx).await?;
+        let rate = spec.max_rows_per_second.filter(|r| *r > 0);
+        let started = Instant::now();
+        let mut rows_this_run = 0u64;
+        // No upper bound: the table was empty when the export was created (header only).
+        while let Some(upper) = export.upper_bound_id.filter(|u| last.is_none_or(|l| l < *u)) {
+            if self.shutdown.is_triggered() {
+                return Ok(Some(Outcome::Released));
+            }
+            let Some((rows, last_id)) = reader.read_chunk(last, upper).await? else { break };
+            reader.send(Piece::ChunkEnd { last_id, rows }).await?;
+            last = Some(last_id);
+            rows_this_run += rows;
+            if let Some(rate) = rate {
+                // Pace after each chunk (the last one too), so the whole export keeps the rate.
+                let due = started + Duration::from_secs_f64(rows_this_run as f64 / f64::from(rate));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = self.shutdown.wait() => return Ok(Some(Outcome::Released)),
+                }
+            }
+            if (rows as i64) < reader.limit {
+                break; // a short chunk: nothing is left up to the upper bound
+            }
+        }
+        tracing::debug!(export_id = %export.id, total = ?started.elapsed(), start = ?reader.t_start, stream = ?reader.t_stream, blocked_on_writer = ?reader.t_send, "producer timings");
+        reader.finish().await?;
+        Ok(None)
+    }
+}
+
+/// A run's reading side: its own connection (session set up once), the chunk query's shape,
+/// the row shaper, and the piece being filled.
+struct ChunkReader<'a> {
+    engine: &'a Engine,
+    ds: &'a Dataset,
+    spec: &'a ExportSpec,
+    /// One connection for the whole run; closed (not pooled) afterwards, so a COPY left unread
+    /// by an early return never reaches another user of the pool.
+    conn: PoolConnection<Postgres>,
+    shaper: RowShaper,
+    /// Where the key is in a row, to read the chunk's last key back.
+    key_index: usize,
+    delimiter: u8,
+    /// Rows per chunk.
+    limit: i64,
+    /// The header line is still to be written (asked of the next COPY).
+    header: bool,
+    /// The piece being filled (a pooled buffer).
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Piece>,
+    t_start: Duration,
+    t_stream: Duration,
+    t_send: Duration,
+}
+
+impl<'a> ChunkReader<'a> {
+    /// Takes the run's connection and binds the time zone and the filter values on it once.
+    async fn open(
+        engine: &'a Engine,
+        ds: &'a Dataset,
+        spec: &'a ExportSpec,
+        fresh: bool,
+        tx: mpsc::Sender<Piece>,
+    ) -> anyhow::Result<Self> {
         let format = &spec.format;
         let columns = spec.output_columns(ds);
         let (key_index, key_appended) = db::dataset::key_position(ds, &columns);
@@ -45,126 +111,129 @@ impl Engine {
             .then(|| columns.iter().map(|c| ds.column(&c.name).is_none_or(|d| d.textual)).collect());
         let shaper =
             RowShaper::new(delimiter, key_appended, format.line_ending == LineEnding::Crlf, guard, &format.null);
-        let mut header = fresh && format.header;
-        // No upper bound: the table was empty when the export was created (header only).
-        let upper = export.upper_bound_id;
-        let rate = spec.max_rows_per_second.filter(|r| *r > 0);
         // With a throttle, a chunk is at most one second of rows, so pacing stays smooth.
-        let limit = i64::from(match rate {
+        let limit = i64::from(match spec.max_rows_per_second.filter(|r| *r > 0) {
             Some(r) => spec.chunk_size.min(r),
             None => spec.chunk_size,
         });
-        // One connection for the whole run; closed (not pooled) afterwards, so a COPY left
-        // unread by an early return never reaches another user of the pool.
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = engine.pool.acquire().await?;
         conn.close_on_drop();
-        // The time zone and the filter values, bound once for the whole run.
         let mut setup = sqlx::query(sqlx::AssertSqlSafe(db::dataset::session_setup(spec))).bind(&format.time_zone);
         for value in db::dataset::filter_values(spec) {
             setup = setup.bind(value);
         }
-        let (first_wait, next_wait) = (self.settings.db_statement_wait, self.settings.db_io_timeout);
-        db::within(first_wait, "setting up the run's session", async { Ok(setup.execute(&mut *conn).await?) }).await?;
-        let mut buf = self.buffers.take();
+        let wait = engine.settings.db_statement_wait;
+        db::within(wait, "setting up the run's session", async { Ok(setup.execute(&mut *conn).await?) }).await?;
+        let mut buf = engine.buffers.take();
         if fresh && format.bom {
             buf.extend_from_slice(b"\xEF\xBB\xBF");
         }
-        let started = Instant::now();
-        let mut rows_this_run = 0u64;
-        let (mut t_start, mut t_stream, mut t_send) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        loop {
-            if self.shutdown.is_triggered() {
-                return Ok(Some(Outcome::Released));
-            }
-            let Some(upper) = upper.filter(|u| last.is_none_or(|l| l < *u)) else { break };
-            let sql = db::dataset::chunk_copy(ds, spec, last, upper, limit, header);
-            let t = Instant::now();
-            let mut stream =
-                db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
-            t_start += t.elapsed();
-            let streaming = Instant::now();
-            let mut count = 0u64;
-            let mut last_row = None;
-            // Every message of the chunk has a deadline: the first one the statement's, the next
-            // ones `db_io_timeout` each. A connection that goes silent (half-open, a stuck proxy,
-            // a frozen server) fails the run, and the run's connection is closed, never pooled.
-            let mut silence = Silence::new(first_wait, next_wait);
-            while let Some(message) = silence.next(&mut stream).await? {
-                // Rows usually come out of sqlx's buffer without touching the socket, so this
-                // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
-                // in whenever the task's cooperative budget runs out.
-                tokio::task::consume_budget().await;
-                // PostgreSQL sends one CopyData message per row (the first one is the header
-                // line when asked for).
-                let is_header = std::mem::take(&mut header);
-                if !is_header {
-                    count += 1;
-                }
-                if shaper.is_identity() {
-                    buf.extend_from_slice(&message);
-                } else {
-                    shaper.shape(&message, is_header, &mut buf);
-                }
-                last_row = Some(message);
-                if buf.len() >= PIECE_BYTES {
-                    let piece = std::mem::replace(&mut buf, self.buffers.take());
-                    let t = Instant::now();
-                    if tx.send(Piece::Data(piece)).await.is_err() {
-                        return Err(writer_gone());
-                    }
-                    t_send += t.elapsed();
-                }
-            }
-            drop(stream);
-            t_stream += streaming.elapsed();
-            if count == 0 {
-                break;
-            }
-            let row = last_row.expect("a row was read");
-            let last_id = csv::key(&row, key_index, delimiter).ok_or_else(|| {
-                anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
-            })?;
-            if !buf.is_empty() {
-                let piece = std::mem::replace(&mut buf, self.buffers.take());
-                if tx.send(Piece::Data(piece)).await.is_err() {
-                    return Err(writer_gone());
-                }
-            }
-            if tx.send(Piece::ChunkEnd { last_id, rows: count }).await.is_err() {
-                return Err(writer_gone());
-            }
-            last = Some(last_id);
-            rows_this_run += count;
-            if let Some(rate) = rate {
-                // Pace after each chunk (the last one too), so the whole export keeps the rate.
-                let due = started + Duration::from_secs_f64(rows_this_run as f64 / f64::from(rate));
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due) => {}
-                    _ = self.shutdown.wait() => return Ok(Some(Outcome::Released)),
-                }
-            }
-            if (count as i64) < limit {
-                break; // a short chunk: nothing is left up to the upper bound
-            }
-        }
-        tracing::debug!(export_id = %export.id, total = ?started.elapsed(), start = ?t_start, stream = ?t_stream, blocked_on_writer = ?t_send, "producer timings");
-        if header {
-            // Nothing at all to export and no header yet: ask COPY for the header alone.
-            let sql = db::dataset::chunk_copy(ds, spec, None, 0, 0, true);
-            let mut stream =
-                db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
-            let mut silence = Silence::new(first_wait, first_wait);
-            while let Some(message) = silence.next(&mut stream).await? {
-                shaper.shape(&message, true, &mut buf);
-            }
-        }
-        if buf.is_empty() {
-            self.buffers.give(buf);
-        } else if tx.send(Piece::Data(buf)).await.is_err() {
-            return Err(writer_gone());
-        }
-        Ok(None)
+        Ok(Self {
+            engine,
+            ds,
+            spec,
+            conn,
+            shaper,
+            key_index,
+            delimiter,
+            limit,
+            header: fresh && format.header,
+            buf,
+            tx,
+            t_start: Duration::ZERO,
+            t_stream: Duration::ZERO,
+            t_send: Duration::ZERO,
+        })
     }
+
+    /// Reads the chunk after `last` up to `upper` into pieces; returns its rows and last key,
+    /// or None when it is empty.
+    async fn read_chunk(&mut self, last: Option<i64>, upper: i64) -> anyhow::Result<Option<(u64, i64)>> {
+        let (first_wait, next_wait) = (self.engine.settings.db_statement_wait, self.engine.settings.db_io_timeout);
+        let sql = db::dataset::chunk_copy(self.ds, self.spec, last, upper, self.limit, self.header);
+        let t = Instant::now();
+        let conn = &mut self.conn;
+        let mut stream =
+            db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
+        self.t_start += t.elapsed();
+        let streaming = Instant::now();
+        let mut count = 0u64;
+        let mut last_row = None;
+        // Every message of the chunk has a deadline: the first one the statement's, the next
+        // ones `db_io_timeout` each. A connection that goes silent (half-open, a stuck proxy,
+        // a frozen server) fails the run, and the run's connection is closed, never pooled.
+        let mut silence = Silence::new(first_wait, next_wait);
+        while let Some(message) = silence.next(&mut stream).await? {
+            // Rows usually come out of sqlx's buffer without touching the socket, so this
+            // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
+            // in whenever the task's cooperative budget runs out.
+            tokio::task::consume_budget().await;
+            // PostgreSQL sends one CopyData message per row (the first one is the header
+            // line when asked for).
+            let is_header = std::mem::take(&mut self.header);
+            if !is_header {
+                count += 1;
+            }
+            if self.shaper.is_identity() {
+                self.buf.extend_from_slice(&message);
+            } else {
+                self.shaper.shape(&message, is_header, &mut self.buf);
+            }
+            last_row = Some(message);
+            if self.buf.len() >= PIECE_BYTES {
+                let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
+                let t = Instant::now();
+                send(&self.tx, Piece::Data(piece)).await?; // the stream holds the connection
+                self.t_send += t.elapsed();
+            }
+        }
+        drop(stream);
+        self.t_stream += streaming.elapsed();
+        if count == 0 {
+            return Ok(None);
+        }
+        let row = last_row.expect("a row was read");
+        let last_id = csv::key(&row, self.key_index, self.delimiter).ok_or_else(|| {
+            anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
+        })?;
+        if !self.buf.is_empty() {
+            let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
+            self.send(Piece::Data(piece)).await?;
+        }
+        Ok(Some((count, last_id)))
+    }
+
+    /// Hands a piece to the writer.
+    async fn send(&self, piece: Piece) -> anyhow::Result<()> {
+        send(&self.tx, piece).await
+    }
+
+    /// Ends the reading: a header still owed (nothing at all to export) is asked of COPY
+    /// alone, and what is left in the buffer goes to the writer.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        if self.header {
+            let wait = self.engine.settings.db_statement_wait;
+            let sql = db::dataset::chunk_copy(self.ds, self.spec, None, 0, 0, true);
+            let conn = &mut self.conn;
+            let mut stream = db::within(wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
+            let mut silence = Silence::new(wait, wait);
+            while let Some(message) = silence.next(&mut stream).await? {
+                self.shaper.shape(&message, true, &mut self.buf);
+            }
+        }
+        let buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            self.engine.buffers.give(buf);
+            Ok(())
+        } else {
+            self.send(Piece::Data(buf)).await
+        }
+    }
+}
+
+/// Hands a piece to the writer.
+async fn send(tx: &mpsc::Sender<Piece>, piece: Piece) -> anyhow::Result<()> {
+    tx.send(piece).await.map_err(|_| writer_gone())
 }
 
 /// The writer returned early; the run is ending on its side.
