@@ -15,6 +15,16 @@ use crate::{
     model::{Checkpoint, ExportRecord, ExportStatus, StoredSpec},
 };
 
+/// A run's hold on an export: the export and the run's owner token. Every write a run makes
+/// is fenced by both (`where id = $1 and owner = $2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The export.
+    pub export_id: Uuid,
+    /// The run's owner token.
+    pub token: Uuid,
+}
+
 /// Result of trying to claim an export for a new run.
 #[derive(Debug)]
 pub enum Claim {
@@ -60,13 +70,8 @@ struct ClaimState {
 /// export fails instead, with the last error met. A row this version cannot read (a spec or
 /// status written by another version) counts as a run without progress, with the reason, so
 /// it fails after the same bound instead of being retried for ever.
-pub async fn claim_export(
-    db: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-    worker: &str,
-    max_stalled: u32,
-) -> Result<Claim> {
+pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_stalled: u32) -> Result<Claim> {
+    let Fence { export_id: id, token } = run;
     let mut tx = db.begin().await?;
     let current: Option<ClaimState> = sqlx::query_as(
         "select status, owner, released_by, file_writer, stalled_attempts, last_error, spec \
@@ -156,7 +161,7 @@ pub async fn claim_export(
 /// still in the file (and anything after it is cut off), so durability is not needed here,
 /// and skipping a flush per chunk keeps the disk free for commits that need it (new exports).
 /// Visibility, and so the fencing, is unaffected.
-pub async fn save_checkpoint(db: &mut PgConnection, id: Uuid, token: Uuid, cp: &Checkpoint) -> Result<bool> {
+pub async fn save_checkpoint(db: &mut PgConnection, run: Fence, cp: &Checkpoint) -> Result<bool> {
     let mut tx = db.begin().await?;
     sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
     let done = bind_checkpoint(
@@ -165,8 +170,7 @@ pub async fn save_checkpoint(db: &mut PgConnection, id: Uuid, token: Uuid, cp: &
              file_name = $6, file_writer = $2, stalled_attempts = 0 \
              where id = $1 and owner = $2 and status = 'running'",
         ),
-        id,
-        token,
+        run,
         cp,
     )
     .execute(&mut *tx)
@@ -178,22 +182,15 @@ pub async fn save_checkpoint(db: &mut PgConnection, id: Uuid, token: Uuid, cp: &
 /// Binds `$1` export, `$2` token and `$3`..`$6` the checkpoint, as the fenced writes take them.
 fn bind_checkpoint<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    id: Uuid,
-    token: Uuid,
+    run: Fence,
     cp: &'q Checkpoint,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    query.bind(id).bind(token).bind(cp.last_id).bind(cp.rows).bind(cp.bytes).bind(&cp.file_name)
+    query.bind(run.export_id).bind(run.token).bind(cp.last_id).bind(cp.rows).bind(cp.bytes).bind(&cp.file_name)
 }
 
 /// Marks the export completed with its final checkpoint, fenced by the run's token; its file
 /// is kept for `retention`.
-pub async fn complete_export(
-    db: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-    cp: &Checkpoint,
-    retention: Duration,
-) -> Result<bool> {
+pub async fn complete_export(db: &mut PgConnection, run: Fence, cp: &Checkpoint, retention: Duration) -> Result<bool> {
     let mut tx = db.begin().await?;
     let done = bind_checkpoint(
         sqlx::query(
@@ -202,8 +199,7 @@ pub async fn complete_export(
              finished_at = now(), error = null, expires_at = now() + make_interval(secs => $7) \
              where id = $1 and owner = $2 and status = 'running'",
         ),
-        id,
-        token,
+        run,
         cp,
     )
     .bind(retention.as_secs_f64())
@@ -212,7 +208,7 @@ pub async fn complete_export(
     if done.rows_affected() != 1 {
         return Ok(false);
     }
-    end_run(&mut tx, token, "completed", None).await?;
+    end_run(&mut tx, run.token, "completed", None).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -220,13 +216,8 @@ pub async fn complete_export(
 /// Gives the export up without finishing it, fenced by the run's token: at shutdown
 /// (`give_back`: the attempt does not count) or after an error (recorded as `last_error`).
 /// The export stays `running` with no owner until the queue hands it to the next run.
-pub async fn release_export(
-    db: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-    error: Option<&str>,
-    give_back: bool,
-) -> Result<bool> {
+pub async fn release_export(db: &mut PgConnection, run: Fence, error: Option<&str>, give_back: bool) -> Result<bool> {
+    let Fence { export_id: id, token } = run;
     let mut tx = db.begin().await?;
     let done = sqlx::query(
         "update exports set owner = null, released_by = $2, last_error = coalesce($3, last_error), \
@@ -248,7 +239,8 @@ pub async fn release_export(
 }
 
 /// Forgets the checkpoint (its file is gone): the run starts the export over, fenced.
-pub async fn reset_checkpoint(db: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> Result<bool> {
+pub async fn reset_checkpoint(db: impl PgExecutor<'_>, run: Fence) -> Result<bool> {
+    let Fence { export_id: id, token } = run;
     let done = sqlx::query(
         "update exports set last_processed_id = null, rows_written = 0, bytes_written = 0, file_name = null, \
          file_writer = null \

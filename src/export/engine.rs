@@ -13,7 +13,10 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::{
-    db::{self, runs::Claim},
+    db::{
+        self,
+        runs::{Claim, Fence},
+    },
     export::buffers::BufferPool,
     model::{Checkpoint, Dataset, Datasets, ExportRecord, ExportStatus},
     shutdown::Shutdown,
@@ -114,7 +117,7 @@ impl Engine {
             }
             let token = Uuid::new_v4();
             let claim = engine_db!(self, "claiming the export", |c| {
-                db::runs::claim_export(c, export_id, token, worker, self.settings.max_stalled_attempts)
+                db::runs::claim_export(c, Fence { export_id, token }, worker, self.settings.max_stalled_attempts)
             })
             .await;
             let (export, adopt) = match claim {
@@ -167,7 +170,7 @@ impl Engine {
                 }
                 Ok(Outcome::Released) => {
                     match engine_db!(self, "releasing the export", |c| {
-                        db::runs::release_export(c, export_id, token, None, true)
+                        db::runs::release_export(c, Fence { export_id, token }, None, true)
                     })
                     .await
                     {
@@ -185,7 +188,7 @@ impl Engine {
                     let message = describe(&e);
                     tracing::warn!(%export_id, %token, error = %message, "export run failed");
                     let _ = engine_db!(self, "releasing the export", |c| {
-                        db::runs::release_export(c, export_id, token, Some(&message), false)
+                        db::runs::release_export(c, Fence { export_id, token }, Some(&message), false)
                     })
                     .await;
                     let wait = self.backoff(export.stalled_attempts.max(1) as u32);
@@ -227,7 +230,7 @@ impl Engine {
             Err(PrepareError::CheckpointLost { name, bytes }) => {
                 tracing::error!(export_id = %export.id, %name, bytes, "checkpointed bytes are gone; starting the export over");
                 if !engine_db!(self, "resetting the checkpoint", |c| {
-                    db::runs::reset_checkpoint(c, export.id, token)
+                    db::runs::reset_checkpoint(c, Fence { export_id: export.id, token })
                 })
                 .await?
                 {
@@ -264,7 +267,7 @@ impl Engine {
             Some(end) => Ok(end),
             None => {
                 if !engine_db!(self, "completing the export", |c| {
-                    db::runs::complete_export(c, export.id, token, &cp, self.settings.retention)
+                    db::runs::complete_export(c, Fence { export_id: export.id, token }, &cp, self.settings.retention)
                 })
                 .await?
                 {

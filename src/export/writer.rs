@@ -74,7 +74,7 @@ impl Engine {
                     };
                     let t = Instant::now();
                     if !engine_db!(self, "saving a checkpoint", |c| {
-                        db::runs::save_checkpoint(c, export_id, token, &next)
+                        db::runs::save_checkpoint(c, db::runs::Fence { export_id, token }, &next)
                     })
                     .await?
                     {

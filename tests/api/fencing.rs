@@ -56,18 +56,23 @@ async fn fenced_checkpoint_rejects_a_stale_token() {
     let id = app.create_export(None).await;
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     use exportd::{
-        db::runs::{claim_export, complete_export, save_checkpoint},
+        db::runs::{Fence, claim_export, complete_export, save_checkpoint},
         model::Checkpoint,
     };
     let mut conn = app.db.pool.acquire().await.unwrap();
     let c = &mut *conn;
-    claim_export(c, id, a, "A", 5).await.unwrap();
+    claim_export(c, Fence { export_id: id, token: a }, "A", 5).await.unwrap();
     let cp = |last: i64| Checkpoint { last_id: Some(last), rows: last, bytes: last * 10, file_name: "x".into() };
-    assert!(save_checkpoint(c, id, a, &cp(5)).await.unwrap());
-    claim_export(c, id, b, "B", 5).await.unwrap();
-    assert!(!save_checkpoint(c, id, a, &cp(9)).await.unwrap(), "stale token cannot checkpoint");
+    assert!(save_checkpoint(c, Fence { export_id: id, token: a }, &cp(5)).await.unwrap());
+    claim_export(c, Fence { export_id: id, token: b }, "B", 5).await.unwrap();
     assert!(
-        !complete_export(c, id, a, &cp(9), std::time::Duration::from_secs(60)).await.unwrap(),
+        !save_checkpoint(c, Fence { export_id: id, token: a }, &cp(9)).await.unwrap(),
+        "stale token cannot checkpoint"
+    );
+    assert!(
+        !complete_export(c, Fence { export_id: id, token: a }, &cp(9), std::time::Duration::from_secs(60))
+            .await
+            .unwrap(),
         "stale token cannot complete"
     );
     let row = export_row(&app.db.pool, id).await;
