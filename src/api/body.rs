@@ -34,8 +34,7 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
         body: &mut RequestBody,
         _opts: ExtractParamOptions<()>,
     ) -> poem::Result<Self> {
-        let bytes =
-            body.take()?.into_vec().await.map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
+        let bytes = read_limited(request, body).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
@@ -58,6 +57,33 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
             })),
         }
     }
+}
+
+/// Largest request body accepted (a request with every filter at its limit fits many times).
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+/// The body, refused with 413 when it is larger than [`MAX_BODY_BYTES`]: at once when its
+/// `Content-Length` says so, else (chunked) as soon as that many bytes have arrived, so a
+/// client can never make the server hold more than that.
+async fn read_limited(request: &Request, body: &mut RequestBody) -> poem::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let too_large = || {
+        poem::Error::from_string(
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+        )
+    };
+    let declared = request.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut reader = body.take()?.into_async_read().take(MAX_BODY_BYTES + 1);
+    reader.read_to_end(&mut bytes).await.map_err(|e| bad_request(format!("cannot read the request body: {e}")))?;
+    if bytes.len() as u64 > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// The field whose removal makes the body parse, as a dotted path (`format.lineEnding`): the

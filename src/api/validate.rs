@@ -78,6 +78,11 @@ fn columns(
         if header.is_empty() || header.len() > MAX_HEADER_BYTES || header.contains('\0') {
             return Err(bad(format!("headers.{name}: must be 1 to {MAX_HEADER_BYTES} bytes")));
         }
+        // A line break (or any control character) in a header name would split the header
+        // line or smuggle text into the file's first row.
+        if header.chars().any(char::is_control) {
+            return Err(bad(format!("headers.{name}: must not contain control characters (CR, LF, tab, ...)")));
+        }
         if out.iter().any(|c| c.header == header) {
             return Err(bad(format!("headers.{name}: header {header:?} is used twice")));
         }

@@ -199,3 +199,24 @@ async fn health_is_503_when_the_database_is_unreachable() {
     let resp = poem::test::TestClient::new(exportd::api::routes(state)).post("/api/export").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_whether_its_length_is_declared_or_not() {
+    let app = app_with_rows(1).await;
+    let limit = exportd::api::body::MAX_BODY_BYTES as usize;
+    // Valid JSON (whitespace around `{}`) just over the limit, with a Content-Length.
+    let padded = format!("{{}}{}", " ".repeat(limit));
+    let resp = app.client.post(app.url("/api/export")).header("content-type", "application/json").body(padded);
+    expect_error(resp.send().await.unwrap(), 413, "larger than").await;
+    // The same without a Content-Length (chunked): refused once the limit is passed.
+    let chunks = (0..=limit / 65536).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 65536])));
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let resp = app.client.post(app.url("/api/export")).header("content-type", "application/json").body(body);
+    expect_error(resp.send().await.unwrap(), 413, "larger than").await;
+    // Just under it, the same padding is fine; and nothing was created by the refused ones.
+    let fits = format!("{{}}{}", " ".repeat(limit - 2));
+    let resp = app.client.post(app.url("/api/export")).header("content-type", "application/json").body(fits);
+    assert_eq!(resp.send().await.unwrap().status(), 202);
+    let count: i64 = sqlx::query_scalar("select count(*) from exports").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(count, 1);
+}

@@ -268,6 +268,8 @@ async fn bad_options_get_a_400_that_names_the_field_and_create_nothing() {
         (json!({"headers": {"note": "x"}, "columns": ["id"]}), "headers.note"),
         (json!({"headers": {"id": "status"}}), "header \"status\" is used twice"),
         (json!({"headers": {"id": "x".repeat(64)}}), "headers.id"),
+        (json!({"headers": {"note": "a\r\nb"}}), "headers.note: must not contain control characters"),
+        (json!({"headers": {"note": "=HYPERLINK(\"x\")\n"}}), "headers.note: must not contain control"),
         (json!({"filters": {"note": {"eq": "x"}}}), "filters.note: column \"note\" cannot be filtered on"),
         (json!({"filters": {"nope": {"eq": "x"}}}), "filters.nope"),
         (json!({"filters": {"created_at": {"gte": "last tuesday"}}}), "filters.created_at.gte"),
