@@ -90,10 +90,6 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .around(move |ep, req| async move {
-            if req.uri().path() == "/" {
-                // A person (or a browser) at the root is sent to the docs, not a JSON 404.
-                return Ok(poem::web::Redirect::see_other("/docs").into_response());
-            }
             match tokio::time::timeout(limit, ep.call(req)).await {
                 Ok(answered) => answered,
                 Err(_) => {
@@ -102,6 +98,14 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
                     Ok(error::ApiError::from(e).into_response())
                 }
             }
+        })
+        .around(|ep, req| async move {
+            if req.uri().path() == "/" {
+                // A person (or a browser) at the root is sent to the docs, not a JSON 404 (the
+                // API is nested at `/`, which leaves no route of its own for the root).
+                return Ok(poem::web::Redirect::see_other("/docs").into_response());
+            }
+            ep.call(req).await
         })
         .catch_all_error(error::render_any_error)
 }

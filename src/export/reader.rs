@@ -47,7 +47,7 @@ impl Engine {
                 return Ok(Some(Outcome::Released));
             }
             let Some((rows, last_id)) = reader.read_chunk(last, upper).await? else { break };
-            reader.send(Piece::ChunkEnd { last_id, rows }).await?;
+            send(&reader.tx, Piece::ChunkEnd { last_id, rows }).await?;
             last = Some(last_id);
             rows_this_run += rows;
             if let Some(rate) = rate {
@@ -183,7 +183,7 @@ impl<'a> ChunkReader<'a> {
             if self.buf.len() >= PIECE_BYTES {
                 let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
                 let t = Instant::now();
-                send(&self.tx, Piece::Data(piece)).await?; // the stream holds the connection
+                send(&self.tx, Piece::Data(piece)).await?;
                 self.t_send += t.elapsed();
             }
         }
@@ -198,14 +198,9 @@ impl<'a> ChunkReader<'a> {
         })?;
         if !self.buf.is_empty() {
             let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
-            self.send(Piece::Data(piece)).await?;
+            send(&self.tx, Piece::Data(piece)).await?;
         }
         Ok(Some((count, last_id)))
-    }
-
-    /// Hands a piece to the writer.
-    async fn send(&self, piece: Piece) -> anyhow::Result<()> {
-        send(&self.tx, piece).await
     }
 
     /// Ends the reading: a header still owed (nothing at all to export) is asked of COPY
@@ -226,7 +221,7 @@ impl<'a> ChunkReader<'a> {
             self.engine.buffers.give(buf);
             Ok(())
         } else {
-            self.send(Piece::Data(buf)).await
+            send(&self.tx, Piece::Data(buf)).await
         }
     }
 }

@@ -1,11 +1,7 @@
 //! The local directory backend: one file per run under `<root>/<export>/`, appends synced
 //! with `fdatasync`, prefix copies with `copy_file_range`, downloads streamed from an open file.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-    time::SystemTime,
-};
+use std::{io, path::PathBuf, time::SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -133,13 +129,8 @@ impl LocalDir {
         Self { root: root.into() }
     }
 
-    /// The storage directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Absolute path of a stored file.
-    pub fn path(&self, name: &str) -> PathBuf {
+    fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
 
