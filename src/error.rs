@@ -30,6 +30,10 @@ pub enum Error {
     /// The `Idempotency-Key` was used before with a different request (422).
     #[error("Idempotency-Key: this key was already used for export {0} with a different request")]
     IdempotencyMismatch(uuid::Uuid),
+    /// The request is valid but can never succeed (422): PostgreSQL refuses the export's query
+    /// (a limit of the server, a column gone from the table), so it is refused, not retried.
+    #[error("{0}")]
+    Unprocessable(String),
     /// The database cannot be reached or timed out (503): the client may retry.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -61,7 +65,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Gone { .. } => StatusCode::GONE,
-            Error::IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::IdempotencyMismatch(_) | Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Io(_) | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

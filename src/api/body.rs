@@ -49,6 +49,9 @@ impl<'a, T: ParseFromJSON + Type> ApiExtractor<'a> for OptionalJson<T> {
         }
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| bad_request(format!("the request body is not valid JSON: {e}")))?;
+        if let Some(field) = null_member(&value, &mut Vec::new()) {
+            return Err(bad_request(format!("{field}: null is not allowed; leave the field out to get its default")));
+        }
         match T::parse_from_json(Some(value.clone())) {
             Ok(parsed) => Ok(Self(Some(parsed))),
             Err(e) => Err(bad_request(match culprit::<T>(&value) {
@@ -86,35 +89,96 @@ async fn read_limited(request: &Request, body: &mut RequestBody) -> poem::Result
     Ok(bytes)
 }
 
-/// The field whose removal makes the body parse, as a dotted path (`format.lineEnding`): the
-/// one to name in the error (poem-openapi's own messages give the type that failed, not the
-/// field). Nested objects are searched for the innermost such field.
+/// How deep [`culprit`] looks (request bodies nest three levels: `filters.status.in`).
+const CULPRIT_DEPTH: usize = 6;
+
+/// The field to name in an error, as a dotted path (`format.lineEnding`): poem-openapi's own
+/// messages give the type that failed, not the field. Each member is parsed alone, inside its
+/// parents (every field of our request bodies is optional), and the search goes down into the
+/// first member that fails: each level costs the size of what it probes, so the search is
+/// linear in the body (an invalid body with thousands of keys costs one pass, never a parse
+/// per key of the whole body).
 fn culprit<T: ParseFromJSON>(value: &serde_json::Value) -> Option<String> {
     let mut path: Vec<String> = Vec::new();
-    while let Some(object) = pointer(value, &path).and_then(|v| v.as_object()) {
-        let found = object.keys().find(|key| {
-            let mut without = value.clone();
-            if let Some(serde_json::Value::Object(parent)) = pointer_mut(&mut without, &path) {
-                parent.remove(*key);
+    let mut at = value;
+    while path.len() < CULPRIT_DEPTH
+        && let Some(object) = at.as_object()
+    {
+        let alone = |key: &String, member: &serde_json::Value| {
+            let probe = path.iter().rev().fold(
+                serde_json::Value::Object(serde_json::Map::from_iter([(key.clone(), member.clone())])),
+                |inner, parent| serde_json::Value::Object(serde_json::Map::from_iter([(parent.clone(), inner)])),
+            );
+            T::parse_from_json(Some(probe)).is_err()
+        };
+        match object.iter().find(|(key, member)| alone(key, member)) {
+            Some((key, member)) => {
+                path.push(key.clone());
+                at = member;
             }
-            T::parse_from_json(Some(without)).is_ok()
-        });
-        match found {
-            Some(key) => path.push(key.clone()),
             None => break,
         }
     }
     (!path.is_empty()).then(|| path.join("."))
 }
 
-fn pointer<'v>(value: &'v serde_json::Value, path: &[String]) -> Option<&'v serde_json::Value> {
-    path.iter().try_fold(value, |v, key| v.get(key))
-}
-
-fn pointer_mut<'v>(value: &'v mut serde_json::Value, path: &[String]) -> Option<&'v mut serde_json::Value> {
-    path.iter().try_fold(value, |v, key| v.get_mut(key))
+/// The first object member whose value is `null`, as a dotted path: no field of a request
+/// body is nullable (the spec says so), so `null` is refused rather than read as "absent".
+fn null_member(value: &serde_json::Value, path: &mut Vec<String>) -> Option<String> {
+    let object = value.as_object()?;
+    for (key, member) in object {
+        path.push(key.clone());
+        if member.is_null() {
+            return Some(path.join("."));
+        }
+        if let Some(found) = null_member(member, path) {
+            return Some(found);
+        }
+        path.pop();
+    }
+    None
 }
 
 fn bad_request(message: String) -> poem::Error {
     poem::Error::from_string(message, poem::http::StatusCode::BAD_REQUEST)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::api::request::CreateExportRequest;
+
+    fn culprit_of(body: Value) -> Option<String> {
+        culprit::<CreateExportRequest>(&body)
+    }
+
+    #[test]
+    fn culprits_are_named_by_their_path() {
+        assert_eq!(
+            culprit_of(json!({"format": {"lineEnding": "cr", "bom": true}})).as_deref(),
+            Some("format.lineEnding")
+        );
+        assert_eq!(
+            culprit_of(json!({"dataset": "orders", "filters": {"status": {"eq": "x", "like": "p%"}}})).as_deref(),
+            Some("filters.status.like")
+        );
+        assert_eq!(culprit_of(json!({"chunkSize": 5})).as_deref(), Some("chunkSize"));
+        assert_eq!(culprit_of(json!({"dataset": "orders"})), None);
+        // Thousands of unknown keys: one probe each, of that key alone.
+        let many: serde_json::Map<String, Value> = (0..8000).map(|i| (format!("k{i:05}"), json!(i))).collect();
+        assert_eq!(culprit_of(Value::Object(many)).as_deref(), Some("k00000"));
+    }
+
+    #[test]
+    fn null_members_are_found_at_any_depth() {
+        assert_eq!(null_member(&json!({"a": 1, "b": {"c": null}}), &mut Vec::new()).as_deref(), Some("b.c"));
+        assert_eq!(
+            null_member(&json!({"a": [null]}), &mut Vec::new()),
+            None,
+            "array elements are the schema's business"
+        );
+        assert_eq!(null_member(&json!({"a": {"b": 1}}), &mut Vec::new()), None);
+    }
 }

@@ -41,7 +41,8 @@ pub enum ApiError {
     /// `status` gives its current status.
     #[oai(status = 410)]
     Gone(Json<ErrorBody>),
-    /// The `Idempotency-Key` was already used with a different request.
+    /// The `Idempotency-Key` was already used with a different request, or the request can
+    /// never succeed (PostgreSQL refuses the export's query).
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
     /// The database is unavailable; retry later.
@@ -65,6 +66,7 @@ impl From<Error> for ApiError {
                 ApiError::Gone(Json(ErrorBody { error: "gone".into(), message, status: Some(status) }))
             }
             Error::IdempotencyMismatch(_) => ApiError::Unprocessable(ErrorBody::new("idempotency_key_reused", message)),
+            Error::Unprocessable(_) => ApiError::Unprocessable(ErrorBody::new("unprocessable", message)),
             Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),
             Error::Database(_) | Error::Io(_) | Error::Other(_) => {
                 ApiError::Internal(ErrorBody::new("internal", message))

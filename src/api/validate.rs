@@ -19,12 +19,42 @@ use crate::{
 };
 
 /// Most values one `in` filter may list.
-const MAX_IN_VALUES: usize = 1000;
+pub const MAX_IN_VALUES: usize = 1000;
+/// Most filter values of one export, all filters together.
+pub const MAX_FILTER_VALUES: usize = 2000;
+/// Longest filter value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024;
+/// Largest stored spec (the options as JSON), in bytes: what every status and list answer
+/// carries back, so what a page of `GET /api/exports` can weigh.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 /// Longest header name (PostgreSQL's identifier limit, in bytes).
 const MAX_HEADER_BYTES: usize = 63;
+/// Longest time zone name accepted (IANA names are at most 32 bytes).
+const MAX_TIME_ZONE_BYTES: usize = 64;
+/// How much of a client's string an error message repeats.
+const SHOWN_CHARS: usize = 64;
 
 fn bad(message: String) -> Error {
     Error::BadRequest(message)
+}
+
+/// The path of a map's member for an error message (`headers.note`), or of the map alone when
+/// the key is too long or odd to repeat.
+fn member(map: &str, key: &str) -> String {
+    if key.chars().count() <= SHOWN_CHARS && !key.chars().any(char::is_control) {
+        format!("{map}.{key}")
+    } else {
+        map.to_owned()
+    }
+}
+
+/// A client's string as an error message repeats it: quoted, and cut after [`SHOWN_CHARS`]
+/// characters (a message never grows with what was sent).
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+        None => format!("{s:?}"),
+    }
 }
 
 impl CreateExportRequest {
@@ -32,20 +62,25 @@ impl CreateExportRequest {
     /// export will do. Values are checked by PostgreSQL (a cast of each, as a bound parameter).
     pub async fn into_spec(self, state: &AppState) -> Result<(Arc<Dataset>, ExportSpec), Error> {
         let name = self.dataset.as_deref().unwrap_or(state.datasets.default_name());
-        let ds = state
-            .datasets
-            .find(name)
-            .cloned()
-            .ok_or_else(|| bad(format!("dataset: unknown dataset {name:?} (known: {})", state.datasets.names())))?;
+        let ds = state.datasets.find(name).cloned().ok_or_else(|| {
+            bad(format!("dataset: unknown dataset {} (known: {})", shown(name), state.datasets.names()))
+        })?;
         let mut spec = ExportSpec::new(self.chunk_size.unwrap_or(state.default_chunk_size));
         spec.max_rows_per_second = self.max_rows_per_second;
-        spec.columns = columns(&ds, self.columns, self.headers)?;
         spec.format = format(self.format)?;
+        spec.columns = columns(&ds, self.columns, self.headers, spec.format.formula_guard)?;
         spec.filters = filters(&ds, self.filters.unwrap_or_default())?;
         spec.compression = match self.compression {
             Some(CompressionName::Gzip) => Compression::Gzip,
             _ => Compression::None,
         };
+        let stored = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?.len();
+        if stored > MAX_SPEC_BYTES {
+            return Err(bad(format!(
+                "filters: the export's options take {stored} bytes stored, more than {MAX_SPEC_BYTES}; \
+                 use fewer or shorter filter values"
+            )));
+        }
         check_values(state, &ds, &spec).await?;
         Ok((ds, spec))
     }
@@ -56,6 +91,7 @@ fn columns(
     ds: &Dataset,
     names: Option<Vec<String>>,
     headers: Option<BTreeMap<String, String>>,
+    formula_guard: bool,
 ) -> Result<Vec<OutputColumn>, Error> {
     let names = names.unwrap_or_else(|| ds.columns.iter().map(|c| c.name.clone()).collect());
     if names.is_empty() {
@@ -66,7 +102,8 @@ fn columns(
     for name in names {
         if ds.column(&name).is_none() {
             return Err(bad(format!(
-                "columns: unknown column {name:?} in dataset {} (exportable: {})",
+                "columns: unknown column {} in dataset {} (exportable: {})",
+                shown(&name),
                 ds.name,
                 ds.column_names()
             )));
@@ -83,13 +120,22 @@ fn columns(
         if header.chars().any(char::is_control) {
             return Err(bad(format!("headers.{name}: must not contain control characters (CR, LF, tab, ...)")));
         }
+        // With the guard on, the header line must be as inert in a spreadsheet as the cells.
+        if formula_guard && header.starts_with(['=', '+', '-', '@']) {
+            return Err(bad(format!(
+                "headers.{name}: {} starts with {:?}, which a spreadsheet runs as a formula \
+                 (format.formulaGuard is on)",
+                shown(&header),
+                &header[..1]
+            )));
+        }
         if out.iter().any(|c| c.header == header) {
             return Err(bad(format!("headers.{name}: header {header:?} is used twice")));
         }
         out.push(OutputColumn { name, header });
     }
     if let Some(name) = headers.keys().next() {
-        return Err(bad(format!("headers.{name}: {name:?} is not one of the exported columns")));
+        return Err(bad(format!("{}: {} is not one of the exported columns", member("headers", name), shown(name))));
     }
     Ok(out)
 }
@@ -103,7 +149,7 @@ fn format(req: Option<FormatRequest>) -> Result<CsvFormat, Error> {
         f.delimiter = match (d.as_str(), chars.next(), chars.next()) {
             ("tab" | "\\t", _, _) => '\t',
             (_, Some(c), None) => c,
-            _ => return Err(bad(format!("format.delimiter: {d:?} is not one character"))),
+            _ => return Err(bad(format!("format.delimiter: {} is not one character", shown(&d)))),
         };
     }
     f.header = req.header.unwrap_or(f.header);
@@ -115,6 +161,9 @@ fn format(req: Option<FormatRequest>) -> Result<CsvFormat, Error> {
     };
     f.bom = req.bom.unwrap_or(f.bom);
     f.time_zone = req.time_zone.unwrap_or(f.time_zone);
+    if f.time_zone.len() > MAX_TIME_ZONE_BYTES {
+        return Err(bad(format!("format.timeZone: {} is not a time zone name", shown(&f.time_zone))));
+    }
     f.formula_guard = req.formula_guard.unwrap_or(f.formula_guard);
     f.validate().map_err(bad)?;
     Ok(f)
@@ -126,7 +175,12 @@ fn filters(ds: &Dataset, by_column: BTreeMap<String, FilterOps>) -> Result<Vec<F
     for (column, ops) in by_column {
         let field = format!("filters.{column}");
         let Some(c) = ds.column(&column) else {
-            return Err(bad(format!("{field}: unknown column {column:?} in dataset {}", ds.name)));
+            return Err(bad(format!(
+                "{}: unknown column {} in dataset {}",
+                member("filters", &column),
+                shown(&column),
+                ds.name
+            )));
         };
         if !c.filterable {
             let filterable: Vec<&str> = ds.columns.iter().filter(|c| c.filterable).map(|c| c.name.as_str()).collect();
@@ -165,6 +219,10 @@ fn filters(ds: &Dataset, by_column: BTreeMap<String, FilterOps>) -> Result<Vec<F
             return Err(bad(format!("{field}: give at least one of eq, in, gt, gte, lt, lte, isNull")));
         }
     }
+    let total: usize = out.iter().map(|f| f.values.len()).sum();
+    if total > MAX_FILTER_VALUES {
+        return Err(bad(format!("filters: {total} values in all; at most {MAX_FILTER_VALUES} per export")));
+    }
     Ok(out)
 }
 
@@ -177,6 +235,9 @@ fn text(v: &Value, field: &str, sql_type: &str) -> Result<String, Error> {
         Value::Null => return Err(bad(format!("{field}: null is not a value; use isNull"))),
         _ => return Err(bad(format!("{field}: expected a string, number or boolean"))),
     };
+    if s.len() > MAX_VALUE_BYTES {
+        return Err(bad(format!("{field}: a value of {} bytes; at most {MAX_VALUE_BYTES}", s.len())));
+    }
     // Relative times would change from one chunk to the next (and across a resume).
     let relative = ["now", "today", "tomorrow", "yesterday"];
     if (sql_type.starts_with("timestamp") || sql_type == "date" || sql_type.starts_with("time"))
@@ -199,14 +260,15 @@ async fn check_values(state: &AppState, ds: &Dataset, spec: &ExportSpec) -> Resu
     }
     for f in &spec.filters {
         let sql_type = &ds.column(&f.column).expect("checked").cast_type;
-        for value in &f.values {
-            if let Err(message) = crate::with_conn!(state.pool, state.request_timeout, "checking a filter value", |c| {
-                db::exports::check_value(c, sql_type, value)
-            })
-            .await?
-            {
-                return Err(bad(format!("filters.{}.{}: {message}", f.column, f.op.name())));
-            }
+        if f.values.is_empty() {
+            continue;
+        }
+        if let Err(message) = crate::with_conn!(state.pool, state.request_timeout, "checking filter values", |c| {
+            db::exports::check_values(c, sql_type, &f.values)
+        })
+        .await?
+        {
+            return Err(bad(format!("filters.{}.{}: {message}", f.column, f.op.name())));
         }
     }
     Ok(())

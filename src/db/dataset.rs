@@ -71,14 +71,13 @@ pub fn filter_values(spec: &ExportSpec) -> Vec<&str> {
     spec.filters.iter().flat_map(|f| f.values.iter().map(String::as_str)).collect()
 }
 
-/// A run's session set-up: time zone and filter values, bound as parameters (`$1` the time
-/// zone, then the values), so the chunk queries can read them with `current_setting`.
-pub fn session_setup(spec: &ExportSpec) -> String {
-    let mut sets = vec!["set_config('TimeZone', $1, false)".to_owned()];
-    for n in 1..=filter_values(spec).len() {
-        sets.push(format!("set_config('exportd.p{n}', ${}, false)", n + 1));
-    }
-    format!("select {}", sets.join(", "))
+/// A run's session set-up: time zone (`$1`) and filter values (`$2`, a text array, the
+/// values in parameter order), so the chunk queries can read them with `current_setting`.
+/// One target whatever the number of values (a target per value hit PostgreSQL's limit of
+/// 1664 entries in a select list, and failed every run of an export with many values).
+pub fn session_setup() -> &'static str {
+    "select set_config('TimeZone', $1, false), \
+     (select count(set_config('exportd.p' || n, v, false)) from unnest($2::text[]) with ordinality as u(v, n))"
 }
 
 fn setting_param(n: usize) -> String {
@@ -165,9 +164,10 @@ pub fn estimate_filtered_query(ds: &Dataset, spec: &ExportSpec) -> String {
     format!("explain (format json) select 1 from {} as t where {}", ds.table_sql, conds.join(" and "))
 }
 
-/// Checks that a filter value reads as the column's type (the error is PostgreSQL's own).
+/// Checks that every value of a filter (`$1`, a text array) reads as the column's type, in
+/// one statement; the error is PostgreSQL's own, naming the value.
 pub fn value_check_query(sql_type: &str) -> String {
-    format!("select ($1::text::{sql_type}) is null")
+    format!("select bool_and((v::{sql_type}) is null) from unnest($1::text[]) as u(v)")
 }
 
 /// Checks that a time zone name is known.

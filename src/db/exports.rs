@@ -43,9 +43,9 @@ pub async fn filtered_bounds(conn: &mut PgConnection, ds: &Dataset, spec: &Expor
     Ok(Bounds::Known { upper_bound_id: upper, total_rows: rows })
 }
 
-/// Checks that `value` reads as `sql_type`; the error is PostgreSQL's message.
-pub async fn check_value(db: impl PgExecutor<'_>, sql_type: &str, value: &str) -> Result<Result<(), String>> {
-    data_error(sqlx::query(sqlx::AssertSqlSafe(dataset::value_check_query(sql_type))).bind(value).execute(db).await)
+/// Checks that every one of `values` reads as `sql_type`; the error is PostgreSQL's message.
+pub async fn check_values(db: impl PgExecutor<'_>, sql_type: &str, values: &[String]) -> Result<Result<(), String>> {
+    data_error(sqlx::query(sqlx::AssertSqlSafe(dataset::value_check_query(sql_type))).bind(values).execute(db).await)
 }
 
 /// Checks that a time zone name is known; the error is PostgreSQL's message.

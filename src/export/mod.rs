@@ -56,7 +56,7 @@ pub async fn create_export(
     let bounds = if spec.filters.is_empty() {
         exports::Bounds::FromTable
     } else {
-        exports::filtered_bounds(&mut *conn, ds, spec).await?
+        exports::filtered_bounds(&mut *conn, ds, spec).await.map_err(never_succeeds)?
     };
     let job_id = queue::new_job_id();
     let id = uuid::Uuid::new_v4();
@@ -75,4 +75,23 @@ pub async fn create_export(
     };
     waker.wake(job_id);
     Ok(Created::New(record))
+}
+
+/// A query PostgreSQL refuses for what it is, not for the moment (SQLSTATE class 42, syntax or
+/// a missing object; class 54, a limit of the server): the export could never run, so the
+/// request is refused with 422 instead of being queued to fail every attempt.
+fn never_succeeds(e: crate::error::Error) -> crate::error::Error {
+    use crate::error::Error;
+    match &e {
+        Error::Database(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| c.starts_with("42") || c.starts_with("54")) =>
+        {
+            Error::Unprocessable(format!(
+                "PostgreSQL refuses this export's query, so it could never run: {} (SQLSTATE {})",
+                db.message(),
+                db.code().unwrap_or_default()
+            ))
+        }
+        _ => e,
+    }
 }

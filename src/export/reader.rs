@@ -118,10 +118,8 @@ impl<'a> ChunkReader<'a> {
         });
         let mut conn = engine.pool.acquire().await?;
         conn.close_on_drop();
-        let mut setup = sqlx::query(sqlx::AssertSqlSafe(db::dataset::session_setup(spec))).bind(&format.time_zone);
-        for value in db::dataset::filter_values(spec) {
-            setup = setup.bind(value);
-        }
+        let values: Vec<&str> = db::dataset::filter_values(spec);
+        let setup = sqlx::query(db::dataset::session_setup()).bind(&format.time_zone).bind(values);
         let wait = engine.settings.db_statement_wait;
         db::within(wait, "setting up the run's session", async { Ok(setup.execute(&mut *conn).await?) }).await?;
         let mut buf = engine.buffers.take();

@@ -136,3 +136,19 @@ filterable = ["sku", "item_id"]
     .await;
     assert_same_bytes(&app.download(id).await, &reference);
 }
+
+/// A request PostgreSQL refuses for what it is (here: a filter on a column renamed in the table
+/// after start-up) is refused with 422 at once, instead of being queued to fail every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_can_never_run_is_refused_with_422_not_queued() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 100).await;
+    let app = spawn_app(db, AppOptions::default()).await;
+    sqlx::query("alter table orders rename column status to order_status").execute(&app.db.pool).await.unwrap();
+    let resp = app.client.post(app.url("/api/export")).json(&json!({"filters": {"status": {"eq": "paid"}}}));
+    let error = expect_error(resp.send().await.unwrap(), 422, "PostgreSQL refuses this export's query").await;
+    assert_eq!(error["error"], "unprocessable");
+    assert!(error["message"].as_str().unwrap().contains("SQLSTATE 42703"), "{error}");
+    let n: i64 = sqlx::query_scalar("select count(*) from exports").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(n, 0, "nothing was queued");
+}
