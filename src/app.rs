@@ -3,11 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use poem::{
-    Server,
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-};
 use sqlx::PgPool;
+use tokio::net::TcpListener;
 
 use crate::{
     api::{self, AppState},
@@ -18,6 +15,7 @@ use crate::{
         queue,
         sweep::Sweep,
     },
+    http::HttpLimits,
     model::Datasets,
     shutdown::Shutdown,
     storage::{LocalDir, SharedStorage, Storage},
@@ -37,7 +35,8 @@ const FORGET_DEAD_WORKERS: Duration = Duration::from_secs(3600);
 
 /// A built `serve` process: listening, migrated, not yet running.
 pub struct App {
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
+    limits: HttpLimits,
     port: u16,
     /// Where a person on this machine reaches the API (`http://127.0.0.1:8080`).
     url: String,
@@ -49,19 +48,15 @@ pub struct App {
 impl App {
     /// Connects, migrates, binds the listener (port 0 picks a free one).
     pub async fn build(mut args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
-        args.db.db_pool_size = Some(db::pool_size(args.db.db_pool_size, args.worker.worker_concurrency)?);
+        let pool_size = db::pool_size(args.db.db_pool_size, args.worker.worker_concurrency)?;
+        args.db.db_pool_size = Some(pool_size);
         let pool = connect_and_migrate(&args.db).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
         let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone())?;
-        let acceptor = TcpListener::bind(args.listen.to_string())
-            .into_acceptor()
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
-        let port = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
-            .context("listener has no address")?;
+        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let port = listener.local_addr().context("listener has no address")?.port();
+        // Descriptors kept for the rest of the service: the pool, files written and read, logs.
+        let limits = HttpLimits::new(&args.http, pool_size as usize + args.http.max_downloads + 64);
         let ip =
             if args.listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.listen.ip() };
         let url = format!("http://{}", std::net::SocketAddr::new(ip, port));
@@ -76,9 +71,10 @@ impl App {
             waker,
             public_url,
             request_timeout: args.db.db_io_timeout,
+            downloads: Arc::new(tokio::sync::Semaphore::new(args.http.max_downloads.max(1))),
             faults: Default::default(),
         });
-        Ok(Self { acceptor, port, url, state, workers, shutdown })
+        Ok(Self { listener, limits, port, url, state, workers, shutdown })
     }
 
     /// The same app with test fault and pause points armed, in the API and the engine.
@@ -107,12 +103,8 @@ impl App {
 
     /// Serves HTTP and runs the workers until the shutdown signal, then stops both gracefully.
     pub async fn run(self) -> anyhow::Result<()> {
-        let shutdown = self.shutdown.clone();
-        let http = Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
-            api::routes(self.state.clone()),
-            async move { shutdown.wait().await },
-            Some(Duration::from_secs(5)),
-        );
+        let http =
+            crate::http::serve(self.listener, api::routes(self.state.clone()), self.limits, self.shutdown.clone());
         tracing::info!("exportd serving on {url}: Swagger UI at {url}/docs, API at {url}/api", url = self.url);
         let (http, workers) = tokio::join!(http, self.workers.run());
         http.context("HTTP server")?;

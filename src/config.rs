@@ -113,12 +113,44 @@ pub struct ServeArgs {
     pub public_url: Option<String>,
 
     #[command(flatten)]
+    /// What clients may hold of the HTTP server.
+    pub http: HttpSettings,
+
+    #[command(flatten)]
     /// The database connection.
     pub db: DbArgs,
 
     #[command(flatten)]
     /// The export workers.
     pub worker: WorkerSettings,
+}
+
+/// Limits of the HTTP server (see the README's table of limits).
+#[derive(Debug, Clone, Args)]
+pub struct HttpSettings {
+    /// Open HTTP connections in all; beyond, new ones wait in the listen backlog (kept below
+    /// the process's file descriptor limit).
+    #[arg(long, env = "EXPORTD_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
+    /// Open HTTP connections from one client address (0 = no limit); beyond, a new one is
+    /// answered 503 and closed. Behind a proxy every client has the proxy's address: raise it.
+    #[arg(long, env = "EXPORTD_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 128)]
+    pub http_max_connections_per_client: usize,
+
+    /// Time a client has to send a request's head; also how long a connection may sit idle
+    /// between requests before it is closed.
+    #[arg(long, env = "EXPORTD_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// How long a response (a download) may make no progress because the client does not read
+    /// before its connection is closed.
+    #[arg(long, env = "EXPORTD_HTTP_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_send_timeout: Duration,
+
+    /// Downloads served at the same time; beyond, a download is answered 503 (retry later).
+    #[arg(long, env = "EXPORTD_MAX_DOWNLOADS", default_value_t = 64)]
+    pub max_downloads: usize,
 }
 
 /// `exportd worker`.

@@ -34,6 +34,10 @@ pub enum Error {
     /// (a limit of the server, a column gone from the table), so it is refused, not retried.
     #[error("{0}")]
     Unprocessable(String),
+    /// The server is at one of its limits (503), e.g. as many downloads as it serves at once:
+    /// the client may retry shortly.
+    #[error("{0}")]
+    Busy(String),
     /// The database cannot be reached or timed out (503): the client may retry.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -66,7 +70,7 @@ impl Error {
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Gone { .. } => StatusCode::GONE,
             Error::IdempotencyMismatch(_) | Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Io(_) | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,7 +83,9 @@ impl Error {
                 tracing::error!(error = ?anyhow::Error::msg(format!("{self:#}")), "internal error");
                 "internal error; the cause has been logged".to_owned()
             }
-            StatusCode::SERVICE_UNAVAILABLE => "the database is unavailable; retry later".to_owned(),
+            StatusCode::SERVICE_UNAVAILABLE if matches!(self, Error::Unavailable(_)) => {
+                "the database is unavailable; retry later".to_owned()
+            }
             _ => self.to_string(),
         }
     }

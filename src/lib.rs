@@ -33,6 +33,7 @@ pub mod datasets;
 pub mod db;
 pub mod error;
 pub mod export;
+pub mod http;
 pub mod model;
 pub mod shutdown;
 pub mod storage;

@@ -63,6 +63,7 @@ async fn run() -> anyhow::Result<()> {
                 datasets: Arc::new(exportd::model::Datasets::none()),
                 public_url: String::new(),
                 request_timeout: std::time::Duration::from_secs(30),
+                downloads: Arc::new(tokio::sync::Semaphore::new(1)),
                 faults: Default::default(),
             });
             println!("{}", api::spec_json(state));

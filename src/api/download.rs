@@ -134,6 +134,16 @@ impl DownloadApi {
         .await?
         .ok_or(Error::NotFound(id))?;
         let name = finished_file(&record)?;
+        // Each download in progress holds a permit until its body is sent (or dropped); HEAD
+        // sends no body and needs none.
+        let permit = match with_body {
+            true => Some(self.state.downloads.clone().try_acquire_owned().map_err(|_| {
+                Error::Busy(
+                    "as many downloads are in progress as this server serves at once; retry in a few seconds".into(),
+                )
+            })?),
+            false => None,
+        };
         self.state.faults.pause_at(PauseAt::DownloadLookedUp).await;
         // Opened now, before any header is sent: an open file is read to its end even if it
         // expires or is deleted meanwhile (the bytes stay until it is closed).
@@ -157,14 +167,14 @@ impl DownloadApi {
             )),
             Some(Some(Ok((start, end)))) => {
                 let count = end - start + 1;
-                let body = body(file, start, count, with_body).await?;
+                let body = body(file, start, count, with_body, permit).await?;
                 let file = ExportFile { body, content_type };
                 let content_range = format!("bytes {start}-{end}/{len}");
                 Ok(DownloadResponse::Partial(file, count, content_range, disposition, etag, accept))
             }
             // No Range, or one we do not serve (malformed, several ranges): the whole file.
             _ => {
-                let body = body(file, 0, len, with_body).await?;
+                let body = body(file, 0, len, with_body, permit).await?;
                 Ok(DownloadResponse::Ok(ExportFile { body, content_type }, len, disposition, etag, accept))
             }
         }
@@ -200,12 +210,24 @@ impl DownloadApi {
     }
 }
 
-/// `count` bytes of the file from `start`, read in pieces as the client takes them.
-async fn body(file: Box<dyn StoredFile>, start: u64, count: u64, with_body: bool) -> Result<Body, Error> {
+/// `count` bytes of the file from `start`, read in pieces as the client takes them; the
+/// download's permit is held until the last piece is sent or the body is dropped.
+async fn body(
+    file: Box<dyn StoredFile>,
+    start: u64,
+    count: u64,
+    with_body: bool,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Body, Error> {
+    use futures::StreamExt as _;
     if !with_body {
         return Ok(Body::empty());
     }
-    Ok(Body::from_bytes_stream(file.read(start, count).await?))
+    let pieces = file.read(start, count).await?;
+    Ok(Body::from_bytes_stream(pieces.map(move |piece| {
+        let _held = &permit;
+        piece
+    })))
 }
 
 /// The stored file of a completed export, or why there is none (409 not yet, 410 never again).

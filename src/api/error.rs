@@ -45,7 +45,8 @@ pub enum ApiError {
     /// never succeed (PostgreSQL refuses the export's query).
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
-    /// The database is unavailable; retry later.
+    /// The database is unavailable, or the server is at a limit (`busy`: e.g. as many
+    /// downloads as it serves at once); retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
     /// An unexpected error; its cause is logged, never sent.
@@ -68,6 +69,7 @@ impl From<Error> for ApiError {
             Error::IdempotencyMismatch(_) => ApiError::Unprocessable(ErrorBody::new("idempotency_key_reused", message)),
             Error::Unprocessable(_) => ApiError::Unprocessable(ErrorBody::new("unprocessable", message)),
             Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),
+            Error::Busy(_) => ApiError::Unavailable(ErrorBody::new("busy", message)),
             Error::Database(_) | Error::Io(_) | Error::Other(_) => {
                 ApiError::Internal(ErrorBody::new("internal", message))
             }

@@ -38,6 +38,8 @@ pub struct AppState {
     /// aside): a database that goes silent (a half-open connection, a stuck proxy) gives a 503,
     /// never a hung request.
     pub request_timeout: std::time::Duration,
+    /// Downloads in progress, at most this many at once (each holds a permit while it streams).
+    pub downloads: Arc<tokio::sync::Semaphore>,
     /// Test-only pause points (unarmed in production).
     pub faults: Arc<crate::export::fault::Faults>,
 }

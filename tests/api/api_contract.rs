@@ -192,6 +192,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
         datasets: std::sync::Arc::new(datasets),
         public_url: String::new(),
         request_timeout: std::time::Duration::from_secs(30),
+        downloads: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         faults: Default::default(),
     });
     let resp = poem::test::TestClient::new(exportd::api::routes(state.clone())).get("/healthz").send().await;

@@ -6,6 +6,7 @@ mod downloads;
 mod exactness;
 mod fencing;
 mod lifecycle;
+mod limits;
 mod options;
 mod plans;
 mod process;

@@ -75,6 +75,8 @@ pub struct AppOptions {
     pub statement_timeout: Option<Duration>,
     /// Fault and pause points armed in the app's API and engine.
     pub faults: Option<exportd::export::engine::Faults>,
+    /// HTTP limits (None = the defaults).
+    pub http: Option<exportd::config::HttpSettings>,
 }
 
 impl Default for AppOptions {
@@ -88,6 +90,7 @@ impl Default for AppOptions {
             db_io_timeout: None,
             statement_timeout: None,
             faults: None,
+            http: None,
         }
     }
 }
@@ -114,6 +117,9 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     }
     if let Some(t) = opts.statement_timeout {
         args.db.statement_timeout = t;
+    }
+    if let Some(http) = opts.http {
+        args.http = http;
     }
     args.worker.worker_concurrency = opts.workers;
     args.worker.chunk_size = opts.chunk_size;
