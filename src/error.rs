@@ -81,9 +81,10 @@ impl Error {
         match self.status_code() {
             StatusCode::INTERNAL_SERVER_ERROR => {
                 tracing::error!(error = ?anyhow::Error::msg(format!("{self:#}")), "internal error");
-                "internal error; the cause has been logged".to_owned()
+                "internal error; the server log has the cause under this request's id".to_owned()
             }
             StatusCode::SERVICE_UNAVAILABLE if matches!(self, Error::Unavailable(_)) => {
+                tracing::warn!(error = %self, "database unavailable");
                 "the database is unavailable; retry later".to_owned()
             }
             _ => self.to_string(),

@@ -15,13 +15,32 @@ pub struct ErrorBody {
     /// The export's current status, when the error is about it (409, 410).
     #[oai(skip_serializing_if_is_none)]
     pub status: Option<String>,
+    /// This request's id (also in the `X-Request-Id` header): the server log has the details
+    /// of a 5xx under it.
+    #[oai(rename = "requestId", skip_serializing_if_is_none)]
+    pub request_id: Option<String>,
 }
 
 impl ErrorBody {
     /// A body with a machine-readable `error` code and a message for people.
     pub fn new(error: &str, message: impl Into<String>) -> Json<Self> {
-        Json(Self { error: error.to_owned(), message: message.into(), status: None })
+        Json(Self { error: error.to_owned(), message: message.into(), status: None, request_id: request_id() })
     }
+
+    fn with_status(error: &str, message: String, status: String) -> Json<Self> {
+        let Json(body) = Self::new(error, message);
+        Json(Self { status: Some(status), ..body })
+    }
+}
+
+tokio::task_local! {
+    /// The id of the request being answered (set by [`super::with_request_id`]).
+    pub static REQUEST_ID: String;
+}
+
+/// The id of the request being answered, if any.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
 }
 
 /// Errors, by status.
@@ -60,12 +79,8 @@ impl From<Error> for ApiError {
         match e {
             Error::BadRequest(_) => ApiError::BadRequest(ErrorBody::new("bad_request", message)),
             Error::NotFound(_) => ApiError::NotFound(ErrorBody::new("not_found", message)),
-            Error::Conflict { status, .. } => {
-                ApiError::Conflict(Json(ErrorBody { error: "conflict".into(), message, status: Some(status) }))
-            }
-            Error::Gone { status, .. } => {
-                ApiError::Gone(Json(ErrorBody { error: "gone".into(), message, status: Some(status) }))
-            }
+            Error::Conflict { status, .. } => ApiError::Conflict(ErrorBody::with_status("conflict", message, status)),
+            Error::Gone { status, .. } => ApiError::Gone(ErrorBody::with_status("gone", message, status)),
             Error::IdempotencyMismatch(_) => ApiError::Unprocessable(ErrorBody::new("idempotency_key_reused", message)),
             Error::Unprocessable(_) => ApiError::Unprocessable(ErrorBody::new("unprocessable", message)),
             Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),
@@ -102,7 +117,11 @@ pub async fn render_any_error(err: poem::Error) -> Response {
         // poem-openapi names path parameters by position in its messages; ours is always `id`.
         err.to_string().replace("path `param0`", "path parameter `id`")
     };
-    let mut resp = poem::web::Json(serde_json::json!({ "error": kind, "message": message })).into_response();
+    let mut body = serde_json::json!({ "error": kind, "message": message });
+    if let Some(id) = request_id() {
+        body["requestId"] = id.into();
+    }
+    let mut resp = poem::web::Json(body).into_response();
     resp.set_status(status);
     resp
 }

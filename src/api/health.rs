@@ -17,7 +17,7 @@ pub struct HealthApi {
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: String,
-    /// `ok`, or why the database check failed.
+    /// `ok`, or `unavailable` (the server log has why, under the `X-Request-Id` of the answer).
     pub database: String,
 }
 
@@ -42,7 +42,11 @@ impl HealthApi {
         match check {
             Ok(()) => HealthResponse::Ok(Json(Health { status: "ok".into(), database: "ok".into() })),
             Err(e) => {
-                HealthResponse::Unavailable(Json(Health { status: "unavailable".into(), database: e.to_string() }))
+                tracing::warn!(error = %e, "health check: the database does not answer");
+                HealthResponse::Unavailable(Json(Health {
+                    status: "unavailable".into(),
+                    database: "unavailable".into(),
+                }))
             }
         }
     }

@@ -110,6 +110,36 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
             ep.call(req).await
         })
         .catch_all_error(error::render_any_error)
+        .around(with_request_id)
+}
+
+/// Longest `X-Request-Id` taken from a client (a longer or odd one is replaced).
+const MAX_REQUEST_ID: usize = 64;
+
+/// Gives every request an id: the client's `X-Request-Id` when it is short and plain, else a
+/// new one. The response carries it back (header, and `requestId` in error bodies), and every
+/// log line written while answering names it, so a client's report finds the server's cause.
+async fn with_request_id<E: Endpoint>(ep: std::sync::Arc<E>, req: poem::Request) -> poem::Result<poem::Response> {
+    use tracing::Instrument as _;
+    let id = req
+        .header("x-request-id")
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let span = tracing::info_span!("request", request_id = %id);
+    let answered = error::REQUEST_ID.scope(id.clone(), ep.call(req).instrument(span)).await;
+    let mut resp = match answered {
+        Ok(resp) => resp.into_response(),
+        Err(e) => e.into_response(),
+    };
+    if let Ok(value) = poem::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", value);
+    }
+    Ok(resp)
 }
 
 /// The spec as committed under `openapi/` (stable JSON, no server entry).

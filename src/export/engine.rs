@@ -185,8 +185,8 @@ impl Engine {
                     return Outcome::Released;
                 }
                 Err(e) => {
-                    let message = describe(&e);
-                    tracing::warn!(%export_id, %token, error = %message, "export run failed");
+                    let message = describe(&e, token);
+                    tracing::warn!(%export_id, %token, error = format!("{e:#}"), "export run failed");
                     let _ = engine_db!(self, "releasing the export", |c| {
                         db::runs::release_export(c, Fence { export_id, token }, Some(&message), false)
                     })
@@ -322,13 +322,48 @@ impl Engine {
     }
 }
 
-/// The error as users read it in `error`: the whole cause chain, and a full disk named as such
-/// (the one storage error they can act on), wherever in the run it struck.
-fn describe(e: &anyhow::Error) -> String {
+/// The error as users read it in `error`: what went wrong and what it means, never the
+/// database's own text (it names internals: aliases, statements, server paths). Whatever the
+/// message leaves out is in the log under the run's token, which the message gives. A full
+/// disk is named as such (the one storage error users can act on), wherever in the run it
+/// struck; errors of our own making (an unknown dataset, options this version cannot read)
+/// are shown as they are.
+fn describe(e: &anyhow::Error, token: Uuid) -> String {
+    let log = format!("the server log has the details under run {token}");
     let full = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
             || c.downcast_ref::<PrepareError>()
                 .is_some_and(|p| matches!(p, PrepareError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull))
     });
-    if full { format!("disk full: no space left on the storage device ({e:#})") } else { format!("{e:#}") }
+    if full {
+        return format!("disk full: no space left on the storage device ({log})");
+    }
+    if let Some(db) = e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>()) {
+        return match db {
+            sqlx::Error::Database(d) => {
+                let code = d.code().unwrap_or_default().into_owned();
+                format!("the database refused the export's query: {} (SQLSTATE {code}; {log})", sqlstate_meaning(&code))
+            }
+            e if crate::error::is_connection_error(e) => format!("the database did not answer: {e} ({log})"),
+            _ => format!("the database connection failed ({log})"),
+        };
+    }
+    if let Some(io) = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()) {
+        return format!("storage error: {} ({log})", io.kind());
+    }
+    format!("{e:#}")
+}
+
+/// What a class of SQLSTATE codes means for an export, in a user's words.
+fn sqlstate_meaning(code: &str) -> &'static str {
+    match code.get(..2).unwrap_or_default() {
+        "42" => "the dataset's table no longer matches its definition (a column or table renamed, dropped or retyped)",
+        "22" => "a value could not be read as its column's type",
+        "53" => "the database ran out of resources (memory, disk or connections)",
+        "54" => "the query exceeds a limit of the database",
+        "57" => "the statement was cancelled or timed out, or the server is shutting down",
+        "40" => "the transaction was rolled back (deadlock or serialization failure)",
+        "XX" => "the database reported an internal error",
+        _ => "the database reported an error",
+    }
 }

@@ -197,8 +197,44 @@ async fn health_is_503_when_the_database_is_unreachable() {
     });
     let resp = poem::test::TestClient::new(exportd::api::routes(state.clone())).get("/healthz").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+    // What failed is logged under the request's id, not sent (the driver's text names hosts
+    // and ports).
+    let id = resp.0.headers().get("x-request-id").expect("a request id").to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    resp.assert_json(serde_json::json!({"status": "unavailable", "database": "unavailable"})).await;
     let resp = poem::test::TestClient::new(exportd::api::routes(state)).post("/api/export").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.value().deserialize();
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(body["message"], "the database is unavailable; retry later");
+    assert_eq!(body["requestId"].as_str().map(str::len), Some(32), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id_and_errors_repeat_it() {
+    let app = app_with_rows(1).await;
+    // A client's own id is kept...
+    let resp = app
+        .client
+        .get(app.url("/api/export/nope/status"))
+        .header("x-request-id", "client-42.a:b_c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "client-42.a:b_c");
+    let body = expect_error(resp, 400, "id").await;
+    assert_eq!(body["requestId"], "client-42.a:b_c");
+    // ... an odd or long one is replaced, and every answer has one, successes included.
+    for odd in ["has space", &"x".repeat(65), ""] {
+        let resp = app.client.get(app.url("/healthz")).header("x-request-id", odd).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let id = resp.headers()["x-request-id"].to_str().unwrap();
+        assert!(id != odd && id.len() == 32, "{odd:?} -> {id:?}");
+    }
+    let a = app.client.get(app.url("/no/such/route")).send().await.unwrap();
+    let id = a.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = expect_error(a, 404, "not found").await;
+    assert_eq!(body["requestId"], id.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
