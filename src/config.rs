@@ -72,6 +72,12 @@ pub struct WorkerSettings {
     #[arg(long, env = "EXPORTD_STORAGE_DIR", default_value = "exports")]
     pub storage_dir: PathBuf,
 
+    /// Free space the storage must keep: below it new exports are refused (507) and running
+    /// ones fail at their next chunk with their files removed, so exports never fill the disk
+    /// (overshoot: at most one chunk). E.g. "256MiB", "2GiB"; 0 turns the floor off.
+    #[arg(long, env = "EXPORTD_MIN_FREE_DISK", default_value = "256MiB", value_parser = parse_size)]
+    pub min_free_disk: u64,
+
     /// Rows per chunk when a request does not say (each chunk ends with a durable checkpoint).
     #[arg(long, env = "EXPORTD_CHUNK_SIZE", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(100..=100_000))]
@@ -223,6 +229,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}): expected e.g. 500ms, 2s, 1m, 7d"))
 }
 
+/// Parses a size in bytes: a number with an optional unit, `B`, `KiB`, `MiB`, `GiB`, `TiB`
+/// (or `K`, `M`, `G`, `T`, also binary), e.g. "256MiB", "2 GiB", "1048576".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(format!("invalid size {s:?}: expected e.g. 512MiB, 2GiB or a number of bytes")),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok((n * (1u64 << shift) as f64) as u64),
+        _ => Err(format!("invalid size {s:?}: expected e.g. 512MiB, 2GiB or a number of bytes")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +264,18 @@ mod tests {
         assert!(parse_duration("2 fortnights").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("2 GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("-1").is_err());
     }
 }

@@ -38,6 +38,9 @@ pub enum Error {
     /// the client may retry shortly.
     #[error("{0}")]
     Busy(String),
+    /// The storage is below its free-space floor (507): no new export until space is freed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The database cannot be reached or timed out (503): the client may retry.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -71,6 +74,7 @@ impl Error {
             Error::Gone { .. } => StatusCode::GONE,
             Error::IdempotencyMismatch(_) | Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Database(_) | Error::Io(_) | Error::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

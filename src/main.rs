@@ -60,6 +60,7 @@ async fn run() -> anyhow::Result<()> {
                 storage: Arc::new(LocalDir::at("exports")),
                 default_chunk_size: 10_000,
                 retention: std::time::Duration::ZERO,
+                min_free_disk: 0,
                 datasets: Arc::new(exportd::model::Datasets::none()),
                 public_url: String::new(),
                 request_timeout: std::time::Duration::from_secs(30),

@@ -68,6 +68,9 @@ pub enum ApiError {
     /// downloads as it serves at once); retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
+    /// The storage is below its free-space floor: no new export until space is freed.
+    #[oai(status = 507)]
+    InsufficientStorage(Json<ErrorBody>),
     /// An unexpected error; its cause is logged, never sent.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -85,6 +88,9 @@ impl From<Error> for ApiError {
             Error::Unprocessable(_) => ApiError::Unprocessable(ErrorBody::new("unprocessable", message)),
             Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),
             Error::Busy(_) => ApiError::Unavailable(ErrorBody::new("busy", message)),
+            Error::InsufficientStorage(_) => {
+                ApiError::InsufficientStorage(ErrorBody::new("insufficient_storage", message))
+            }
             Error::Database(_) | Error::Io(_) | Error::Other(_) => {
                 ApiError::Internal(ErrorBody::new("internal", message))
             }

@@ -126,6 +126,22 @@ pub enum ListResponse {
 /// Page size bounds of `GET /api/exports`.
 const DEFAULT_PAGE: u32 = 20;
 
+impl ExportApi {
+    /// Refuses new exports while the storage is below its free-space floor.
+    fn check_free_space(&self) -> Result<(), Error> {
+        let floor = self.state.min_free_disk;
+        match self.state.storage.free_bytes() {
+            Some(free) if floor > 0 && free < floor => Err(Error::InsufficientStorage(format!(
+                "the export storage has {} MiB free, below its floor of {} MiB: no new export until \
+                 space is freed (finished exports' files are deleted as they expire, or with DELETE)",
+                free >> 20,
+                floor >> 20
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[OpenApi(tag = "ApiTags::Exports")]
 impl ExportApi {
     /// Start an export
@@ -148,6 +164,7 @@ impl ExportApi {
         }
         let req = body.0.unwrap_or_else(CreateExportRequest::empty);
         let (ds, spec) = req.into_spec(&self.state).await?;
+        self.check_free_space()?;
         let created = crate::with_conn!(self.state.pool, self.state.request_timeout, "creating the export", |c| {
             export::create_export(c, &self.state.waker, &ds, &spec, key.as_deref())
         })

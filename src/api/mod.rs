@@ -28,6 +28,8 @@ pub struct AppState {
     pub default_chunk_size: u32,
     /// How long completed files are kept (shown as `expiresAt`).
     pub retention: std::time::Duration,
+    /// Free storage below which new exports are refused (507); 0 = no floor.
+    pub min_free_disk: u64,
     /// What can be exported.
     pub datasets: Arc<Datasets>,
     /// Wakes queue workers for new jobs.

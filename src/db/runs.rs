@@ -238,6 +238,28 @@ pub async fn release_export(db: &mut PgConnection, run: Fence, error: Option<&st
     Ok(true)
 }
 
+/// Fails the export for good, fenced by the run's token, with `error` (the run cannot go on:
+/// the storage is below its free-space floor).
+pub async fn fail_export(db: &mut PgConnection, run: Fence, error: &str) -> Result<bool> {
+    let Fence { export_id: id, token } = run;
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(
+        "update exports set status = 'failed', error = $3, owner = null, finished_at = now() \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    end_run(&mut tx, token, "failed", Some(error)).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Forgets the checkpoint (its file is gone): the run starts the export over, fenced.
 pub async fn reset_checkpoint(db: impl PgExecutor<'_>, run: Fence) -> Result<bool> {
     let Fence { export_id: id, token } = run;

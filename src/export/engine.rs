@@ -37,6 +37,8 @@ pub struct EngineSettings {
     pub retry_backoff: Duration,
     /// How long a completed export's file is kept.
     pub retention: Duration,
+    /// Free storage a run must leave: below it, the export fails at its next chunk (0 = none).
+    pub min_free_disk: u64,
     /// Longest wait for the next message of a streaming result (a chunk's rows) once it has begun.
     pub db_io_timeout: Duration,
     /// Longest wait for a statement's first answer: the statement timeout plus `db_io_timeout`
@@ -152,8 +154,12 @@ impl Engine {
                     tracing::info!(%export_id, "export completed");
                     return Outcome::Completed;
                 }
-                // A run ends as one of the four above; these two come from the claim only.
-                Ok(end @ (Outcome::Crashed | Outcome::AlreadyFinished | Outcome::Failed)) => return end,
+                Ok(Outcome::Failed) => {
+                    // The run failed the export for good (the storage fell below its floor).
+                    self.storage.remove_export(export_id).await;
+                    return Outcome::Failed;
+                }
+                Ok(end @ (Outcome::Crashed | Outcome::AlreadyFinished)) => return end,
                 Ok(Outcome::Lost) => {
                     let _ = engine_db!(self, "recording a lost run", |c| { db::runs::mark_run_lost(c, token) }).await;
                     let now =

@@ -85,6 +85,9 @@ impl Engine {
                     if self.faults.crash_after_checkpoint(chunks) {
                         return Ok((cp, Some(Outcome::Crashed)));
                     }
+                    if let Some(end) = self.below_floor(export_id, token).await? {
+                        return Ok((cp, Some(end)));
+                    }
                 }
             }
         }
@@ -98,5 +101,27 @@ impl Engine {
         }
         tracing::debug!(%export_id, chunks, total = ?started.elapsed(), idle = ?t_idle, write = ?t_write, sync = ?t_sync, checkpoint = ?t_checkpoint, "writer timings");
         Ok((cp, None))
+    }
+
+    /// After a chunk: when the storage is below its free-space floor, the export fails now
+    /// (fenced; its files are then removed) rather than fill the disk. `Lost` if another run
+    /// holds it.
+    async fn below_floor(&self, export_id: Uuid, token: Uuid) -> anyhow::Result<Option<Outcome>> {
+        let floor = self.settings.min_free_disk;
+        let Some(free) = self.storage.free_bytes().filter(|free| floor > 0 && *free < floor) else {
+            return Ok(None);
+        };
+        let message = format!(
+            "disk space low: the export storage had {} MiB free, below its floor of {} MiB; the export \
+             stopped and its partial file was deleted rather than fill the disk",
+            free >> 20,
+            floor >> 20
+        );
+        tracing::warn!(%export_id, %token, free, floor, "storage below its free-space floor; failing the export");
+        let failed = engine_db!(self, "failing the export", |c| {
+            db::runs::fail_export(c, db::runs::Fence { export_id, token }, &message)
+        })
+        .await?;
+        Ok(Some(if failed { Outcome::Failed } else { Outcome::Lost }))
     }
 }

@@ -148,6 +148,19 @@ impl LocalDir {
 
 #[async_trait]
 impl Storage for LocalDir {
+    fn free_bytes(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs only writes into the struct we pass; `path` is a valid C string.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return None;
+        }
+        // Blocks free to unprivileged users (root's reserve is not ours to fill).
+        #[allow(clippy::useless_conversion)] // the field types differ between platforms
+        Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    }
+
     async fn prepare_run(&self, run: RunId<'_>, from: Resume<'_>) -> Result<Prepared, PrepareError> {
         let Resume { file: previous, bytes, adopt } = from;
         let previous = match previous {

@@ -58,6 +58,9 @@ pub trait Storage: fmt::Debug + Send + Sync {
 
     /// Deletes one stored file (best effort).
     async fn remove_file(&self, name: &str);
+
+    /// Bytes still free for files (None: unknown, or no such limit for this backend).
+    fn free_bytes(&self) -> Option<u64>;
 }
 
 /// Which run a file belongs to, and its extension (`csv`, `csv.gz`).

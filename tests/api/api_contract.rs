@@ -189,6 +189,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
         storage: std::sync::Arc::new(exportd::storage::LocalDir::at(app.storage.path())),
         default_chunk_size: 10_000,
         retention: Duration::from_secs(3600),
+        min_free_disk: 0,
         datasets: std::sync::Arc::new(datasets),
         public_url: String::new(),
         request_timeout: std::time::Duration::from_secs(30),

@@ -2,7 +2,8 @@
 //! a request head sent too slowly and an idle connection are closed after the header timeout;
 //! one address cannot take every connection; over the global cap connections wait instead of
 //! being dropped; a download the client stops reading is cut after the send timeout and gives
-//! its download slot back.
+//! its download slot back; below the storage's free-space floor new exports get 507 and a
+//! running one fails cleanly instead of filling the disk.
 //!
 //! Schedules are forced by what the server shows, not by sleeps: a connection is known held
 //! while the next one is refused, a download is known in progress while a second one is
@@ -17,7 +18,10 @@ use tokio::{
     time::{Instant, timeout},
 };
 
-use crate::helpers::*;
+use crate::{
+    helpers::*,
+    support::process::{Tmpfs, is_root},
+};
 
 /// How long a wait may take before the limit it waits for counts as missing.
 const BOUND: Duration = Duration::from_secs(20);
@@ -167,4 +171,45 @@ async fn a_download_the_client_stops_reading_is_cut_after_the_send_timeout_and_f
     }
     let got = read_until_closed(&mut stalled, "the stalled download").await;
     assert!((got.len() as u64) < size, "the stalled download was cut ({} of {size} bytes)", got.len());
+}
+
+/// The storage is a 48 MiB tmpfs with a 32 MiB floor; a 200,000-row export (~28 MiB) crosses
+/// the floor halfway. Forced by the file system's size, not by timing: shrinking the tmpfs
+/// puts it below the floor for the 507, growing it back frees the space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_free_space_floor_new_exports_get_507_and_a_running_one_fails_cleanly() {
+    if !is_root() {
+        eprintln!("SKIPPED: mounting a size-limited tmpfs needs root");
+        return;
+    }
+    let db = test_db().await;
+    exportd::db::seed::seed_orders(&db.pool, 200_000, |_| {}).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(storage.path(), "48m");
+    let opts = AppOptions { min_free_disk: Some(32 << 20), chunk_size: 5_000, ..Default::default() };
+    let app = spawn_app_on(db, storage, opts).await;
+
+    let id = app.create_export(None).await;
+    let done = app.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.starts_with("disk space low") && error.contains("floor of 32 MiB"), "{error}");
+    assert!(done["bytesWritten"].as_i64().unwrap() < 28 << 20, "it stopped before the end: {done}");
+    assert!(!app.storage.path().join(id.to_string()).exists(), "its partial file is deleted");
+    let resp = app.client.get(app.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
+    assert_eq!(resp.status(), 410);
+
+    // Below the floor before it starts: refused, nothing created.
+    disk.resize("24m");
+    let resp = app.client.post(app.url("/api/export")).send().await.unwrap();
+    let refused = expect_error(resp, 507, "below its floor of 32 MiB").await;
+    assert_eq!(refused["error"], "insufficient_storage");
+    let count: i64 = sqlx::query_scalar("select count(*) from exports").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(count, 1);
+
+    // Space freed: exports run again.
+    disk.resize("64m");
+    let small = app.create_export(Some(serde_json::json!({"filters": {"id": {"lte": 1000}}}))).await;
+    assert_eq!(app.wait_finished(small, Duration::from_secs(60)).await["status"], "completed");
+    drop(app);
 }

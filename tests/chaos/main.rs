@@ -255,6 +255,8 @@ async fn disk_full_fails_cleanly_and_a_retry_succeeds_after_space_is_freed() {
     let mut env = s.env(&[]);
     env.retain(|(k, _)| k != "EXPORTD_STORAGE_DIR");
     env.push(("EXPORTD_STORAGE_DIR".into(), mount.path().display().to_string()));
+    // No free-space floor: this is about the disk filling up for real (someone else's files).
+    env.push(("EXPORTD_MIN_FREE_DISK".into(), "0".into()));
     let serve = Exportd::serve(env).await;
     let api = serve.api();
     let base = api.base.clone();

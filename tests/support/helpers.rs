@@ -77,6 +77,8 @@ pub struct AppOptions {
     pub faults: Option<exportd::export::engine::Faults>,
     /// HTTP limits (None = the defaults).
     pub http: Option<exportd::config::HttpSettings>,
+    /// `EXPORTD_MIN_FREE_DISK` (None = the default).
+    pub min_free_disk: Option<u64>,
 }
 
 impl Default for AppOptions {
@@ -91,6 +93,7 @@ impl Default for AppOptions {
             statement_timeout: None,
             faults: None,
             http: None,
+            min_free_disk: None,
         }
     }
 }
@@ -120,6 +123,9 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     }
     if let Some(http) = opts.http {
         args.http = http;
+    }
+    if let Some(floor) = opts.min_free_disk {
+        args.worker.min_free_disk = floor;
     }
     args.worker.worker_concurrency = opts.workers;
     args.worker.chunk_size = opts.chunk_size;
