@@ -48,7 +48,7 @@ pub struct App {
 impl App {
     /// Connects, migrates, binds the listener (port 0 picks a free one).
     pub async fn build(mut args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let pool_size = db::pool_size(args.db.db_pool_size, args.worker.worker_concurrency)?;
+        let pool_size = db::pool_size(args.db.db_pool_size, args.worker.slots())?;
         args.db.db_pool_size = Some(pool_size);
         let pool = connect_and_migrate(&args.db).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
@@ -116,7 +116,7 @@ impl App {
 /// `exportd worker`: workers only, until the shutdown signal.
 pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut db_args = db_args.clone();
-    db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.worker_concurrency)?);
+    db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.slots())?);
     let db_args = &db_args;
     let pool = connect_and_migrate(db_args).await?;
     let datasets = load_datasets(&pool, settings).await?;
@@ -179,11 +179,16 @@ impl Workers {
             self.shutdown.wait().await;
             return Ok(());
         }
-        let slots = (0..self.settings.worker_concurrency).map(|index| {
+        // The full-speed lane, then the throttled one (slots numbered on from the first).
+        let lanes = (0..self.settings.worker_concurrency)
+            .map(|_| queue::QUEUE)
+            .chain((0..self.settings.throttled_concurrency).map(|_| queue::THROTTLED_QUEUE));
+        let slots = lanes.enumerate().map(|(index, lane)| {
             tokio::spawn(queue::run_worker_slot(
                 self.pool.clone(),
                 self.engine.clone(),
-                index,
+                lane,
+                index as u32,
                 self.settings.heartbeat,
                 self.settings.shutdown_timeout,
                 self.shutdown.clone(),
@@ -225,10 +230,12 @@ async fn housekeeping(pool: PgPool, storage: SharedStorage, sweep: Sweep, shutdo
                 Ok(swept) => tracing::info!(?swept, "swept what ended exports left behind"),
                 Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),
             }
-            match db::queue::purge_dead_workers(&pool, queue::QUEUE, FORGET_DEAD_WORKERS).await {
-                Ok(0) => {}
-                Ok(workers) => tracing::info!(workers, "forgot dead queue workers"),
-                Err(e) => tracing::warn!(error = %e, "queue hygiene failed; will retry"),
+            for lane in queue::QUEUES {
+                match db::queue::purge_dead_workers(&pool, lane, FORGET_DEAD_WORKERS).await {
+                    Ok(0) => {}
+                    Ok(workers) => tracing::info!(workers, queue = lane, "forgot dead queue workers"),
+                    Err(e) => tracing::warn!(error = %e, "queue hygiene failed; will retry"),
+                }
             }
         }
     }

@@ -83,9 +83,16 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u32).range(100..=100_000))]
     pub chunk_size: u32,
 
-    /// Exports this process runs at the same time (0 = no workers, API only).
+    /// Exports this process runs at the same time at full speed (0 = no workers, API only).
     #[arg(long, env = "EXPORTD_WORKER_CONCURRENCY", default_value_t = 2)]
     pub worker_concurrency: u32,
+
+    /// Throttled exports (`maxRowsPerSecond`) this process runs at the same time, in a lane of
+    /// their own, so a slow export never holds a full-speed slot (at least 1; none when
+    /// `worker-concurrency` is 0).
+    #[arg(long, env = "EXPORTD_THROTTLED_CONCURRENCY", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub throttled_concurrency: u32,
 
     /// Consecutive runs of one export that may end without progress (errors or crashes)
     /// before the export is marked failed.
@@ -104,6 +111,13 @@ pub struct WorkerSettings {
     /// How long a stopping process waits for running exports to reach a chunk boundary.
     #[arg(long, env = "EXPORTD_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+impl WorkerSettings {
+    /// Worker slots of this process, both lanes (0 for an API-only process).
+    pub fn slots(&self) -> u32 {
+        if self.worker_concurrency == 0 { 0 } else { self.worker_concurrency + self.throttled_concurrency }
+    }
 }
 
 /// `exportd serve`.

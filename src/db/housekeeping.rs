@@ -27,6 +27,8 @@ pub struct Orphan {
     pub id: Uuid,
     /// The queue job it pointed at when the scan saw it.
     pub queue_job_id: Option<String>,
+    /// Whether it is throttled (its new job goes to the throttled lane).
+    pub throttled: bool,
 }
 
 /// A row the orphan scan looked at.
@@ -36,6 +38,7 @@ struct ScannedRow {
     queue_job_id: Option<String>,
     created_at: DateTime<Utc>,
     queued: bool,
+    throttled: bool,
     orphan: bool,
 }
 
@@ -48,7 +51,7 @@ struct ScannedRow {
 /// orphans and where the next round goes on.
 pub async fn exports_without_live_job(
     pool: &PgPool,
-    queue: &str,
+    queues: &[&str],
     min_age_secs: f64,
     cursor: ScanCursor,
     limit: i64,
@@ -58,19 +61,20 @@ pub async fn exports_without_live_job(
     let (running_at, running_id) = cursor.running.unwrap_or(start);
     let rows: Vec<ScannedRow> = sqlx::query_as(
         "with scanned as ( \
-           (select id, queue_job_id, created_at, updated_at, false as queued from exports \
+           (select id, queue_job_id, created_at, updated_at, spec, false as queued from exports \
             where status = 'running' and (created_at, id) > ($6, $7) order by created_at, id limit $3) \
            union all \
-           (select id, queue_job_id, created_at, updated_at, true from exports \
+           (select id, queue_job_id, created_at, updated_at, spec, true from exports \
             where status = 'queued' and (created_at, id) > ($4, $5) order by created_at, id limit $3)) \
          select s.id, s.queue_job_id, s.created_at, s.queued, \
+                (s.spec ->> 'maxRowsPerSecond') is not null as throttled, \
                 s.updated_at < now() - make_interval(secs => $2) and coalesce( \
                   (select j.status in ('Done', 'Killed') or (j.status = 'Failed' and j.attempts >= j.max_attempts) \
-                   from apalis.jobs j where j.id = s.queue_job_id and j.job_type = $1), true) as orphan \
+                   from apalis.jobs j where j.id = s.queue_job_id and j.job_type = any($1)), true) as orphan \
          from scanned s \
          order by s.queued, s.created_at, s.id",
     )
-    .bind(queue)
+    .bind(queues)
     .bind(min_age_secs)
     .bind(limit)
     .bind(queued_at)
@@ -85,8 +89,11 @@ pub async fn exports_without_live_job(
         (slice.len() as i64 == limit).then(|| slice.last().map(|r| (r.created_at, r.id))).flatten()
     };
     let cursor = ScanCursor { running: next(false), queued: next(true) };
-    let orphans =
-        rows.into_iter().filter(|r| r.orphan).map(|r| Orphan { id: r.id, queue_job_id: r.queue_job_id }).collect();
+    let orphans = rows
+        .into_iter()
+        .filter(|r| r.orphan)
+        .map(|r| Orphan { id: r.id, queue_job_id: r.queue_job_id, throttled: r.throttled })
+        .collect();
     Ok((orphans, cursor))
 }
 

@@ -95,7 +95,8 @@ pub fn pool_size(requested: Option<u32>, worker_slots: u32) -> anyhow::Result<u3
     let least = held + CONNECTIONS_FOR_THE_REST_AT_LEAST;
     anyhow::ensure!(
         requested >= least,
-        "EXPORTD_DB_POOL_SIZE={requested} is too small for EXPORTD_WORKER_CONCURRENCY={worker_slots}: each worker \
+        "EXPORTD_DB_POOL_SIZE={requested} is too small for {worker_slots} worker slots (EXPORTD_WORKER_CONCURRENCY \
+         plus EXPORTD_THROTTLED_CONCURRENCY): each worker \
          slot holds up to {CONNECTIONS_PER_WORKER_SLOT} connections ({held} in all) and the API and housekeeping need \
          at least {CONNECTIONS_FOR_THE_REST_AT_LEAST}; set it to {least} or more, or leave it unset for \
          {}",
@@ -210,7 +211,7 @@ mod tests {
         assert_eq!(pool_size(Some(28), 8).unwrap(), 28);
         let e = pool_size(Some(16), 8).unwrap_err().to_string();
         assert!(
-            e.contains("EXPORTD_DB_POOL_SIZE=16") && e.contains("CONCURRENCY=8") && e.contains("28 or more"),
+            e.contains("EXPORTD_DB_POOL_SIZE=16") && e.contains("for 8 worker slots") && e.contains("28 or more"),
             "{e}"
         );
     }

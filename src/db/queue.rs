@@ -35,16 +35,16 @@ pub async fn purge_dead_workers(pool: &PgPool, queue: &str, dead_after: Duration
     Ok(done.rows_affected())
 }
 
-/// Tells listening workers that jobs `job_ids` of `queue` are ready, one notification per job
-/// with the payload apalis' own (disabled, see migrations/0002) insert trigger sends, all in
-/// one statement. Call after the commit that inserted them.
-pub async fn notify_workers(pool: &PgPool, queue: &str, job_ids: &[String]) -> Result<()> {
+/// Tells listening workers that jobs are ready (`job_ids[i]` in `queues[i]`), one notification
+/// per job with the payload apalis' own (disabled, see migrations/0002) insert trigger sends,
+/// all in one statement. Call after the commit that inserted them.
+pub async fn notify_workers(pool: &PgPool, queues: &[&str], job_ids: &[&str]) -> Result<()> {
     sqlx::query(
         "select pg_notify('apalis::job::insert', \
-         json_build_object('job_type', $1::text, 'id', id, 'run_at', now())::text) \
-         from unnest($2::text[]) as id",
+         json_build_object('job_type', queue, 'id', id, 'run_at', now())::text) \
+         from unnest($1::text[], $2::text[]) as u(queue, id)",
     )
-    .bind(queue)
+    .bind(queues)
     .bind(job_ids)
     .execute(pool)
     .await?;

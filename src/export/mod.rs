@@ -62,7 +62,8 @@ pub async fn create_export(
     let id = uuid::Uuid::new_v4();
     let new = exports::NewExport { id, dataset: ds, spec, bounds, queue_job_id: &job_id, idempotency_key };
     let payload = queue::job_payload(id);
-    let job = exports::NewJob { queue: queue::QUEUE, payload: &payload, max_attempts: queue::QUEUE_MAX_ATTEMPTS };
+    let lane = queue::lane(spec);
+    let job = exports::NewJob { queue: lane, payload: &payload, max_attempts: queue::QUEUE_MAX_ATTEMPTS };
     let Some(record) = exports::insert_export_with_job(&mut *conn, &new, &job).await? else {
         // Another request with the same key won the race: answer as if it came first.
         let key = idempotency_key.expect("only a key can conflict");
@@ -73,7 +74,7 @@ pub async fn create_export(
             Err(Error::IdempotencyMismatch(existing.id))
         };
     };
-    waker.wake(job_id);
+    waker.wake(lane, job_id);
     Ok(Created::New(record))
 }
 

@@ -21,8 +21,18 @@ use crate::{
     shutdown::Shutdown,
 };
 
-/// Queue (apalis job type) carrying exports.
+/// Queue (apalis job type) carrying exports at full speed.
 pub const QUEUE: &str = "exportd.export";
+/// Queue carrying throttled exports (`maxRowsPerSecond`): a lane of worker slots of their own,
+/// so exports that spend most of their time waiting never hold the slots others need.
+pub const THROTTLED_QUEUE: &str = "exportd.export.throttled";
+/// Every queue, for housekeeping.
+pub const QUEUES: [&str; 2] = [QUEUE, THROTTLED_QUEUE];
+
+/// The queue (lane) an export runs in.
+pub fn lane(spec: &crate::model::ExportSpec) -> &'static str {
+    if spec.max_rows_per_second.is_some() { THROTTLED_QUEUE } else { QUEUE }
+}
 
 /// The job payload: which export to run. Everything else is on the export's row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,20 +51,27 @@ pub fn job_payload(export_id: Uuid) -> Vec<u8> {
     serde_json::to_vec(&ExportJob { export_id }).expect("serializable")
 }
 
-/// Inserts job `job_id` for an export on `conn`, the transaction that inserts or updates the
-/// export row; call [`wake_workers`] once it has committed.
-pub async fn enqueue(conn: &mut PgConnection, job_id: &str, export_id: Uuid) -> Result<(), apalis_postgres::Error> {
+/// Inserts job `job_id` for an export into `queue` on `conn`, the transaction that inserts or
+/// updates the export row; call [`wake_workers`] once it has committed.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    queue: &str,
+    job_id: &str,
+    export_id: Uuid,
+) -> Result<(), apalis_postgres::Error> {
     let ulid: ulid::Ulid = job_id.parse().expect("job ids are ULIDs");
     let task: PgTask = TaskBuilder::new(job_payload(export_id))
         .task_id(TaskId::from_ulid(ulid))
         .max_attempts(QUEUE_MAX_ATTEMPTS as usize)
         .build();
-    apalis_postgres::queries::push_tasks(conn, QUEUE, vec![task]).await
+    apalis_postgres::queries::push_tasks(conn, queue, vec![task]).await
 }
 
-/// Wakes listening workers for jobs just committed (best effort: they also poll every second).
-pub async fn wake_workers(pool: &PgPool, job_ids: &[String]) {
-    if let Err(e) = db::queue::notify_workers(pool, QUEUE, job_ids).await {
+/// Wakes listening workers for jobs just committed, each `(queue, job id)` (best effort: they
+/// also poll every second).
+pub async fn wake_workers(pool: &PgPool, jobs: &[(&'static str, String)]) {
+    let (queues, job_ids): (Vec<&str>, Vec<&str>) = jobs.iter().map(|(q, id)| (*q, id.as_str())).unzip();
+    if let Err(e) = db::queue::notify_workers(pool, &queues, &job_ids).await {
         tracing::debug!(error = %e, jobs = job_ids.len(), "could not notify workers; they will find the jobs by polling");
     }
 }
@@ -67,12 +84,12 @@ const PENDING_WAKES: usize = 10_000;
 /// notifying transaction takes PostgreSQL's global notify lock at commit, so one per request
 /// made concurrent requests wait on each other.)
 #[derive(Debug, Clone)]
-pub struct Waker(tokio::sync::mpsc::Sender<String>);
+pub struct Waker(tokio::sync::mpsc::Sender<(&'static str, String)>);
 
 impl Waker {
     /// Starts the notifying task; it ends when the last `Waker` is dropped.
     pub fn start(pool: PgPool) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(PENDING_WAKES);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(&'static str, String)>(PENDING_WAKES);
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, 1000).await > 0 {
@@ -83,9 +100,9 @@ impl Waker {
         Self(tx)
     }
 
-    /// Asks for workers to be woken for a committed job (never waits).
-    pub fn wake(&self, job_id: String) {
-        let _ = self.0.try_send(job_id);
+    /// Asks for workers of `queue` to be woken for a committed job (never waits).
+    pub fn wake(&self, queue: &'static str, job_id: String) {
+        let _ = self.0.try_send((queue, job_id));
     }
 }
 
@@ -113,6 +130,7 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 pub async fn run_worker_slot(
     pool: PgPool,
     engine: Arc<Engine>,
+    queue: &'static str,
     index: u32,
     heartbeat: Duration,
     shutdown_timeout: Duration,
@@ -124,9 +142,9 @@ pub async fn run_worker_slot(
             let (pool, engine, name) = (pool.clone(), engine.clone(), name.clone());
             move |_restarts| {
                 let config =
-                    Config::default().queue(QUEUE).batch_size(1).heartbeat_interval(heartbeat).missed_heartbeats(3);
+                    Config::default().queue(queue).batch_size(1).heartbeat_interval(heartbeat).missed_heartbeats(3);
                 let strategy = Strategy::new()
-                    .stream(Pubsub::new(pool.clone(), QUEUE.to_owned()))
+                    .stream(Pubsub::new(pool.clone(), queue.to_owned()))
                     .interval(Duration::from_secs(1));
                 let backend = PostgresStorage::<ExportJob>::new(&pool).with_config(config).poll_with_strategy(strategy);
                 WorkerBuilder::new(name.clone())
@@ -179,7 +197,7 @@ pub async fn requeue_orphans(
     cursor: &mut db::housekeeping::ScanCursor,
 ) -> crate::error::Result<usize> {
     let (orphans, next) =
-        db::housekeeping::exports_without_live_job(pool, QUEUE, min_age.as_secs_f64(), *cursor, ORPHAN_SCAN_BATCH)
+        db::housekeeping::exports_without_live_job(pool, &QUEUES, min_age.as_secs_f64(), *cursor, ORPHAN_SCAN_BATCH)
             .await?;
     *cursor = next;
     let mut n = 0;
@@ -199,9 +217,10 @@ pub async fn rescue_orphan(pool: &PgPool, orphan: &db::housekeeping::Orphan) -> 
     if !db::housekeeping::set_job(&mut tx, orphan.id, orphan.queue_job_id.as_deref(), &job_id).await? {
         return Ok(None);
     }
-    enqueue(&mut tx, &job_id, orphan.id).await.map_err(|e| anyhow::anyhow!(e))?;
+    let queue = if orphan.throttled { THROTTLED_QUEUE } else { QUEUE };
+    enqueue(&mut tx, queue, &job_id, orphan.id).await.map_err(|e| anyhow::anyhow!(e))?;
     tx.commit().await?;
-    wake_workers(pool, std::slice::from_ref(&job_id)).await;
+    wake_workers(pool, &[(queue, job_id.clone())]).await;
     tracing::warn!(export_id = %orphan.id, %job_id, "unfinished export had no live queue job; re-enqueued");
     Ok(Some(job_id))
 }

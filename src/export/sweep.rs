@@ -17,7 +17,7 @@ use std::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{db, error::Result, export::queue::QUEUE, storage::Storage};
+use crate::{db, error::Result, export::queue::QUEUES, storage::Storage};
 
 /// How long things are kept before the sweeper deletes them.
 #[derive(Debug, Clone)]
@@ -53,7 +53,9 @@ pub async fn sweep(pool: &PgPool, storage: &dyn Storage, settings: &Sweep) -> Re
         exports: db::housekeeping::purge_ended_exports(pool, settings.keep_ended_exports, EXPORTS_PER_SWEEP).await?,
         ..Swept::default()
     };
-    swept.jobs = db::queue::purge_finished_jobs(pool, QUEUE, settings.keep_finished_jobs).await?;
+    for queue in QUEUES {
+        swept.jobs += db::queue::purge_finished_jobs(pool, queue, settings.keep_finished_jobs).await?;
+    }
     let dirs = storage.exports().await?;
     let live: HashMap<Uuid, db::housekeeping::FileRefs> =
         db::housekeeping::file_refs(pool, &dirs).await?.into_iter().map(|r| (r.id, r)).collect();

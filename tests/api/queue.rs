@@ -118,7 +118,7 @@ async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
     let mut found = 0;
     let mut cursor = ScanCursor::default();
     for _ in 0..3 {
-        found += exportd::db::housekeeping::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2)
+        found += exportd::db::housekeeping::exports_without_live_job(&pool, &[QUEUE], 0.0, cursor, 2)
             .await
             .map(|(orphans, next)| {
                 cursor = next;
@@ -146,6 +146,7 @@ async fn exports_whose_queue_job_is_gone_get_a_new_one_and_finish() {
 
 /// Eight worker slots, eight exports at once: with the pool sized for the slots (3 each plus
 /// room for the API), every export finishes in its first run and the API answers meanwhile.
+/// (The exports are throttled to overlap, so the eight slots are the throttled lane's.)
 /// Before, a fixed pool of 16 held by 8 queue listeners and 8 chunk readers left nothing for
 /// checkpoints: runs failed on "pool timed out" and were retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +154,7 @@ async fn eight_worker_slots_run_eight_exports_at_once_without_starving_the_pool(
     let db = test_db().await;
     seed_nasty(&db.pool, 10_000).await;
     let reference = copy_reference(&db.pool).await;
-    let app = spawn_app(db, AppOptions { workers: 8, ..Default::default() }).await;
+    let app = spawn_app(db, AppOptions { workers: 1, throttled_workers: Some(8), ..Default::default() }).await;
     let mut ids = Vec::new();
     for _ in 0..8 {
         // About 3 s each, so all eight overlap.
@@ -201,7 +202,7 @@ async fn two_processes_rescuing_the_same_orphan_enqueue_one_job() {
     let pool_b = exportd::db::connect(&args).await.unwrap();
     let scan = |pool: sqlx::PgPool| async move {
         let (orphans, _) =
-            exportd::db::housekeeping::exports_without_live_job(&pool, QUEUE, 0.0, ScanCursor::default(), 100)
+            exportd::db::housekeeping::exports_without_live_job(&pool, &[QUEUE], 0.0, ScanCursor::default(), 100)
                 .await
                 .unwrap();
         assert_eq!(orphans.iter().map(|o| o.id).collect::<Vec<_>>(), [id]);
@@ -241,7 +242,7 @@ async fn the_orphan_scan_reaches_every_running_export() {
     let mut cursor = ScanCursor::default();
     for _ in 0..3 {
         let (orphans, next) =
-            exportd::db::housekeeping::exports_without_live_job(&pool, QUEUE, 0.0, cursor, 2).await.unwrap();
+            exportd::db::housekeeping::exports_without_live_job(&pool, &[QUEUE], 0.0, cursor, 2).await.unwrap();
         found.extend(orphans.into_iter().map(|o| o.id));
         cursor = next;
     }

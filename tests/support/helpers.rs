@@ -77,6 +77,8 @@ pub struct AppOptions {
     pub faults: Option<exportd::export::engine::Faults>,
     /// HTTP limits (None = the defaults).
     pub http: Option<exportd::config::HttpSettings>,
+    /// Slots of the throttled lane (None = the default).
+    pub throttled_workers: Option<u32>,
     /// `EXPORTD_MIN_FREE_DISK` (None = the default).
     pub min_free_disk: Option<u64>,
 }
@@ -94,6 +96,7 @@ impl Default for AppOptions {
             faults: None,
             http: None,
             min_free_disk: None,
+            throttled_workers: None,
         }
     }
 }
@@ -126,6 +129,9 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     }
     if let Some(floor) = opts.min_free_disk {
         args.worker.min_free_disk = floor;
+    }
+    if let Some(slots) = opts.throttled_workers {
+        args.worker.throttled_concurrency = slots;
     }
     args.worker.worker_concurrency = opts.workers;
     args.worker.chunk_size = opts.chunk_size;
