@@ -10,7 +10,7 @@ BIN := target/release/exportd
 # The database: DATABASE_URL when set, else the private cluster (started on demand).
 DB = $${DATABASE_URL:-$$(scripts/pg.sh start)}
 
-.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench chaos
+.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench chaos abuse
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -57,3 +57,6 @@ bench: ## psql \copy vs exportd end to end, memory, download, API latency (ROWS=
 chaos: ## the whole fault-injection suite (kills, pauses, database restarts, full disk)
 	mkdir -p target && $(CARGO) test --release --locked --test chaos -- --include-ignored --test-threads 1 2>&1 | tee target/chaos.log; \
 	  status=$${PIPESTATUS[0]}; grep -E '^test result:' target/chaos.log; exit $$status
+
+abuse: ## hostile and careless clients against a fresh server each: limits hit, statuses, peak RSS, /healthz p99
+	db=$(DB) && DATABASE_URL=$$db $(CARGO) bench --locked --bench abuse

@@ -86,6 +86,12 @@ fn open_files_limit() -> Option<usize> {
 /// client does not read holds at most this much (hyper's default is ~400 KiB).
 const MAX_BUF_BYTES: usize = 64 * 1024;
 
+/// How often freed connection memory is handed back to the OS (when connections closed).
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// At most one warning this often while accepting fails for lack of resources.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Pause after accepting failed for lack of resources (file descriptors, memory), so the
 /// loop waits for them instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -109,6 +115,9 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let clients = Clients::default();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trimmer = tokio::spawn(trim_after_closes(closed.clone(), shutdown.clone()));
+    let mut last_warning: Option<tokio::time::Instant> = None;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(MAX_BUF_BYTES);
     loop {
@@ -124,7 +133,10 @@ pub async fn serve(
             Ok(accepted) => accepted,
             Err(e) => {
                 if out_of_resources(&e) {
-                    tracing::warn!(error = %e, "cannot accept connections; waiting for resources");
+                    if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        tracing::warn!(error = %e, "cannot accept connections; waiting for resources (said at most every 10 s)");
+                        last_warning = Some(tokio::time::Instant::now());
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
                 continue;
@@ -146,18 +158,34 @@ pub async fn serve(
         });
         let connection =
             graceful.watch(http.serve_connection(TokioIo::new(Guarded::new(stream, limits.send_timeout)), service));
+        let closed = closed.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop((slot, client));
+            closed.store(true, std::sync::atomic::Ordering::Relaxed);
         });
     }
     drop(listener);
+    trimmer.abort();
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?limits.shutdown_grace, "requests still in flight at shutdown were cut off");
     }
     Ok(())
+}
+
+/// Every [`TRIM_EVERY`], if connections closed meanwhile, hands their freed memory back to the OS.
+async fn trim_after_closes(closed: Arc<std::sync::atomic::AtomicBool>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TRIM_EVERY) => {}
+            _ = shutdown.wait() => return,
+        }
+        if closed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            crate::alloc::trim();
+        }
+    }
 }
 
 /// Accept errors that mean "no resources now" (as opposed to one connection failing).
