@@ -8,7 +8,10 @@ use crate::error::Error;
 /// The body of every error response.
 #[derive(Debug, Object)]
 pub struct ErrorBody {
-    /// Machine-readable kind: `bad_request`, `not_found`, `conflict`, `unavailable`, `internal`, ...
+    /// Machine-readable kind, stable across versions: `bad_request`, `not_found`, `conflict`,
+    /// `gone`, `idempotency_key_reused`, `unprocessable`, `payload_too_large`,
+    /// `unsupported_media_type`, `method_not_allowed`, `range_not_satisfiable`, `busy`,
+    /// `too_many_connections`, `insufficient_storage`, `unavailable`, `internal`.
     pub error: String,
     /// What went wrong, for humans.
     pub message: String,
