@@ -355,7 +355,8 @@ fn describe(e: &anyhow::Error, token: Uuid) -> String {
         };
     }
     if let Some(io) = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()) {
-        return format!("storage error: {} ({log})", io.kind());
+        // The operating system's words ("Too many open files (os error 24)"), no path.
+        return format!("storage error: {io} ({log})");
     }
     format!("{e:#}")
 }
