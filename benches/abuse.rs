@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The victim's time alone, on a fresh server.
     let alone = {
-        let server = start(&db_url, work.path(), "alone", &[]).await;
+        let server = start(&db_url, work.path(), "alone").await;
         let api = server.api();
         let _ = victim(&api).await; // warm the cache
         let mut times = Vec::new();
@@ -76,8 +76,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     macro_rules! row {
-        ($attack:expr, $limit:expr, $env:expr, |$api:ident, $pid:ident, $setup:ident| $body:expr) => {{
-            let server = start(&db_url, work.path(), $attack, $env).await;
+        ($attack:expr, $limit:expr, |$api:ident, $pid:ident, $setup:ident| $body:expr) => {{
+            let server = start(&db_url, work.path(), $attack).await;
             let $api = server.api();
             let $pid = server.pid();
             let $setup = setup_for($attack, &$api).await;
@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         }};
     }
 
-    row!("POST 100 MB bodies, 4 at once", "body 1 MiB (413)", &[], |api, _pid, _setup| {
+    row!("POST 100 MB bodies, 4 at once", "body 1 MiB (413)", |api, _pid, _setup| {
         let posts = (0..4).map(|i| {
             let api = api.clone();
             async move {
@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
         (tally(futures::future::join_all(posts).await), "two with Content-Length, two chunked".into())
     });
 
-    row!("invalid bodies of 8,000 and 12,000 keys, 10 at once", "one pass per body (400)", &[], |api, _pid, _setup| {
+    row!("invalid bodies of 8,000 and 12,000 keys, 10 at once", "one pass per body (400)", |api, _pid, _setup| {
         let posts = (0..10).map(|i| {
             let api = api.clone();
             let keys = if i % 2 == 0 { 8_000 } else { 12_000 };
@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         (tally(futures::future::join_all(posts).await), "118 KB and 180 KB".into())
     });
 
-    row!("400 downloads that stop reading", "64 downloads, send timeout 30 s (503 busy)", &[], |api, pid, setup| {
+    row!("400 downloads that stop reading", "64 downloads, send timeout 30 s (503 busy)", |api, pid, setup| {
         let id = setup.expect("a completed export");
         let before = current_rss_kib(pid) as f64 / 1024.0;
         let mut held = Vec::new();
@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..400 {
             let socket = TcpSocket::new_v4()?;
             socket.set_recv_buffer_size(4096)?;
-            let mut s = socket.connect(api.base.trim_start_matches("http://").parse()?).await?;
+            let mut s = socket.connect(address(&api)?).await?;
             let req = format!("GET /api/export/{id}/download HTTP/1.1\r\nHost: x\r\n\r\n");
             s.write_all(req.as_bytes()).await?;
             held.push(s);
@@ -166,9 +166,8 @@ async fn main() -> anyhow::Result<()> {
     row!(
         "20,000 connections from one address, held idle",
         "128 per address, 1,024 in all (503)",
-        &[],
         |api, _pid, _setup| {
-            let addr: std::net::SocketAddr = api.base.trim_start_matches("http://").parse()?;
+            let addr = address(&api)?;
             let mut held: Vec<TcpStream> = Vec::new();
             let mut statuses = Vec::new();
             for _ in 0..20_000 {
@@ -192,8 +191,8 @@ async fn main() -> anyhow::Result<()> {
         }
     );
 
-    row!("100 slowloris connections (a header byte a second)", "header timeout 10 s", &[], |api, _pid, _setup| {
-        let addr: std::net::SocketAddr = api.base.trim_start_matches("http://").parse()?;
+    row!("100 slowloris connections (a header byte a second)", "header timeout 10 s", |api, _pid, _setup| {
+        let addr = address(&api)?;
         let loris = (0..100).map(|_| async move {
             let Ok(mut s) = TcpStream::connect(addr).await else { return "connect failed".to_owned() };
             let started = Instant::now();
@@ -215,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         (tally(futures::future::join_all(loris).await), String::new())
     });
 
-    row!("two exports at 1 row/s", "a lane of their own", &[], |api, _pid, _setup| {
+    row!("two exports at 1 row/s", "a lane of their own", |api, _pid, _setup| {
         let mut statuses = Vec::new();
         let mut slow = Vec::new();
         for _ in 0..2 {
@@ -235,7 +234,6 @@ async fn main() -> anyhow::Result<()> {
     row!(
         "filter values: 2,001 in all, then 10 exports of 2,000",
         "2,000 values, one array bound",
-        &[],
         |api, _pid, _setup| {
             let values = |n: i64| (1..=n).collect::<Vec<i64>>();
             let mut statuses = Vec::new();
@@ -262,7 +260,6 @@ async fn main() -> anyhow::Result<()> {
     row!(
         "filter values of 10 KB; header names with CR/LF and =HYPERLINK",
         "1 KiB per value, no control characters (400)",
-        &[],
         |api, _pid, _setup| {
             let bodies = [
                 json!({"filters": {"customer_email": {"eq": "x".repeat(10_240)}}}),
@@ -284,14 +281,13 @@ async fn main() -> anyhow::Result<()> {
     row!(
         "accepting at the open files limit (server at 256 descriptors, 1,000 idle connections from 10 addresses)",
         "accept backs off, no spin",
-        &[],
         |api, pid, _setup| {
             let ok = std::process::Command::new("prlimit")
                 .args(["--nofile=256", "--pid", &pid.to_string()])
                 .status()?
                 .success();
             anyhow::ensure!(ok, "prlimit failed");
-            let addr: std::net::SocketAddr = api.base.trim_start_matches("http://").parse()?;
+            let addr = address(&api)?;
             let mut held = Vec::new();
             for i in 0..1000 {
                 let socket = TcpSocket::new_v4()?;
@@ -332,10 +328,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// A fresh `exportd serve` with its own storage directory.
-async fn start(db_url: &str, work: &Path, name: &str, extra: &[(&str, &str)]) -> Exportd {
+async fn start(db_url: &str, work: &Path, name: &str) -> Exportd {
     let storage = work.join(name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
     std::fs::create_dir_all(&storage).expect("storage dir");
-    Exportd::serve(exportd_env(db_url, &storage, extra)).await
+    Exportd::serve(exportd_env(db_url, &storage, &[])).await
+}
+
+/// The server's socket address (for raw connections).
+fn address(api: &Api) -> anyhow::Result<std::net::SocketAddr> {
+    Ok(api.base.trim_start_matches("http://").parse()?)
 }
 
 /// What a row needs before its attack: a completed export to download.

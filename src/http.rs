@@ -81,13 +81,6 @@ fn open_files_limit() -> Option<usize> {
     (ok && limit.rlim_cur != libc::RLIM_INFINITY).then(|| usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
 }
 
-/// Largest buffer hyper keeps per connection, for reading a request head and for queuing a
-/// response: request heads larger than this are refused (431), and a download the client does
-/// not read holds at most this much plus one piece of the file (256 KiB). hyper's default;
-/// 64 KiB cut download throughput by about a third (the next piece of the file was no longer
-/// read while the last one was being sent).
-const MAX_BUF_BYTES: usize = 8192 + 4096 * 100;
-
 /// How often freed connection memory is handed back to the OS (when connections closed).
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
@@ -120,8 +113,11 @@ pub async fn serve(
     let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let trimmer = tokio::spawn(trim_after_closes(closed.clone(), shutdown.clone()));
     let mut last_warning: Option<tokio::time::Instant> = None;
+    // hyper's own buffer size (~408 KiB per connection) is kept: a download the client does
+    // not read holds at most that plus one 256 KiB piece of its file. 64 KiB cut download
+    // throughput by about a third (the next piece was no longer read while one was sent).
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(MAX_BUF_BYTES);
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("never closed"),

@@ -69,12 +69,16 @@ fn parse<T: ParseFromJSON>(bytes: &[u8]) -> poem::Result<Option<T>> {
     if let Some(field) = null_member(&value, &mut Vec::new()) {
         return Err(bad_request(format!("{field}: null is not allowed; leave the field out to get its default")));
     }
-    match T::parse_from_json(Some(value.clone())) {
+    match T::parse_from_json(Some(value)) {
         Ok(parsed) => Ok(Some(parsed)),
-        Err(e) => Err(bad_request(match culprit::<T>(&value) {
-            Some(field) => format!("invalid field {field:?}: {}", e.into_message()),
-            None => format!("invalid request body: {}", e.into_message()),
-        })),
+        Err(e) => {
+            // Only an invalid body is read a second time, for the search (no copy otherwise).
+            let value = serde_json::from_slice(bytes).unwrap_or_default();
+            Err(bad_request(match culprit::<T>(&value) {
+                Some(field) => format!("invalid field {field:?}: {}", e.into_message()),
+                None => format!("invalid request body: {}", e.into_message()),
+            }))
+        }
     }
 }
 

@@ -130,14 +130,14 @@ impl ExportApi {
     /// Refuses new exports while the storage is below its free-space floor.
     fn check_free_space(&self) -> Result<(), Error> {
         let floor = self.state.min_free_disk;
-        match self.state.storage.free_bytes() {
-            Some(free) if floor > 0 && free < floor => Err(Error::InsufficientStorage(format!(
+        match self.state.storage.below_floor(floor) {
+            Some(free) => Err(Error::InsufficientStorage(format!(
                 "the export storage has {} MiB free, below its floor of {} MiB: no new export until \
                  space is freed (finished exports' files are deleted as they expire, or with DELETE)",
                 free >> 20,
                 floor >> 20
             ))),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }

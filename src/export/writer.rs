@@ -108,7 +108,7 @@ impl Engine {
     /// holds it.
     async fn below_floor(&self, export_id: Uuid, token: Uuid) -> anyhow::Result<Option<Outcome>> {
         let floor = self.settings.min_free_disk;
-        let Some(free) = self.storage.free_bytes().filter(|free| floor > 0 && *free < floor) else {
+        let Some(free) = self.storage.below_floor(floor) else {
             return Ok(None);
         };
         let message = format!(

@@ -61,6 +61,11 @@ pub trait Storage: fmt::Debug + Send + Sync {
 
     /// Bytes still free for files (None: unknown, or no such limit for this backend).
     fn free_bytes(&self) -> Option<u64>;
+
+    /// The free bytes when they are below `floor` (0: no floor), None otherwise.
+    fn below_floor(&self, floor: u64) -> Option<u64> {
+        self.free_bytes().filter(|free| floor > 0 && *free < floor)
+    }
 }
 
 /// Which run a file belongs to, and its extension (`csv`, `csv.gz`).
