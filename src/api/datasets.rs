@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
-use crate::api::{ApiTags, AppState};
+use crate::api::{
+    ApiTags, AppState,
+    error::{Fails, declare::*},
+};
 
 /// Dataset listing.
 pub struct DatasetsApi {
@@ -16,7 +19,7 @@ pub struct DatasetsApi {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ColumnView {
-    /// Name to pass as `dataset` in `POST /api/export`.
+    /// Name to pass in `columns`, `headers` and `filters` of `POST /api/export`.
     pub name: String,
     /// SQL type, as the database catalog states it (e.g. `numeric(12,2)`).
     #[oai(rename = "type")]
@@ -31,7 +34,8 @@ pub struct ColumnView {
 pub struct DatasetView {
     /// The name to pass as `dataset`.
     pub name: String,
-    /// What the dataset holds, from the datasets config.
+    /// What the dataset holds, from the datasets config (null when it says nothing).
+    #[oai(nullable)]
     pub description: Option<String>,
     /// Keyset column: exports walk the dataset in its order; `upperBoundId` refers to it.
     pub key: String,
@@ -55,9 +59,9 @@ impl DatasetsApi {
     ///
     /// The datasets this service exports (from its datasets config), with their columns and types.
     #[oai(path = "/api/datasets", method = "get", operation_id = "listDatasets")]
-    async fn list(&self) -> DatasetsResponse {
+    async fn list(&self) -> Result<DatasetsResponse, Fails<{ UNAVAILABLE }>> {
         let datasets = &self.state.datasets;
-        DatasetsResponse::Ok(Json(
+        Ok(DatasetsResponse::Ok(Json(
             datasets
                 .all()
                 .iter()
@@ -77,6 +81,6 @@ impl DatasetsApi {
                         .collect(),
                 })
                 .collect(),
-        ))
+        )))
     }
 }

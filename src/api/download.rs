@@ -8,14 +8,14 @@ use poem_openapi::{
     ApiResponse, OpenApi, ResponseContent,
     param::{Header, Path},
     payload::Json,
-    registry::{MetaMediaType, MetaSchema, MetaSchemaRef},
+    registry::{MetaMediaType, MetaResponses, MetaSchema, MetaSchemaRef, Registry},
 };
 use uuid::Uuid;
 
 use crate::{
     api::{
         ApiTags, AppState,
-        error::{ApiError, ErrorBody},
+        error::{ErrorBody, Fails, declare::*},
     },
     error::Error,
     export::fault::PauseAt,
@@ -29,7 +29,8 @@ pub struct DownloadApi {
     pub state: Arc<AppState>,
 }
 
-/// The file's bytes, with the content type of its format (`text/csv` or `application/gzip`).
+/// The file's bytes, with the content type of its format (`text/csv` or `application/gzip`),
+/// or `application/octet-stream` when the client asks for that and not for the file's own type.
 #[derive(Debug)]
 pub struct ExportFile {
     body: Body,
@@ -46,17 +47,41 @@ impl ResponseContent for ExportFile {
     fn media_types() -> Vec<MetaMediaType> {
         let binary =
             || MetaSchemaRef::Inline(Box::new(MetaSchema { format: Some("binary"), ..MetaSchema::new("string") }));
+        // Raw bytes first: generators that read a body by its first declared type (e.g.
+        // openapi-python-client) then hand the file over as bytes, gzip or not.
         vec![
+            MetaMediaType { content_type: OCTET_STREAM, schema: binary() },
             MetaMediaType { content_type: Compression::None.content_type(), schema: binary() },
             MetaMediaType { content_type: Compression::Gzip.content_type(), schema: binary() },
         ]
     }
 }
 
+/// The type a client gets when it asks for raw bytes (`Accept: application/octet-stream`).
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// The content type to serve a file of type `own` in, given the request's `Accept`: its own,
+/// unless the client accepts `application/octet-stream` and not the file's own type (no
+/// client is refused: without a match, the file's own type is sent, as RFC 9110 allows).
+fn negotiate(accept: Option<&str>, own: &'static str) -> &'static str {
+    let Some(accept) = accept else { return own };
+    let essence = own.split(';').next().unwrap_or(own);
+    let family = essence.split('/').next().unwrap_or(essence);
+    let ranges = || accept.split(',').map(|r| r.split(';').next().unwrap_or("").trim());
+    let takes_own = ranges().any(|r| {
+        r == "*/*"
+            || r.eq_ignore_ascii_case(essence)
+            || r.split_once('/').is_some_and(|(f, s)| s == "*" && f.eq_ignore_ascii_case(family))
+    });
+    let takes_bytes = ranges().any(|r| r.eq_ignore_ascii_case(OCTET_STREAM));
+    if !takes_own && takes_bytes { OCTET_STREAM } else { own }
+}
+
 /// `GET /api/export/{id}/download`.
 #[derive(Debug, ApiResponse)]
 pub enum DownloadResponse {
-    /// The whole file (`text/csv`, or `application/gzip` for gzip exports).
+    /// The whole file: `text/csv`, or `application/gzip` for gzip exports
+    /// (`application/octet-stream` with `Accept: application/octet-stream`).
     #[oai(status = 200)]
     Ok(
         ExportFile,
@@ -83,6 +108,34 @@ pub enum DownloadResponse {
     RangeNotSatisfiable(Json<ErrorBody>, #[oai(header = "Content-Range")] String),
 }
 
+/// `HEAD /api/export/{id}/download`: what `GET` answers, declared and sent without a body.
+#[derive(Debug)]
+pub struct HeadResponse(DownloadResponse);
+
+impl ApiResponse for HeadResponse {
+    fn meta() -> MetaResponses {
+        let mut meta = DownloadResponse::meta();
+        for r in &mut meta.responses {
+            r.content.clear();
+        }
+        meta
+    }
+
+    fn register(registry: &mut Registry) {
+        DownloadResponse::register(registry);
+    }
+}
+
+impl IntoResponse for HeadResponse {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+/// What a download can answer besides the file (400: the id is not a UUID; 503: `busy`).
+type DownloadErrors<const BODY: bool = true> =
+    Fails<{ BAD_REQUEST | NOT_FOUND | CONFLICT | GONE | INTERNAL | UNAVAILABLE }, BODY>;
+
 #[OpenApi(tag = "ApiTags::Exports")]
 impl DownloadApi {
     /// Download the file
@@ -90,18 +143,21 @@ impl DownloadApi {
     /// Streams the finished file from storage. Supports `Range` (one range; 206, or 416 when
     /// it starts past the end), `If-Range`, and `If-None-Match` with the strong `ETag`
     /// (the file of an export never changes). 409 while the export is queued or running;
-    /// 410 once it is expired, cancelled or failed.
+    /// 410 once it is expired, cancelled or failed. `Accept: application/octet-stream` gets
+    /// the same bytes labelled as that type.
     #[oai(path = "/api/export/:id/download", method = "get", operation_id = "downloadExport")]
     async fn download(
         &self,
+        req: &poem::Request,
         id: Path<Uuid>,
         /// `bytes=start-end`, `bytes=start-` or `bytes=-suffix`.
         #[oai(name = "Range")]
         range: Header<Option<String>>,
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
         #[oai(name = "If-Range")] if_range: Header<Option<String>>,
-    ) -> Result<DownloadResponse, ApiError> {
-        self.respond(id.0, range.0, if_none_match.0, if_range.0, true).await
+    ) -> Result<DownloadResponse, DownloadErrors> {
+        let accept = req.header("accept");
+        Ok(self.respond(id.0, range.0, if_none_match.0, if_range.0, accept, true).await?)
     }
 
     /// File headers only
@@ -110,12 +166,14 @@ impl DownloadApi {
     #[oai(path = "/api/export/:id/download", method = "head", operation_id = "headExport")]
     async fn head(
         &self,
+        req: &poem::Request,
         id: Path<Uuid>,
         #[oai(name = "Range")] range: Header<Option<String>>,
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
         #[oai(name = "If-Range")] if_range: Header<Option<String>>,
-    ) -> Result<DownloadResponse, ApiError> {
-        self.respond(id.0, range.0, if_none_match.0, if_range.0, false).await
+    ) -> Result<HeadResponse, DownloadErrors<false>> {
+        let accept = req.header("accept");
+        Ok(HeadResponse(self.respond(id.0, range.0, if_none_match.0, if_range.0, accept, false).await?))
     }
 }
 
@@ -126,8 +184,9 @@ impl DownloadApi {
         range: Option<String>,
         if_none_match: Option<String>,
         if_range: Option<String>,
+        accept: Option<&str>,
         with_body: bool,
-    ) -> Result<DownloadResponse, ApiError> {
+    ) -> Result<DownloadResponse, Error> {
         let record = crate::with_conn!(self.state.pool, self.state.request_timeout, "reading the export", |c| {
             crate::db::exports::find_export(c, id)
         })
@@ -158,7 +217,7 @@ impl DownloadApi {
         let spec = record.spec.get()?;
         let disposition =
             format!("attachment; filename=\"{}-{}.{}\"", record.dataset, record.id, spec.compression.extension());
-        let content_type = spec.compression.content_type();
+        let content_type = negotiate(accept, spec.compression.content_type());
         let accept = "bytes".to_owned();
         match range.as_deref().map(|r| parse_range(r, len)) {
             Some(Some(Err(()))) => Ok(DownloadResponse::RangeNotSatisfiable(
@@ -300,6 +359,21 @@ mod tests {
         assert_eq!(parse_range("bytes=9-1", 100), None);
         assert_eq!(parse_range("items=0-1", 100), None);
         assert_eq!(parse_range("bytes=x-1", 100), None);
+    }
+
+    #[test]
+    fn content_types() {
+        let csv = "text/csv; charset=utf-8";
+        assert_eq!(negotiate(None, csv), csv);
+        assert_eq!(negotiate(Some("*/*"), csv), csv);
+        assert_eq!(negotiate(Some("text/*"), csv), csv);
+        assert_eq!(negotiate(Some("application/octet-stream"), csv), OCTET_STREAM);
+        assert_eq!(negotiate(Some("application/octet-stream, text/csv"), csv), csv);
+        assert_eq!(
+            negotiate(Some("application/json, application/octet-stream;q=0.5"), "application/gzip"),
+            OCTET_STREAM
+        );
+        assert_eq!(negotiate(Some("application/json"), csv), csv, "no match: its own type");
     }
 
     #[test]

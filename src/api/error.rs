@@ -1,7 +1,11 @@
 //! The error responses every operation can give, always a JSON body that names the problem.
 
 use poem::{IntoResponse, Response, http::StatusCode};
-use poem_openapi::{ApiResponse, Object, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object,
+    payload::Json,
+    registry::{MetaResponses, Registry},
+};
 
 use crate::error::Error;
 
@@ -63,6 +67,12 @@ pub enum ApiError {
     /// `status` gives its current status.
     #[oai(status = 410)]
     Gone(Json<ErrorBody>),
+    /// The request body is larger than 1 MiB.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The request body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// The `Idempotency-Key` was already used with a different request, or the request can
     /// never succeed (PostgreSQL refuses the export's query).
     #[oai(status = 422)]
@@ -98,6 +108,90 @@ impl From<Error> for ApiError {
                 ApiError::Internal(ErrorBody::new("internal", message))
             }
         }
+    }
+}
+
+/// The error statuses an operation declares, as bits of a set: `Fails<{ NOT_FOUND | INTERNAL }>`.
+pub mod declare {
+    /// 400 `bad_request`.
+    pub const BAD_REQUEST: u32 = super::bit(400);
+    /// 404 `not_found`.
+    pub const NOT_FOUND: u32 = super::bit(404);
+    /// 409 `conflict`.
+    pub const CONFLICT: u32 = super::bit(409);
+    /// 410 `gone`.
+    pub const GONE: u32 = super::bit(410);
+    /// 413 `payload_too_large`.
+    pub const PAYLOAD_TOO_LARGE: u32 = super::bit(413);
+    /// 415 `unsupported_media_type`.
+    pub const UNSUPPORTED_MEDIA_TYPE: u32 = super::bit(415);
+    /// 422 `unprocessable`, `idempotency_key_reused`.
+    pub const UNPROCESSABLE: u32 = super::bit(422);
+    /// 500 `internal`.
+    pub const INTERNAL: u32 = super::bit(500);
+    /// 503 `unavailable`, `busy`, `too_many_connections`.
+    pub const UNAVAILABLE: u32 = super::bit(503);
+    /// 507 `insufficient_storage`.
+    pub const INSUFFICIENT_STORAGE: u32 = super::bit(507);
+}
+
+/// The bit of an error status in a [`declare`] set (0 for a status [`ApiError`] never has).
+const fn bit(status: u16) -> u32 {
+    match status {
+        400 => 1,
+        404 => 1 << 1,
+        409 => 1 << 2,
+        410 => 1 << 3,
+        413 => 1 << 4,
+        415 => 1 << 5,
+        422 => 1 << 6,
+        500 => 1 << 7,
+        503 => 1 << 8,
+        507 => 1 << 9,
+        _ => 0,
+    }
+}
+
+/// An operation's errors: an [`ApiError`], declared in the spec with only the statuses in
+/// `DECLARED` (a [`declare`] set), so each operation lists the errors it can give and no
+/// others. `BODY = false` declares them without a body (for `HEAD`). poem-openapi declares
+/// every variant of an error enum on every operation that returns it; this narrows the list
+/// without one enum per operation. The API tests check that no undeclared status is sent.
+#[derive(Debug)]
+pub struct Fails<const DECLARED: u32, const BODY: bool = true>(pub ApiError);
+
+impl<const DECLARED: u32, const BODY: bool> ApiResponse for Fails<DECLARED, BODY> {
+    fn meta() -> MetaResponses {
+        let mut meta = ApiError::meta();
+        meta.responses.retain(|r| r.status.is_some_and(|s| DECLARED & bit(s) != 0));
+        if !BODY {
+            for r in &mut meta.responses {
+                r.content.clear();
+            }
+        }
+        meta
+    }
+
+    fn register(registry: &mut Registry) {
+        ApiError::register(registry);
+    }
+}
+
+impl<const DECLARED: u32, const BODY: bool> IntoResponse for Fails<DECLARED, BODY> {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+impl<const DECLARED: u32, const BODY: bool> From<Fails<DECLARED, BODY>> for poem::Error {
+    fn from(f: Fails<DECLARED, BODY>) -> Self {
+        poem::Error::from_response(f.into_response())
+    }
+}
+
+impl<const DECLARED: u32, const BODY: bool> From<Error> for Fails<DECLARED, BODY> {
+    fn from(e: Error) -> Self {
+        Self(ApiError::from(e))
     }
 }
 

@@ -7,12 +7,16 @@ use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Header, Path, Query},
     payload::Json,
-    types::ToJSON,
 };
 use uuid::Uuid;
 
 use crate::{
-    api::{ApiTags, AppState, body::OptionalJson, error::ApiError, request::CreateExportRequest},
+    api::{
+        ApiTags, AppState,
+        body::OptionalJson,
+        error::{Fails, declare::*},
+        request::CreateExportRequest,
+    },
     db,
     error::Error,
     export::{self, Created},
@@ -25,14 +29,17 @@ pub struct ExportApi {
     pub state: Arc<AppState>,
 }
 
-/// The answer to a new export: where to follow it.
+/// The answer to a new export: where to follow it. `status` is `queued` for a new export (no
+/// row has been read yet); for a repeated idempotent request, the export's status now.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ExportCreated {
     /// The export's id (the name `jobId` is kept for existing clients; it is not the id of
     /// the internal queue job).
     pub job_id: Uuid,
-    /// `queued` for a new export (no row has been read yet); for a repeated idempotent request, the export's status now.
+    // Described on the struct: a doc comment here would make poem-openapi wrap the `$ref` in
+    // an `allOf` that generators (openapi-python-client) refuse.
+    #[allow(missing_docs)]
     pub status: ExportStatus,
     /// Where to poll progress.
     pub status_url: String,
@@ -40,49 +47,62 @@ pub struct ExportCreated {
     pub download_url: String,
 }
 
-/// Progress and outcome of an export.
+/// Progress and outcome of an export: `status` says where it is in its life; `options` are
+/// the options it runs with, after defaults, as a request body (posted to `POST /api/export`
+/// they make the same export again; left out when this version of exportd cannot read the
+/// stored options, written by a newer version). Fields that do not apply yet are `null`.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ExportStatusView {
     /// The export's id.
     pub job_id: Uuid,
-    /// Where the export is in its life.
+    // Described on the struct (see `ExportCreated::status`).
+    #[allow(missing_docs)]
     pub status: ExportStatus,
     /// The dataset exported.
     pub dataset: String,
-    /// The options the export runs with, after defaults, as a request body: posted to
-    /// `POST /api/export` it makes the same export again. (As stored, when this version of
-    /// exportd cannot read them.)
-    pub options: serde_json::Value,
+    // Described on the struct (see `ExportCreated::status`).
+    #[allow(missing_docs)]
+    #[oai(skip_serializing_if_is_none)]
+    pub options: Option<CreateExportRequest>,
     /// Data rows in the file so far (checkpointed).
     pub rows_written: i64,
     /// Bytes in the file so far (checkpointed), header included (compressed bytes for gzip).
     pub bytes_written: i64,
     /// Key of the last row written; the export resumes after it.
+    #[oai(nullable)]
     pub last_processed_id: Option<i64>,
     /// The export covers keys up to this one: the largest key when it was created. Rows
     /// inserted later with larger keys are not in the file.
+    #[oai(nullable)]
     pub upper_bound_id: Option<i64>,
     /// Estimate of the rows to export, taken at creation without counting (planner
     /// statistics, of the filtered query when there are filters); may be null.
+    #[oai(nullable)]
     pub total_rows: Option<i64>,
     /// 0 to 1; exactly 1 only once completed (and still 1 once expired).
     pub progress: f64,
     /// Average rows per second since the export started (null before its first checkpoint).
+    #[oai(nullable)]
     pub rows_per_second: Option<f64>,
     /// Seconds left at that rate, from the estimate (null when unknown; 0 when completed).
+    #[oai(nullable)]
     pub eta_seconds: Option<i64>,
     /// Runs started so far (a run interrupted by a crash counts; one released at shutdown does not).
     pub attempts: i32,
     /// Why the export failed; null unless `status` is `failed`.
+    #[oai(nullable)]
     pub error: Option<String>,
     /// When the export was created.
     pub created_at: DateTime<Utc>,
     /// When its first run started (null while queued).
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended: completed, failed or cancelled (null before).
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
     /// When the file will be (or was) deleted; set once completed.
+    #[oai(nullable)]
     pub expires_at: Option<DateTime<Utc>>,
     /// Where to download the file (valid once completed).
     pub download_url: String,
@@ -95,6 +115,7 @@ pub struct ExportList {
     /// Newest first.
     pub items: Vec<ExportStatusView>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -122,6 +143,23 @@ pub enum ListResponse {
     #[oai(status = 200)]
     Ok(Json<ExportList>),
 }
+
+/// What `POST /api/export` can answer besides 202.
+type CreateErrors = Fails<
+    {
+        BAD_REQUEST
+            | PAYLOAD_TOO_LARGE
+            | UNSUPPORTED_MEDIA_TYPE
+            | UNPROCESSABLE
+            | INTERNAL
+            | UNAVAILABLE
+            | INSUFFICIENT_STORAGE
+    },
+>;
+/// What the operations on one export can answer besides 200 (400: the id is not a UUID).
+type OneExportErrors = Fails<{ BAD_REQUEST | NOT_FOUND | INTERNAL | UNAVAILABLE }>;
+/// What `GET /api/exports` can answer besides 200 (400: a bad `status`, `limit` or `cursor`).
+type ListErrors = Fails<{ BAD_REQUEST | INTERNAL | UNAVAILABLE }>;
 
 /// Page size bounds of `GET /api/exports`.
 const DEFAULT_PAGE: u32 = 20;
@@ -157,7 +195,7 @@ impl ExportApi {
         /// Any string up to 200 characters identifying this request, e.g. a UUID.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
-    ) -> Result<CreateExportResponse, ApiError> {
+    ) -> Result<CreateExportResponse, CreateErrors> {
         let key = idempotency_key.0.filter(|k| !k.is_empty());
         if key.as_ref().is_some_and(|k| k.len() > 200) {
             return Err(Error::BadRequest("Idempotency-Key: at most 200 characters".into()).into());
@@ -186,7 +224,7 @@ impl ExportApi {
     ///
     /// Progress, counts, rate, estimate and outcome of an export.
     #[oai(path = "/api/export/:id/status", method = "get", operation_id = "getExportStatus")]
-    async fn status(&self, id: Path<Uuid>) -> Result<StatusResponse, ApiError> {
+    async fn status(&self, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
         let record = self.find(id.0).await?;
         Ok(StatusResponse::Ok(Json(self.view(&record))))
     }
@@ -198,7 +236,7 @@ impl ExportApi {
     /// export's file is deleted and its status becomes `expired`. A failed, cancelled or
     /// expired export is left as it is. Answers with the export's status.
     #[oai(path = "/api/export/:id", method = "delete", operation_id = "cancelExport")]
-    async fn cancel(&self, id: Path<Uuid>) -> Result<StatusResponse, ApiError> {
+    async fn cancel(&self, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
         let record = crate::with_conn!(self.state.pool, self.state.request_timeout, "cancelling the export", |c| {
             db::exports::cancel_export(c, id.0)
         })
@@ -224,7 +262,7 @@ impl ExportApi {
         limit: Query<Option<u32>>,
         /// `nextCursor` of the previous page.
         cursor: Query<Option<String>>,
-    ) -> Result<ListResponse, ApiError> {
+    ) -> Result<ListResponse, ListErrors> {
         let limit = limit.0.unwrap_or(DEFAULT_PAGE);
         let after = match cursor.0.as_deref() {
             None | Some("") => None,
@@ -269,10 +307,7 @@ impl ExportApi {
             status: r.status,
             dataset: r.dataset.clone(),
             // As a request that makes the same export, or as stored when this version cannot read them.
-            options: match r.spec.get() {
-                Ok(spec) => CreateExportRequest::from_spec(&r.dataset, spec).to_json().unwrap_or_default(),
-                Err(_) => r.spec.raw.clone(),
-            },
+            options: r.spec.get().ok().map(|spec| CreateExportRequest::from_spec(&r.dataset, spec)),
             rows_written: r.rows_written,
             bytes_written: r.bytes_written,
             last_processed_id: r.last_processed_id,

@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, payload::Json};
 
 use crate::api::{ApiTags, AppState};
 
@@ -12,13 +12,23 @@ pub struct HealthApi {
     pub state: Arc<AppState>,
 }
 
-/// Health report.
+/// Health report: `status` of the service, and of its `database` (when `unavailable`, the
+/// server log has why, under the `X-Request-Id` of the answer).
 #[derive(Debug, Object)]
+#[allow(missing_docs)] // described on the struct: see `ExportCreated::status`
 pub struct Health {
-    /// `ok` or `unavailable`.
-    pub status: String,
-    /// `ok`, or `unavailable` (the server log has why, under the `X-Request-Id` of the answer).
-    pub database: String,
+    pub status: HealthState,
+    pub database: HealthState,
+}
+
+/// Up or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Answering.
+    Ok,
+    /// Not answering.
+    Unavailable,
 }
 
 /// `GET /healthz`.
@@ -40,12 +50,12 @@ impl HealthApi {
         let limit = Duration::from_secs(2);
         let check = crate::with_conn!(self.state.pool, limit, "health check", |c| crate::db::ping(c)).await;
         match check {
-            Ok(()) => HealthResponse::Ok(Json(Health { status: "ok".into(), database: "ok".into() })),
+            Ok(()) => HealthResponse::Ok(Json(Health { status: HealthState::Ok, database: HealthState::Ok })),
             Err(e) => {
                 tracing::warn!(error = %e, "health check: the database does not answer");
                 HealthResponse::Unavailable(Json(Health {
-                    status: "unavailable".into(),
-                    database: "unavailable".into(),
+                    status: HealthState::Unavailable,
+                    database: HealthState::Unavailable,
                 }))
             }
         }

@@ -12,7 +12,9 @@ use crate::model::{
 };
 
 /// What to export and how. Every field is optional: `{}` (or no body) exports every column of
-/// the default dataset as PostgreSQL's own CSV.
+/// the default dataset as PostgreSQL's own CSV. `format` is the CSV dialect (default: comma,
+/// LF, header line, minimal quoting, NULL as empty, UTC); `compression` is `none` (default)
+/// or `gzip` (a `.csv.gz` file, served as `application/gzip`).
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase", deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct CreateExportRequest {
@@ -25,9 +27,11 @@ pub struct CreateExportRequest {
     /// Row filters by column, all of which must hold (AND). Only the dataset's filterable
     /// columns; values are checked against the column's type.
     pub filters: Option<BTreeMap<String, FilterOps>>,
-    /// CSV dialect (default: comma, LF, header line, minimal quoting, NULL as empty, UTC).
+    // `format` and `compression` are described on the struct: a doc comment here would make
+    // poem-openapi wrap the `$ref` in an `allOf` that generators (openapi-python-client) refuse.
+    #[allow(missing_docs)]
     pub format: Option<FormatRequest>,
-    /// `none` (default) or `gzip` (a `.csv.gz` file, served as `application/gzip`).
+    #[allow(missing_docs)]
     pub compression: Option<CompressionName>,
     /// Rows read per chunk (100 to 100000; server default 10000). A durable checkpoint follows
     /// every chunk, so a crash loses at most one chunk of work.
@@ -49,7 +53,7 @@ impl Example for CreateExportRequest {
                 ("status".into(), FilterOps { in_: Some(vec![json!("paid"), json!("shipped")]), ..FilterOps::none() }),
                 (
                     "created_at".into(),
-                    FilterOps { gte: Some(json!("2024-01-01")), lt: Some(json!("2024-07-01")), ..FilterOps::none() },
+                    FilterOps { gte: Some(json!("2023-01-01")), lt: Some(json!("2023-02-01")), ..FilterOps::none() },
                 ),
             ])),
             format: Some(FormatRequest::example()),
@@ -90,11 +94,11 @@ impl FilterOps {
 
 impl Example for FilterOps {
     fn example() -> Self {
-        Self { gte: Some(json!("2024-01-01T00:00:00Z")), lt: Some(json!("2024-02-01T00:00:00Z")), ..Self::none() }
+        Self { gte: Some(json!("2023-01-01T00:00:00Z")), lt: Some(json!("2023-01-02T00:00:00Z")), ..Self::none() }
     }
 }
 
-/// The CSV dialect.
+/// The CSV dialect. `lineEnding` is `lf` (default) or `crlf`.
 #[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase", deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct FormatRequest {
@@ -107,7 +111,8 @@ pub struct FormatRequest {
     /// How NULL is written (default: an empty field; an empty string is then `""`). Up to 32
     /// printable ASCII characters, no quotes, backslashes or delimiter.
     pub null: Option<String>,
-    /// `lf` (default) or `crlf`.
+    // Described on the struct (see `CreateExportRequest::format`).
+    #[allow(missing_docs)]
     pub line_ending: Option<LineEndingName>,
     /// Start the file with a UTF-8 byte order mark, for Excel (default false).
     pub bom: Option<bool>,

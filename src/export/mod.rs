@@ -67,7 +67,9 @@ pub async fn create_export(
     let Some(record) = exports::insert_export_with_job(&mut *conn, &new, &job).await? else {
         // Another request with the same key won the race: answer as if it came first.
         let key = idempotency_key.expect("only a key can conflict");
-        let existing = exports::find_by_idempotency_key(&mut *conn, key).await?.ok_or(Error::NotFound(id))?;
+        let existing = exports::find_by_idempotency_key(&mut *conn, key)
+            .await?
+            .ok_or_else(|| Error::Other(anyhow::anyhow!("the export that holds Idempotency-Key {key:?} vanished")))?;
         return if same_request(&existing) {
             Ok(Created::Existing(existing))
         } else {
