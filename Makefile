@@ -41,11 +41,12 @@ fmt: ## format the code
 openapi: build ## regenerate the committed OpenAPI spec (openapi/exportd.json)
 	mkdir -p openapi && $(BIN) openapi > openapi/exportd.json
 
-verify: lint build ## lint, fail when the committed OpenAPI spec is stale, lint the spec (redocly: 0 errors, 0 warnings)
+verify: lint build ## lint, fail when the committed OpenAPI spec is stale, lint the spec (redocly: 0 errors, 0 warnings), fuzz the API (schemathesis)
 	$(BIN) openapi | diff -u openapi/exportd.json - && echo "openapi/exportd.json is up to date"
 	tests/clients/run.sh setup
 	cd openapi && ../tests/clients/node_modules/.bin/redocly lint --max-problems 100 exportd.json 2>&1 | tee ../target/redocly.log; \
 	  grep -q "valid" ../target/redocly.log && ! grep -qE "[0-9]+ warnings?" ../target/redocly.log
+	scripts/fuzz-api.sh
 
 pg-stop: ## stop the private PostgreSQL cluster
 	scripts/pg.sh stop

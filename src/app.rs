@@ -74,6 +74,7 @@ impl App {
             request_timeout: args.db.db_io_timeout,
             downloads: Arc::new(tokio::sync::Semaphore::new(args.http.max_downloads.max(1))),
             faults: Default::default(),
+            conformance: None,
         });
         Ok(Self { listener, limits, port, url, state, workers, shutdown })
     }
@@ -84,6 +85,12 @@ impl App {
         Arc::get_mut(&mut self.state).expect("state not shared before run").faults = faults.clone();
         let engine = Arc::get_mut(&mut self.workers.engine).expect("engine not shared before run");
         *engine = engine.clone().with_faults((*faults).clone());
+        self
+    }
+
+    /// The same app checking every response against the spec (tests: `check` keeps what broke it).
+    pub fn with_conformance(mut self, check: Arc<api::conformance::Conformance>) -> Self {
+        Arc::get_mut(&mut self.state).expect("state not shared before run").conformance = Some(check);
         self
     }
 

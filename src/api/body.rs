@@ -4,7 +4,7 @@
 use poem::{Request, RequestBody};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions,
-    registry::{MetaMediaType, MetaRequest, Registry},
+    registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry},
     types::{ParseFromJSON, Type},
 };
 
@@ -66,8 +66,8 @@ const PARSE_INLINE_BYTES: usize = 16 * 1024;
 fn parse<T: ParseFromJSON>(bytes: &[u8]) -> poem::Result<Option<T>> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| bad_request(format!("the request body is not valid JSON: {e}")))?;
-    if let Some(field) = null_member(&value, &mut Vec::new()) {
-        return Err(bad_request(format!("{field}: null is not allowed; leave the field out to get its default")));
+    if let Some(problem) = off_type::<T>(&value) {
+        return Err(bad_request(problem));
     }
     match T::parse_from_json(Some(value)) {
         Ok(parsed) => Ok(Some(parsed)),
@@ -142,21 +142,76 @@ fn culprit<T: ParseFromJSON>(value: &serde_json::Value) -> Option<String> {
     (!path.is_empty()).then(|| path.join("."))
 }
 
-/// The first object member whose value is `null`, as a dotted path: no field of a request
-/// body is nullable (the spec says so), so `null` is refused rather than read as "absent".
-fn null_member(value: &serde_json::Value, path: &mut Vec<String>) -> Option<String> {
-    let object = value.as_object()?;
-    for (key, member) in object {
-        path.push(key.clone());
-        if member.is_null() {
-            return Some(path.join("."));
+/// The first member whose JSON type is not the one the spec gives it, as a message naming
+/// its dotted path. poem-openapi reads a number or a boolean where a string is declared (as
+/// its text) and `null` as "absent"; a request the spec calls invalid must not be accepted,
+/// so both are refused here. `null` is never valid: no field of a request body is nullable.
+fn off_type<T: Type>(value: &serde_json::Value) -> Option<String> {
+    let mut registry = Registry::new();
+    T::register(&mut registry);
+    off_type_at(value, &T::schema_ref(), &registry, &mut Vec::new())
+}
+
+fn off_type_at(
+    value: &serde_json::Value,
+    schema: &MetaSchemaRef,
+    registry: &Registry,
+    path: &mut Vec<String>,
+) -> Option<String> {
+    use serde_json::Value;
+    let schema = match schema {
+        MetaSchemaRef::Inline(s) => s.as_ref(),
+        MetaSchemaRef::Reference(name) => registry.schemas.get(name)?,
+    };
+    let field = || if path.is_empty() { "the request body".to_owned() } else { path.join(".") };
+    let expected = match (schema.ty, value) {
+        (_, Value::Null) => {
+            return Some(format!("{}: null is not allowed; leave the field out to get its default", field()));
         }
-        if let Some(found) = null_member(member, path) {
-            return Some(found);
-        }
-        path.pop();
+        ("string", Value::String(_))
+        | ("boolean", Value::Bool(_))
+        | ("number", Value::Number(_))
+        | ("object", Value::Object(_))
+        | ("array", Value::Array(_)) => None,
+        ("integer", Value::Number(n)) if n.is_i64() || n.is_u64() => None,
+        ("string" | "boolean" | "number" | "integer" | "object" | "array", _) => Some(schema.ty),
+        _ => None, // any JSON (filter values): their column's type decides
+    };
+    if let Some(expected) = expected {
+        let got = match value {
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+            Value::Null => "null",
+        };
+        return Some(format!(
+            "{}: expected {} {expected}, got {got}",
+            field(),
+            if matches!(expected, "array" | "object" | "integer") { "an" } else { "a" }
+        ));
     }
-    None
+    match value {
+        Value::Object(members) => members.iter().find_map(|(key, member)| {
+            let declared = schema.properties.iter().find(|(name, _)| *name == key).map(|(_, s)| s);
+            let member_schema = declared.or(schema.additional_properties.as_deref())?;
+            path.push(key.clone());
+            let found = off_type_at(member, member_schema, registry, path);
+            path.pop();
+            found
+        }),
+        Value::Array(items) => {
+            let item_schema = schema.items.as_deref()?;
+            items.iter().enumerate().find_map(|(i, item)| {
+                path.push(i.to_string());
+                let found = off_type_at(item, item_schema, registry, path);
+                path.pop();
+                found
+            })
+        }
+        _ => None,
+    }
 }
 
 fn bad_request(message: String) -> poem::Error {
@@ -192,13 +247,28 @@ mod tests {
     }
 
     #[test]
-    fn null_members_are_found_at_any_depth() {
-        assert_eq!(null_member(&json!({"a": 1, "b": {"c": null}}), &mut Vec::new()).as_deref(), Some("b.c"));
+    fn members_of_another_type_than_declared_are_found_at_any_depth() {
+        let off = |v: Value| off_type::<CreateExportRequest>(&v);
         assert_eq!(
-            null_member(&json!({"a": [null]}), &mut Vec::new()),
-            None,
-            "array elements are the schema's business"
+            off(json!({"format": {"timeZone": 0}})).as_deref(),
+            Some("format.timeZone: expected a string, got a number")
         );
-        assert_eq!(null_member(&json!({"a": {"b": 1}}), &mut Vec::new()), None);
+        assert_eq!(
+            off(json!({"columns": ["id", true]})).as_deref(),
+            Some("columns.1: expected a string, got a boolean")
+        );
+        assert_eq!(off(json!({"headers": {"id": 1}})).as_deref(), Some("headers.id: expected a string, got a number"));
+        assert_eq!(off(json!({"chunkSize": 1.5})).as_deref(), Some("chunkSize: expected an integer, got a number"));
+        assert_eq!(
+            off(json!({"filters": {"status": {"eq": null}}})).as_deref(),
+            Some("filters.status.eq: null is not allowed; leave the field out to get its default")
+        );
+        assert_eq!(
+            off(json!({"columns": [null]})).as_deref(),
+            Some("columns.0: null is not allowed; leave the field out to get its default")
+        );
+        assert_eq!(off(json!([])).as_deref(), Some("the request body: expected an object, got an array"));
+        // Filter values are any JSON (read as their column's type); unknown keys are poem-openapi's.
+        assert_eq!(off(json!({"filters": {"id": {"gte": 5, "in": [1, "2"]}}, "nope": 1})), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API (poem-openapi): routes, the OpenAPI spec, Swagger UI, and error rendering.
 
 pub mod body;
+pub mod conformance;
 pub mod datasets;
 pub mod download;
 pub mod error;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub downloads: Arc<tokio::sync::Semaphore>,
     /// Test-only pause points (unarmed in production).
     pub faults: Arc<crate::export::fault::Faults>,
+    /// Test-only: every response is checked against the spec (None in production).
+    pub conformance: Option<Arc<conformance::Conformance>>,
 }
 
 impl AppState {
@@ -89,11 +92,16 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
     // A backstop: every database call of a handler has `request_timeout` of its own and closes
     // a connection that misses it; this only bounds a request whose calls are each slow.
     let limit = state.request_timeout * 2;
-    let api = service(state);
+    let api = service(state.clone());
     let raw = api.spec();
     let spec = finish_spec(&raw);
     // poem-openapi's Swagger UI page embeds the spec verbatim: it gets the finished one.
     let docs_html = api.swagger_ui_html().replacen(&raw, &spec, 1);
+    let allowed = Arc::new(Allowed::from_spec(&spec));
+    let conformance = state.conformance.clone();
+    if let Some(c) = &conformance {
+        c.set_spec(&spec);
+    }
     Route::new()
         .nest("/", api)
         .at(
@@ -122,7 +130,66 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
             ep.call(req).await
         })
         .catch_all_error(error::render_any_error)
+        .around(move |ep, req| {
+            let conformance = conformance.clone();
+            async move {
+                let Some(conformance) = conformance else { return ep.call(req).await };
+                let (method, path) = (req.method().as_str().to_lowercase(), req.uri().path().to_owned());
+                let resp = ep.call(req).await?.into_response();
+                Ok(conformance.check(&method, &path, resp).await)
+            }
+        })
+        .around(move |ep, req| {
+            let allowed = allowed.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let mut resp = ep.call(req).await?.into_response();
+                // RFC 9110: a 405 says which methods the resource has.
+                if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+                    && let Some(methods) = allowed.methods(&path)
+                    && let Ok(value) = poem::http::HeaderValue::from_str(methods)
+                {
+                    resp.headers_mut().insert(poem::http::header::ALLOW, value);
+                }
+                Ok(resp)
+            }
+        })
         .around(with_request_id)
+}
+
+/// The methods of each path of the spec, for the `Allow` header of a 405.
+struct Allowed(Vec<(String, String)>);
+
+impl Allowed {
+    fn from_spec(spec: &str) -> Self {
+        let spec: serde_json::Value = serde_json::from_str(spec).expect("the spec is JSON");
+        let paths = spec["paths"].as_object().map(|p| p.iter()).into_iter().flatten();
+        Self(
+            paths
+                .map(|(path, ops)| {
+                    let methods = ops.as_object().map(|o| o.keys().map(|m| m.to_uppercase()).collect::<Vec<_>>());
+                    (path.clone(), methods.unwrap_or_default().join(", "))
+                })
+                .collect(),
+        )
+    }
+
+    /// The methods of the spec's path that `path` matches.
+    fn methods(&self, path: &str) -> Option<&str> {
+        self.0.iter().find(|(template, _)| path_matches(template, path)).map(|(_, methods)| methods.as_str())
+    }
+}
+
+/// Whether a request path is an instance of a spec path (`{id}` matches any one segment).
+pub(crate) fn path_matches(template: &str, path: &str) -> bool {
+    let (mut template, mut path) = (template.split('/'), path.split('/'));
+    loop {
+        match (template.next(), path.next()) {
+            (None, None) => return true,
+            (Some(t), Some(p)) if t == p || (t.starts_with('{') && !p.is_empty()) => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Longest `X-Request-Id` taken from a client (a longer or odd one is replaced).

@@ -109,6 +109,22 @@ pub struct TestApp {
     pub engine: Arc<Engine>,
     pub shutdown: Shutdown,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Every response the app sent conformed to the spec: checked when the app is dropped.
+    pub conformance: Conformant,
+}
+
+/// Fails the test when a response of its app contradicted the spec (status, content type,
+/// headers or JSON body): checked as the app is dropped, so every test of the suite checks
+/// every response it caused.
+pub struct Conformant(pub Arc<exportd::api::conformance::Conformance>);
+
+impl Drop for Conformant {
+    fn drop(&mut self) {
+        let violations = self.0.violations();
+        if !std::thread::panicking() && !violations.is_empty() {
+            panic!("responses contradicted the spec:\n{}", violations.join("\n"));
+        }
+    }
 }
 
 pub async fn spawn_app(db: TestDb, opts: AppOptions) -> TestApp {
@@ -140,14 +156,15 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     args.worker.heartbeat = Duration::from_secs(1);
     args.worker.retry_backoff = Duration::from_millis(100);
     let shutdown = Shutdown::new();
-    let mut app = App::build(args, shutdown.clone()).await.expect("build app");
+    let conformance = Arc::new(exportd::api::conformance::Conformance::default());
+    let mut app = App::build(args, shutdown.clone()).await.expect("build app").with_conformance(conformance.clone());
     if let Some(faults) = opts.faults {
         app = app.with_faults(faults);
     }
     let base = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine().clone();
     let handle = tokio::spawn(app.run());
-    TestApp { api: Api::new(base), db, storage, engine, shutdown, handle }
+    TestApp { api: Api::new(base), db, storage, engine, shutdown, handle, conformance: Conformant(conformance) }
 }
 
 impl std::ops::Deref for TestApp {
