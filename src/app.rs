@@ -74,6 +74,7 @@ impl App {
             request_timeout: args.db.db_io_timeout,
             downloads: Arc::new(tokio::sync::Semaphore::new(args.http.max_downloads.max(1))),
             faults: Default::default(),
+            cors: api::cors::Origins::new(args.http.cors_origins.clone()),
             conformance: None,
         });
         Ok(Self { listener, limits, port, url, state, workers, shutdown })

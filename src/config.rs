@@ -171,6 +171,11 @@ pub struct HttpSettings {
     /// Downloads served at the same time; beyond, a download is answered 503 (retry later).
     #[arg(long, env = "EXPORTD_MAX_DOWNLOADS", default_value_t = 64)]
     pub max_downloads: usize,
+
+    /// Web origins whose pages may call the API from a browser (CORS), comma-separated, e.g.
+    /// `https://app.example.com,http://localhost:3000`, or `*` for any; none by default.
+    #[arg(long, env = "EXPORTD_CORS_ORIGINS", value_delimiter = ',', value_parser = crate::api::cors::parse_origin)]
+    pub cors_origins: Vec<String>,
 }
 
 /// `exportd worker`.

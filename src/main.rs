@@ -66,6 +66,7 @@ async fn run() -> anyhow::Result<()> {
                 request_timeout: std::time::Duration::from_secs(30),
                 downloads: Arc::new(tokio::sync::Semaphore::new(1)),
                 faults: Default::default(),
+                cors: Default::default(),
                 conformance: None,
             });
             println!("{}", api::spec_json(state));

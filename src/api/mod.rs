@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod conformance;
+pub mod cors;
 pub mod datasets;
 pub mod download;
 pub mod error;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub downloads: Arc<tokio::sync::Semaphore>,
     /// Test-only pause points (unarmed in production).
     pub faults: Arc<crate::export::fault::Faults>,
+    /// Origins whose pages may call the API (CORS).
+    pub cors: cors::Origins,
     /// Test-only: every response is checked against the spec (None in production).
     pub conformance: Option<Arc<conformance::Conformance>>,
 }
@@ -99,6 +102,7 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
     let docs_html = api.swagger_ui_html().replacen(&raw, &spec, 1);
     let allowed = Arc::new(Allowed::from_spec(&spec));
     let conformance = state.conformance.clone();
+    let origins = state.cors.clone();
     if let Some(c) = &conformance {
         c.set_spec(&spec);
     }
@@ -155,6 +159,7 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
             }
         })
         .around(with_request_id)
+        .around(move |ep, req| cors::cors(ep, req, origins.clone()))
 }
 
 /// The methods of each path of the spec, for the `Allow` header of a 405.

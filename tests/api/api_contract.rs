@@ -195,6 +195,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
         request_timeout: std::time::Duration::from_secs(30),
         downloads: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         faults: Default::default(),
+        cors: Default::default(),
         conformance: None,
     });
     let resp = poem::test::TestClient::new(exportd::api::routes(state.clone())).get("/healthz").send().await;

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, every test with its own database on a real PostgreSQL.
 
 mod api_contract;
+mod cors;
 mod datasets_config;
 mod downloads;
 mod exactness;
