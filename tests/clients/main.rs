@@ -93,3 +93,64 @@ async fn a_client_generated_by_openapi_typescript_for_openapi_fetch_does_the_who
 async fn a_client_generated_by_progenitor_does_the_whole_flow() {
     round_trip("rust").await;
 }
+
+/// Swagger UI in headless Chromium: "Try it out" on create (with the spec's example body), on
+/// status until completed, and on download; the file the page saves is the export's file, and
+/// not empty (the example's filters match seeded rows). A page on another origin, allowed by
+/// `EXPORTD_CORS_ORIGINS`, downloads it with `fetch` and reads its `ETag`. Screenshots are kept
+/// in `target/test-output/swagger/`.
+#[tokio::test]
+async fn swagger_ui_in_a_real_browser_creates_follows_and_downloads_an_export() {
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}", other.local_addr().unwrap());
+    tokio::spawn(async move {
+        // The page on the other origin: any document will do, its origin is what counts.
+        loop {
+            let Ok((mut conn, _)) = other.accept().await else { return };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let page = "<!doctype html><title>another origin</title>";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    page.len()
+                );
+                let _ = conn.write_all(format!("{head}{page}").as_bytes()).await;
+            });
+        }
+    });
+
+    let db = test_db().await;
+    exportd::db::seed::seed_orders(&db.pool, 20_000, |_| {}).await.unwrap();
+    let mut http = exportd::config::ServeArgs::parse_defaults().http;
+    http.cors_origins = vec![other_url.clone()];
+    let app = spawn_app(db, AppOptions { http: Some(http), ..Default::default() }).await;
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output/swagger");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/run.sh");
+    let out = tokio::process::Command::new(script)
+        .args(["browser", &app.base, shots.to_str().unwrap(), &other_url])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run tests/clients/run.sh browser");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "Swagger UI in Chromium failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("its result");
+    println!("screenshots in {}: {seen}", shots.display());
+
+    let id: Uuid = seen["id"].as_str().unwrap().parse().unwrap();
+    assert!(seen["rows"].as_i64().unwrap() > 0, "the example's filters match seeded rows: {seen}");
+    let file = app.download(id).await;
+    assert_eq!(std::fs::read(seen["file"].as_str().unwrap()).unwrap(), file, "the browser saved the export's file");
+    let cross = &seen["crossOrigin"];
+    assert_eq!(cross["status"], 200, "{seen}");
+    assert_eq!(cross["bytes"].as_u64(), Some(file.len() as u64));
+    assert!(cross["etag"].as_str().is_some_and(|e| e.contains(&id.simple().to_string())), "ETag readable: {seen}");
+    for shot in ["swagger-create.png", "swagger-status.png", "swagger-download.png", "swagger-ui.png"] {
+        assert!(shots.join(shot).metadata().is_ok_and(|m| m.len() > 1000), "{shot} was taken");
+    }
+    app.stop().await;
+}

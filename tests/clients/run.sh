@@ -3,6 +3,7 @@
 # that language's round trip through it (tests/clients/main.rs calls this).
 #   run.sh setup                                   install every tool (cached), nothing else
 #   run.sh python|typescript|rust SPEC WORKDIR BASE_URL OUT_FILE REQUEST_JSON
+#   run.sh browser BASE_URL SHOT_DIR OTHER_ORIGIN_PAGE_URL     (Swagger UI in headless Chromium)
 # Tools are cached where the machine keeps them: a virtualenv per requirements.txt under
 # ~/.cache/exportd, node_modules here (npm ci from the lock file), the progenitor client's
 # build under ~/.cache/exportd/clients-rust-target.
@@ -15,8 +16,9 @@ setup() {
   mkdir -p "$cache"
   exec 9>"$cache/setup.lock"
   flock 9 # tests run in parallel: one installs, the others wait for it
-  if ! command -v npm >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm python3-venv >/dev/null
+  if ! command -v npm >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null || [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm python3-venv chromium >/dev/null
   fi
   if [ ! -e "$venv/.complete" ]; then # (a virtualenv cannot be moved: built in place)
     rm -rf "$venv" && python3 -m venv "$venv"
@@ -33,6 +35,10 @@ setup() {
 
 setup
 [ "${1:-setup}" = setup ] && exit 0
+
+if [ "$1" = browser ]; then
+  exec node "$here/browser/swagger.mjs" "$2" "$3" "$4"
+fi
 
 lang=$1 spec=$2 work=$3 base=$4 out=$5 request=$6
 mkdir -p "$work"
