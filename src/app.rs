@@ -136,6 +136,8 @@ async fn load_datasets(pool: &PgPool, settings: &WorkerSettings) -> anyhow::Resu
     let datasets = datasets::load(pool, settings.datasets.as_deref()).await?;
     let names: Vec<&str> = datasets.all().iter().map(|d| d.name.as_str()).collect();
     tracing::info!(datasets = ?names, default = datasets.default_name(), "datasets checked against the catalog");
+    // What exportd.enqueue_export checks requests against, for services that enqueue in SQL.
+    db::dataset::publish(pool, &datasets, settings.chunk_size).await.context("publishing the datasets")?;
     Ok(Arc::new(datasets))
 }
 

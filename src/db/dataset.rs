@@ -190,3 +190,41 @@ pub fn copy_reference_query(ds: &Dataset) -> String {
         ident(&ds.key)
     )
 }
+
+/// Publishes the datasets as loaded (and the default chunk size) to `exportd.datasets`, what
+/// `exportd.enqueue_export` checks SQL-enqueued requests against (migration 0007); replaced
+/// whole, in one transaction, at every start.
+pub async fn publish(pool: &sqlx::PgPool, datasets: &crate::model::Datasets, chunk_size: u32) -> sqlx::Result<()> {
+    let rows: Vec<serde_json::Value> = datasets
+        .all()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let position = if d.name == datasets.default_name() { 0 } else { i + 1 };
+            let columns: Vec<serde_json::Value> = d
+                .columns
+                .iter()
+                .map(|c| serde_json::json!({"name": c.name, "sqlType": c.sql_type, "castType": c.cast_type, "filterable": c.filterable}))
+                .collect();
+            serde_json::json!({"name": d.name, "position": position, "table_sql": d.table_sql, "key_column": d.key, "columns": columns})
+        })
+        .collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query("delete from exportd.datasets").execute(&mut *tx).await?;
+    sqlx::query(
+        "insert into exportd.datasets (name, position, table_sql, key_column, columns) \
+         select name, position, table_sql, key_column, columns \
+         from jsonb_to_recordset($1) as r(name text, position integer, table_sql text, key_column text, columns jsonb)",
+    )
+    .bind(sqlx::types::Json(rows))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "insert into exportd.defaults (chunk_size) values ($1) \
+         on conflict (only_row) do update set chunk_size = excluded.chunk_size",
+    )
+    .bind(chunk_size as i32)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}

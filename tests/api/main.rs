@@ -4,6 +4,7 @@ mod api_contract;
 mod cors;
 mod datasets_config;
 mod downloads;
+mod enqueue;
 mod exactness;
 mod fencing;
 mod lifecycle;
