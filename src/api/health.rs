@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, payload::Json};
 
-use crate::api::{ApiTags, AppState};
+use crate::api::{ApiTags, AppState, error::ErrorBody};
 
 /// Health endpoint.
 pub struct HealthApi {
@@ -12,8 +12,7 @@ pub struct HealthApi {
     pub state: Arc<AppState>,
 }
 
-/// Health report: `status` of the service, and of its `database` (when `unavailable`, the
-/// server log has why, under the `X-Request-Id` of the answer).
+/// Health report: the service and its database answer.
 #[derive(Debug, Object)]
 #[allow(missing_docs)] // described on the struct: see `ExportCreated::status`
 pub struct Health {
@@ -21,14 +20,12 @@ pub struct Health {
     pub database: HealthState,
 }
 
-/// Up or not.
+/// Up (a 503 says otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum HealthState {
     /// Answering.
     Ok,
-    /// Not answering.
-    Unavailable,
 }
 
 /// `GET /healthz`.
@@ -37,9 +34,11 @@ pub enum HealthResponse {
     /// The service and its database answer.
     #[oai(status = 200)]
     Ok(Json<Health>),
-    /// The database does not answer (within 2 s).
+    /// The database does not answer (within 2 s), or the server is at its connection limit:
+    /// an `ErrorBody` (`unavailable` or `too_many_connections`) like every 503; the server
+    /// log has the cause under the answer's `X-Request-Id`.
     #[oai(status = 503)]
-    Unavailable(Json<Health>),
+    Unavailable(Json<ErrorBody>),
 }
 
 #[OpenApi(tag = "ApiTags::Health")]
@@ -53,10 +52,7 @@ impl HealthApi {
             Ok(()) => HealthResponse::Ok(Json(Health { status: HealthState::Ok, database: HealthState::Ok })),
             Err(e) => {
                 tracing::warn!(error = %e, "health check: the database does not answer");
-                HealthResponse::Unavailable(Json(Health {
-                    status: HealthState::Unavailable,
-                    database: HealthState::Unavailable,
-                }))
+                HealthResponse::Unavailable(ErrorBody::new("unavailable", "the database does not answer within 2 s"))
             }
         }
     }

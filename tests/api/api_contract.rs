@@ -204,7 +204,10 @@ async fn health_is_503_when_the_database_is_unreachable() {
     // and ports).
     let id = resp.0.headers().get("x-request-id").expect("a request id").to_str().unwrap().to_owned();
     assert_eq!(id.len(), 32);
-    resp.assert_json(serde_json::json!({"status": "unavailable", "database": "unavailable"})).await;
+    resp.assert_json(serde_json::json!({
+        "error": "unavailable", "message": "the database does not answer within 2 s", "requestId": id
+    }))
+    .await;
     let resp = poem::test::TestClient::new(exportd::api::routes(state)).post("/api/export").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = resp.json().await.value().deserialize();
