@@ -193,7 +193,7 @@ impl ExportApi {
         &self,
         body: OptionalJson<CreateExportRequest>,
         /// Any string up to 200 characters identifying this request, e.g. a UUID.
-        #[oai(name = "Idempotency-Key")]
+        #[oai(name = "Idempotency-Key", validator(max_length = 200))]
         idempotency_key: Header<Option<String>>,
     ) -> Result<CreateExportResponse, CreateErrors> {
         let key = idempotency_key.0.filter(|k| !k.is_empty());
@@ -261,6 +261,7 @@ impl ExportApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<u32>>,
         /// `nextCursor` of the previous page.
+        #[oai(validator(pattern = "^([0-9]{1,19}_[0-9a-f]{32})?$"))]
         cursor: Query<Option<String>>,
     ) -> Result<ListResponse, ListErrors> {
         let limit = limit.0.unwrap_or(DEFAULT_PAGE);

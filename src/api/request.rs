@@ -19,8 +19,10 @@ use crate::model::{
 #[oai(rename_all = "camelCase", deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct CreateExportRequest {
     /// Dataset to export (`GET /api/datasets` lists them). Default: `orders`.
+    #[oai(validator(min_length = 1))]
     pub dataset: Option<String>,
     /// Columns to write, in this order (default: every exportable column of the dataset).
+    #[oai(validator(min_items = 1))]
     pub columns: Option<Vec<String>>,
     /// Header names to use instead of column names, e.g. `{"customer_email": "email"}`.
     pub headers: Option<BTreeMap<String, String>>,
@@ -72,7 +74,7 @@ pub struct FilterOps {
     /// Equal to.
     pub eq: Option<Value>,
     /// Equal to one of these (1 to 1000 values).
-    #[oai(rename = "in")]
+    #[oai(rename = "in", validator(min_items = 1, max_items = 1000))]
     pub in_: Option<Vec<Value>>,
     /// Greater than.
     pub gt: Option<Value>,
@@ -110,6 +112,7 @@ pub struct FormatRequest {
     pub quote_all: Option<bool>,
     /// How NULL is written (default: an empty field; an empty string is then `""`). Up to 32
     /// printable ASCII characters, no quotes, backslashes or delimiter.
+    #[oai(validator(max_length = 32))]
     pub null: Option<String>,
     // Described on the struct (see `CreateExportRequest::format`).
     #[allow(missing_docs)]
@@ -117,6 +120,7 @@ pub struct FormatRequest {
     /// Start the file with a UTF-8 byte order mark, for Excel (default false).
     pub bom: Option<bool>,
     /// Time zone for timestamps, an IANA name such as `Europe/Berlin` (default `UTC`).
+    #[oai(validator(min_length = 1, max_length = 64))]
     pub time_zone: Option<String>,
     /// Formula-injection guard (default false): text cells starting with `=`, `+`, `-`, `@`,
     /// tab or CR get a leading `'`, so spreadsheets show them as text instead of running them.
