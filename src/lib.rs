@@ -7,7 +7,11 @@
 //!   [`shutdown`] signal, which is fanned out to poem, the queue monitor and every export.
 //! - [`api`]: the poem-openapi endpoints (datasets, create, status, download, cancel, list,
 //!   `/healthz`), Swagger UI at `/docs`; errors are JSON, mapped from [`error::Error`].
-//!   [`api::request`] is the body of a new export, validated into a [`model::ExportSpec`].
+//!   [`api::request`] is the body of a new export, validated into a [`model::ExportSpec`];
+//!   [`api::error::Fails`] narrows each operation's declared errors; [`api::conformance`]
+//!   checks every response against the spec while the tests run; [`api::cors`] lets listed
+//!   origins in. Services sharing the database enqueue in SQL (`exportd.enqueue_export`,
+//!   migration 0007) by the same rules.
 //! - [`export`]: the engine. [`export::create_export`] inserts the export row and its queue job
 //!   in one statement; [`export::queue`] hands it to a worker (apalis-postgres);
 //!   [`export::engine`] claims it with a fencing token and runs it: a reader streams keyset
