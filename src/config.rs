@@ -26,6 +26,45 @@ pub enum Command {
     Seed(SeedArgs),
     /// Print the OpenAPI spec (JSON) to stdout; `make openapi` commits it under openapi/.
     Openapi,
+    /// Create, list and revoke API keys.
+    Keys(KeysArgs),
+}
+
+/// `exportd keys`.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    /// The database connection.
+    pub db: DbArgs,
+
+    #[command(subcommand)]
+    /// What to do.
+    pub command: KeysCommand,
+}
+
+/// `exportd keys create|list|revoke`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its secret (once: only a hash of it is stored).
+    Create {
+        /// Its owner, e.g. `billing-svc`: exports made with it belong to this name (1 to 63
+        /// letters, digits, `.`, `_` or `-`).
+        #[arg(long)]
+        name: String,
+        /// Sees and manages every owner's exports.
+        #[arg(long)]
+        admin: bool,
+        /// Only these datasets, comma-separated (default: every dataset).
+        #[arg(long, value_delimiter = ',')]
+        datasets: Option<Vec<String>>,
+    },
+    /// List keys (never their secrets), revoked ones included.
+    List,
+    /// Revoke a key by id, or every valid key of a name.
+    Revoke {
+        /// A key's id, or a name.
+        key: String,
+    },
 }
 
 /// Where the database is.

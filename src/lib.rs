@@ -25,6 +25,7 @@
 //! - [`db`]: the pool, migrations and every SQL statement; [`db::runs`] holds the fencing.
 //! - [`model`]: what every layer talks about: an export, its status and options, a dataset.
 //! - [`datasets`]: the datasets config, checked against the catalog at start-up.
+//! - [`keys`]: `exportd keys create|list|revoke` (API keys; [`model::key`] says what a secret is).
 //! - [`alloc`]: a malloc setting that keeps memory flat from one export to the next.
 
 #![warn(missing_docs)]
@@ -38,6 +39,7 @@ pub mod db;
 pub mod error;
 pub mod export;
 pub mod http;
+pub mod keys;
 pub mod model;
 pub mod shutdown;
 pub mod storage;

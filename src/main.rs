@@ -52,6 +52,11 @@ async fn run() -> anyhow::Result<()> {
             }
             db::seed::seed_orders(&pool, args.rows, db::seed::print_progress(args.rows)).await.context("seeding orders")
         }
+        Command::Keys(args) => {
+            let pool = app::connect_and_migrate(&args.db).await?;
+            print!("{}", exportd::keys::run(&pool, &args.command).await?);
+            Ok(())
+        }
         Command::Openapi => {
             let pool = db::connect(&DbArgs::parse_defaults()).await?;
             let state = Arc::new(AppState {

@@ -228,3 +228,8 @@ pub async fn publish(pool: &sqlx::PgPool, datasets: &crate::model::Datasets, chu
     .await?;
     tx.commit().await
 }
+
+/// The names of the datasets the last exportd start published, in config order.
+pub async fn published_names(pool: &sqlx::PgPool) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("select name from exportd.datasets order by position, name").fetch_all(pool).await
+}

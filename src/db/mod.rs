@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod dataset;
 pub mod exports;
 pub mod housekeeping;
+pub mod keys;
 pub mod queue;
 pub mod runs;
 pub mod seed;

@@ -3,8 +3,10 @@
 
 pub mod dataset;
 pub mod export;
+pub mod key;
 pub mod spec;
 
 pub use dataset::{Column, Dataset, Datasets};
 pub use export::{Checkpoint, ExportRecord, ExportStatus, RunRecord, StoredSpec};
+pub use key::ApiKey;
 pub use spec::ExportSpec;

@@ -7,6 +7,7 @@ mod downloads;
 mod enqueue;
 mod exactness;
 mod fencing;
+mod keys;
 mod lifecycle;
 mod limits;
 mod options;

@@ -1,0 +1,97 @@
+//! `exportd keys`: create, list and revoke API keys at a terminal.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, bail};
+use sqlx::PgPool;
+
+use crate::{config::KeysCommand, db, model::ApiKey};
+
+/// Runs one `exportd keys` command; what it prints goes to stdout.
+pub async fn run(pool: &PgPool, command: &KeysCommand) -> anyhow::Result<String> {
+    let mut out = String::new();
+    match command {
+        KeysCommand::Create { name, admin, datasets } => {
+            check_name(name)?;
+            if let Some(names) = datasets {
+                check_datasets(pool, names).await?;
+            }
+            let (key, secret) =
+                db::keys::create(pool, name, *admin, datasets.as_deref()).await.context("creating the key")?;
+            writeln!(out, "created key {} for {}{}", key.id, key.name, scope(&key))?;
+            writeln!(out, "secret (shown this once; only a hash of it is stored):\n{secret}")?;
+            writeln!(out, "use it as:  curl -H 'Authorization: Bearer {secret}' http://127.0.0.1:8080/api/exports")?;
+        }
+        KeysCommand::List => {
+            let keys = db::keys::list(pool).await.context("listing keys")?;
+            writeln!(out, "{:<36}  {:<24}  {:<20}  {:<16}  state", "id", "name", "scope", "created")?;
+            for k in keys {
+                let state = match k.revoked_at {
+                    Some(at) => format!("revoked {}", at.format("%Y-%m-%d %H:%M")),
+                    None => "valid".to_owned(),
+                };
+                let scope = scope(&k);
+                let scope = if scope.is_empty() {
+                    "all datasets".to_owned()
+                } else {
+                    scope.trim_start_matches(", ").to_owned()
+                };
+                writeln!(
+                    out,
+                    "{:<36}  {:<24}  {:<20}  {:<16}  {state}",
+                    k.id,
+                    k.name,
+                    scope,
+                    k.created_at.format("%Y-%m-%d %H:%M")
+                )?;
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            let revoked = db::keys::revoke(pool, key).await.context("revoking")?;
+            if revoked.is_empty() {
+                bail!("no valid key has the id or name {key:?} (exportd keys list shows them)");
+            }
+            for k in revoked {
+                writeln!(out, "revoked key {} of {}", k.id, k.name)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a key may do beyond its own exports of every dataset, for people.
+fn scope(k: &ApiKey) -> String {
+    let mut s = String::new();
+    if k.admin {
+        s.push_str(", admin");
+    }
+    if let Some(ds) = &k.datasets {
+        s.push_str(&format!(", datasets {}", ds.join(",")));
+    }
+    s
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        bail!("--name {name:?}: 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Dataset names must be ones the service exports (as its last start published them).
+async fn check_datasets(pool: &PgPool, names: &[String]) -> anyhow::Result<()> {
+    let known = db::dataset::published_names(pool).await.context("reading the datasets")?;
+    if names.is_empty() {
+        bail!("--datasets: name at least one dataset, or leave it out for every dataset");
+    }
+    if known.is_empty() {
+        return Ok(()); // no exportd has started on this database yet: nothing to check against
+    }
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+        bail!("--datasets: unknown dataset {unknown:?} (known: {})", known.join(", "));
+    }
+    Ok(())
+}
