@@ -187,8 +187,12 @@ async fn sigterm_releases_and_another_worker_resumes_within_seconds() {
     let s = setup(30_000).await;
     let serve = Exportd::serve(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "0")])).await;
     let api = serve.api();
-    let mut w1 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
-    let mut w2 = Exportd::worker(s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1")])).await;
+    // A heartbeat slow enough that a loaded machine (a 2 s stall was seen in CI) never makes
+    // the other worker take the run over before the SIGTERM: a release is what is tested here
+    // (a takeover counts an attempt; paused_owner_is_fenced_out tests those).
+    let worker_env = s.env(&[("EXPORTD_WORKER_CONCURRENCY", "1"), ("EXPORTD_HEARTBEAT", "3s")]);
+    let mut w1 = Exportd::worker(worker_env.clone()).await;
+    let mut w2 = Exportd::worker(worker_env).await;
     let id = api.create_export(Some(json!({"chunkSize": 1000, "maxRowsPerSecond": 5000}))).await;
     s.wait_for("progress", Duration::from_secs(20), || async { s.rows_written(id).await >= 3_000 }).await;
     let first = s.runs(id).await.remove(0);
@@ -202,7 +206,7 @@ async fn sigterm_releases_and_another_worker_resumes_within_seconds() {
     assert!(released.elapsed() < Duration::from_secs(5), "resumed after {:?}", released.elapsed());
     let done = api.wait_finished(id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed");
-    assert_eq!(done["attempts"], 1, "a release gives its attempt back");
+    assert_eq!(done["attempts"], 1, "a release gives its attempt back; runs: {:#?}", s.runs(id).await);
     assert_same_bytes(&api.download(id).await, &s.reference);
     let runs = s.runs(id).await;
     assert_eq!(runs[0].outcome.as_deref(), Some("released"));
@@ -310,11 +314,23 @@ async fn crash_storm_of_20_kills_during_a_million_row_export() {
     let mut rng = Rng::new();
     // About 12 s of work at full chunk size, so 20 lives each end mid-export.
     let id = api.create_export(Some(json!({"chunkSize": 10000, "maxRowsPerSecond": 80000}))).await;
+    // Runs killed in a row before they saved a checkpoint. Five in a row is exportd's sign of
+    // a poison export (EXPORTD_MAX_STALLED_ATTEMPTS): it fails on purpose. A late run first
+    // copies the file's checkpointed prefix (hundreds of MB), so random kills can land five
+    // times in a row before any checkpoint; after two (a margin for a checkpoint saved between
+    // reading the count and the kill), the next kill waits for progress.
+    let (mut stalled, mut rows_at_kill) = (0, -1);
     for kill in 1..=20 {
         // Kill only while a run is in progress: after it starts, at a random moment.
         s.wait_for("a run in progress", Duration::from_secs(30), || async { s.runs(id).await.len() >= kill }).await;
+        if stalled >= 2 {
+            s.wait_for("progress", Duration::from_secs(60), || async { s.rows_written(id).await > rows_at_kill }).await;
+        }
         tokio::time::sleep(rng.millis(50, 900)).await;
+        let rows = s.rows_written(id).await;
         worker.kill9();
+        stalled = if rows > rows_at_kill { 0 } else { stalled + 1 };
+        rows_at_kill = rows;
         worker.start().await;
     }
     let done = api.wait_finished(id, Duration::from_secs(180)).await;
