@@ -27,7 +27,8 @@ async fn main() {
 
     // The request as the generated type (its serde is part of the generated code).
     let body: types::CreateExportRequest = serde_json::from_str(request).expect("the request fits the generated type");
-    let key = uuid::Uuid::new_v4().to_string();
+    // The header's bound (at most 200 characters) makes it a checked type of its own.
+    let key: types::CreateExportIdempotencyKey = uuid::Uuid::new_v4().to_string().parse().expect("a valid key");
     let created = client.create_export(Some(&key), &body).await.expect("create").into_inner();
     assert_eq!(created.status, types::StatusName::Queued);
     let id = created.job_id;
