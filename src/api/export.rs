@@ -131,9 +131,11 @@ pub enum CreateExportResponse {
 /// `GET /api/export/{id}/status` and `DELETE /api/export/{id}`.
 #[derive(Debug, ApiResponse)]
 pub enum StatusResponse {
-    /// The export's progress.
+    /// The export's progress. While it is queued or running, `Retry-After` gives the seconds
+    /// to wait before asking again (FHIR bulk data's convention): 1 while queued, then a tenth
+    /// of the time left, 1 to 10 s (2 s while that is unknown).
     #[oai(status = 200)]
-    Ok(Json<ExportStatusView>),
+    Ok(Json<ExportStatusView>, #[oai(header = "Retry-After")] Option<u64>),
 }
 
 /// `GET /api/exports`.
@@ -226,7 +228,9 @@ impl ExportApi {
     #[oai(path = "/api/export/:id/status", method = "get", operation_id = "getExportStatus")]
     async fn status(&self, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
         let record = self.find(id.0).await?;
-        Ok(StatusResponse::Ok(Json(self.view(&record))))
+        let view = self.view(&record);
+        let poll = poll_after(view.status, view.eta_seconds);
+        Ok(StatusResponse::Ok(Json(view), poll))
     }
 
     /// Cancel or delete an export
@@ -245,7 +249,9 @@ impl ExportApi {
         if matches!(record.status, ExportStatus::Cancelled | ExportStatus::Expired) {
             self.state.storage.remove_export(record.id).await;
         }
-        Ok(StatusResponse::Ok(Json(self.view(&record))))
+        let view = self.view(&record);
+        let poll = poll_after(view.status, view.eta_seconds);
+        Ok(StatusResponse::Ok(Json(view), poll))
     }
 
     /// List exports
@@ -325,6 +331,15 @@ impl ExportApi {
             expires_at: r.expires_at,
             download_url: self.state.url(&format!("/api/export/{}/download", r.id)),
         }
+    }
+}
+
+/// When a client following an export should ask again, in seconds (None once it has ended).
+fn poll_after(status: ExportStatus, eta_seconds: Option<i64>) -> Option<u64> {
+    match status {
+        ExportStatus::Queued => Some(1),
+        ExportStatus::Running => Some(eta_seconds.map_or(2, |eta| (eta / 10).clamp(1, 10) as u64)),
+        _ => None,
     }
 }
 

@@ -333,3 +333,32 @@ async fn bad_options_get_a_400_that_names_the_field_and_create_nothing() {
     let n: i64 = sqlx::query_scalar("select count(*) from exports").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(n, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_when_to_ask_again_while_the_export_is_not_finished() {
+    let db = test_db().await;
+    exportd::db::seed::seed_orders(&db.pool, 3_000, |_| {}).await.unwrap();
+    let app = spawn_app(db, AppOptions::default()).await;
+    let retry_after = |resp: &reqwest::Response| {
+        resp.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().expect("whole seconds"))
+    };
+    // Throttled to 100 rows/s: running for half a minute.
+    let slow = app.create_export(Some(json!({"maxRowsPerSecond": 100, "chunkSize": 100}))).await;
+    app.wait_rows(slow, 100, Duration::from_secs(20)).await;
+    let resp = app.client.get(app.url(&format!("/api/export/{slow}/status"))).send().await.unwrap();
+    assert!(retry_after(&resp).is_some_and(|s| (1..=10).contains(&s)), "{:?}", resp.headers());
+    // Ended (cancelled, completed): nothing to wait for.
+    let resp = app.client.delete(app.url(&format!("/api/export/{slow}"))).send().await.unwrap();
+    assert_eq!(retry_after(&resp), None);
+    let fast = app.create_export(None).await;
+    app.wait_finished(fast, Duration::from_secs(30)).await;
+    let resp = app.client.get(app.url(&format!("/api/export/{fast}/status"))).send().await.unwrap();
+    assert_eq!(retry_after(&resp), None);
+    // Queued (no worker takes it here): ask again in a second.
+    let db = test_db().await;
+    exportd::db::seed::seed_orders(&db.pool, 10, |_| {}).await.unwrap();
+    let idle = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
+    let queued = idle.create_export(None).await;
+    let resp = idle.client.get(idle.url(&format!("/api/export/{queued}/status"))).send().await.unwrap();
+    assert_eq!(retry_after(&resp), Some(1));
+}
