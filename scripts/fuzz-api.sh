@@ -16,6 +16,7 @@ psql -q "$admin" -c "drop database if exists exportd_fuzz" -c "create database e
 work="$(mktemp -d)"
 pid=""
 cleanup() {
+  cd / # out of $work before it goes
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
   rm -rf "$work"
   psql -q "$admin" -c "drop database if exists exportd_fuzz" || true
@@ -27,5 +28,7 @@ DATABASE_URL="$db" EXPORTD_LISTEN="127.0.0.1:$port" EXPORTD_STORAGE_DIR="$work/f
   target/release/exportd serve >"$work/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+# Run from the scratch directory: schemathesis keeps a cache (.schemathesis/) where it runs.
+cd "$work"
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all \
   --exclude-checks positive_data_acceptance -n "${EXAMPLES:-50}" --seed "${SEED:-1}" --no-color

@@ -18,7 +18,7 @@ pub async fn run(pool: &PgPool, command: &KeysCommand) -> anyhow::Result<String>
             }
             let (key, secret) =
                 db::keys::create(pool, name, *admin, datasets.as_deref()).await.context("creating the key")?;
-            writeln!(out, "created key {} for {}{}", key.id, key.name, scope(&key))?;
+            writeln!(out, "created key {} for {} ({})", key.id, key.name, scope(&key))?;
             writeln!(out, "secret (shown this once; only a hash of it is stored):\n{secret}")?;
             writeln!(out, "use it as:  curl -H 'Authorization: Bearer {secret}' http://127.0.0.1:8080/api/exports")?;
         }
@@ -59,16 +59,13 @@ pub async fn run(pool: &PgPool, command: &KeysCommand) -> anyhow::Result<String>
     Ok(out)
 }
 
-/// What a key may do beyond its own exports of every dataset, for people.
+/// What a key may reach, for people: `admin, datasets orders` or `all datasets`.
 fn scope(k: &ApiKey) -> String {
-    let mut s = String::new();
-    if k.admin {
-        s.push_str(", admin");
-    }
-    if let Some(ds) = &k.datasets {
-        s.push_str(&format!(", datasets {}", ds.join(",")));
-    }
-    s
+    let datasets = match &k.datasets {
+        Some(ds) => format!("datasets {}", ds.join(",")),
+        None => "all datasets".to_owned(),
+    };
+    if k.admin { format!("admin, {datasets}") } else { datasets }
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {

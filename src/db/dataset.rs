@@ -210,6 +210,9 @@ pub async fn publish(pool: &sqlx::PgPool, datasets: &crate::model::Datasets, chu
         })
         .collect();
     let mut tx = pool.begin().await?;
+    // Processes starting together (an API and its workers) publish one after the other: two
+    // concurrent delete-then-insert transactions would collide on the names.
+    sqlx::query("select pg_advisory_xact_lock(hashtext('exportd.datasets'))").execute(&mut *tx).await?;
     sqlx::query("delete from exportd.datasets").execute(&mut *tx).await?;
     sqlx::query(
         "insert into exportd.datasets (name, position, table_sql, key_column, columns) \

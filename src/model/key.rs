@@ -25,10 +25,10 @@ pub struct ApiKey {
 /// Prefix of every secret (so a leaked one is recognizable, e.g. by secret scanners).
 pub const SECRET_PREFIX: &str = "exk_";
 
-/// A new secret for key `id`: its 256 random bits from the operating system's generator
-/// (two version-4 UUIDs' worth, 244 bits, plus 12 more).
+/// A new secret for key `id`: 256 random bits from the operating system's generator.
 pub fn new_secret(id: Uuid) -> String {
-    let random: Vec<u8> = (0..3).flat_map(|_| *Uuid::new_v4().as_bytes()).take(32).collect();
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).expect("the operating system's random number generator");
     let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     format!("{SECRET_PREFIX}{}_{hex}", id.simple())
 }
