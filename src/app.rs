@@ -61,6 +61,15 @@ impl App {
             if args.listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { args.listen.ip() };
         let url = format!("http://{}", std::net::SocketAddr::new(ip, port));
         let public_url = args.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
+        if let Some(path) = &args.dev_key_file {
+            let key = crate::keys::dev_key(&pool, path).await?;
+            // For the person who ran `make run`: the key and a line to paste (stderr, with the logs).
+            eprintln!(
+                "\ndevelopment API key (admin, kept in {}):\n  {key}\ntry:\n  curl -H 'Authorization: Bearer {key}' \
+                 {url}/api/datasets\nor open {url}/docs and paste it under Authorize.\n",
+                path.display()
+            );
+        }
         let waker = queue::Waker::start(pool.clone());
         let state = Arc::new(AppState {
             pool,
@@ -137,7 +146,7 @@ async fn load_datasets(pool: &PgPool, settings: &WorkerSettings) -> anyhow::Resu
     let names: Vec<&str> = datasets.all().iter().map(|d| d.name.as_str()).collect();
     tracing::info!(datasets = ?names, default = datasets.default_name(), "datasets checked against the catalog");
     // What exportd.enqueue_export checks requests against, for services that enqueue in SQL.
-    db::dataset::publish(pool, &datasets, settings.chunk_size).await.context("publishing the datasets")?;
+    db::dataset::publish(pool, &datasets, settings).await.context("publishing the datasets")?;
     Ok(Arc::new(datasets))
 }
 

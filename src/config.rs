@@ -142,6 +142,17 @@ pub struct WorkerSettings {
     #[arg(long, env = "EXPORTD_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
     pub retry_backoff: Duration,
 
+    /// Exports of one owner (API key name) running at the same time, across every worker of
+    /// every process; workers take the others' exports meanwhile.
+    #[arg(long, env = "EXPORTD_MAX_RUNNING_PER_OWNER", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_running_per_owner: u32,
+
+    /// Exports of one owner waiting to run; beyond, a new one is answered 429 with Retry-After.
+    #[arg(long, env = "EXPORTD_MAX_QUEUED_PER_OWNER", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_queued_per_owner: u32,
+
     /// Heartbeat of the queue workers; a worker silent for three of these is presumed dead
     /// and its export resumed elsewhere.
     #[arg(long, env = "EXPORTD_HEARTBEAT", default_value = "2s", value_parser = parse_duration)]
@@ -170,6 +181,12 @@ pub struct ServeArgs {
     /// (default: relative links such as /api/export/{id}/status).
     #[arg(long, env = "EXPORTD_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// A file holding a development API key (admin): read at start and printed with a ready
+    /// `curl` line; when it is missing or its key is no longer valid, a new key is made and
+    /// written there (mode 0600). For `make run`; leave unset in production.
+    #[arg(long, env = "EXPORTD_DEV_KEY_FILE")]
+    pub dev_key_file: Option<PathBuf>,
 
     #[command(flatten)]
     /// What clients may hold of the HTTP server.

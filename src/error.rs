@@ -8,6 +8,20 @@ pub enum Error {
     /// The client sent something we cannot accept (400).
     #[error("{0}")]
     BadRequest(String),
+    /// No valid API key was sent (401): missing, malformed, unknown or revoked.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key may not do this (403), e.g. export a dataset it is not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller is at a quota (429): retry after `retry_after` seconds.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// What the client reads, with the numbers.
+        message: String,
+        /// Seconds to wait before trying again.
+        retry_after: u64,
+    },
     /// No export with that id (404).
     #[error("no export with id {0}")]
     NotFound(uuid::Uuid),
@@ -58,8 +72,18 @@ pub enum Error {
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// SQLSTATE of `exportd.admit` refusing an export over its owner's quota (migration 0009).
+const QUOTA_SQLSTATE: &str = "EXQ01";
+/// Seconds a client over its quota is asked to wait: queued exports start as others end.
+const QUOTA_RETRY_AFTER: u64 = 5;
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && db.code().as_deref() == Some(QUOTA_SQLSTATE)
+        {
+            return Error::QuotaExceeded { message: db.message().to_owned(), retry_after: QUOTA_RETRY_AFTER };
+        }
         if is_connection_error(&e) { Error::Unavailable(e) } else { Error::Database(e) }
     }
 }
@@ -69,6 +93,9 @@ impl Error {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Gone { .. } => StatusCode::GONE,

@@ -59,6 +59,34 @@ pub async fn run(pool: &PgPool, command: &KeysCommand) -> anyhow::Result<String>
     Ok(out)
 }
 
+/// Name of the key `make run` makes for the person at the terminal.
+pub const DEV_KEY_NAME: &str = "dev";
+
+/// The development key kept in `path` (`EXPORTD_DEV_KEY_FILE`): the one there if it is still
+/// valid, else a new admin key, written there (mode 0600) so the next start finds it again
+/// (a secret cannot be shown twice from the database: only its hash is stored).
+pub async fn dev_key(pool: &PgPool, path: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(kept) = std::fs::read_to_string(path) {
+        let kept = kept.trim();
+        if db::keys::find(pool, kept).await.context("checking the development key")?.is_some() {
+            return Ok(kept.to_owned());
+        }
+    }
+    let (_, secret) = db::keys::create(pool, DEV_KEY_NAME, true, None).await.context("creating the development key")?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_private(path, &secret).with_context(|| format!("writing the development key to {}", path.display()))?;
+    Ok(secret)
+}
+
+/// Writes `text` to a file only its owner may read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    writeln!(f, "{text}")
+}
+
 /// What a key may reach, for people: `admin, datasets orders` or `all datasets`.
 fn scope(k: &ApiKey) -> String {
     let datasets = match &k.datasets {

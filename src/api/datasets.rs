@@ -6,6 +6,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use crate::api::{
     ApiTags, AppState,
+    auth::Caller,
     error::{Fails, declare::*},
 };
 
@@ -48,7 +49,7 @@ pub struct DatasetView {
 /// `GET /api/datasets`.
 #[derive(Debug, ApiResponse)]
 pub enum DatasetsResponse {
-    /// Every dataset, in config order.
+    /// Every dataset the key may export, in config order.
     #[oai(status = 200)]
     Ok(Json<Vec<DatasetView>>),
 }
@@ -57,14 +58,16 @@ pub enum DatasetsResponse {
 impl DatasetsApi {
     /// List datasets
     ///
-    /// The datasets this service exports (from its datasets config), with their columns and types.
+    /// The datasets this service exports (from its datasets config) that the caller's key may
+    /// export, with their columns and types.
     #[oai(path = "/api/datasets", method = "get", operation_id = "listDatasets")]
-    async fn list(&self) -> Result<DatasetsResponse, Fails<{ UNAVAILABLE }>> {
+    async fn list(&self, caller: Caller) -> Result<DatasetsResponse, Fails<{ UNAUTHORIZED | UNAVAILABLE }>> {
         let datasets = &self.state.datasets;
         Ok(DatasetsResponse::Ok(Json(
             datasets
                 .all()
                 .iter()
+                .filter(|d| caller.may_export(&d.name))
                 .map(|d| DatasetView {
                     name: d.name.clone(),
                     description: d.description.clone(),

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::{
     api::{
         ApiTags, AppState,
+        auth::Caller,
         error::{ErrorBody, Fails, declare::*},
     },
     error::Error,
@@ -134,7 +135,7 @@ impl IntoResponse for HeadResponse {
 
 /// What a download can answer besides the file (400: the id is not a UUID; 503: `busy`).
 type DownloadErrors<const BODY: bool = true> =
-    Fails<{ BAD_REQUEST | NOT_FOUND | CONFLICT | GONE | INTERNAL | UNAVAILABLE }, BODY>;
+    Fails<{ BAD_REQUEST | UNAUTHORIZED | NOT_FOUND | CONFLICT | GONE | INTERNAL | UNAVAILABLE }, BODY>;
 
 #[OpenApi(tag = "ApiTags::Exports")]
 impl DownloadApi {
@@ -148,6 +149,7 @@ impl DownloadApi {
     #[oai(path = "/api/export/:id/download", method = "get", operation_id = "downloadExport")]
     async fn download(
         &self,
+        caller: Caller,
         req: &poem::Request,
         id: Path<Uuid>,
         /// `bytes=start-end`, `bytes=start-` or `bytes=-suffix`.
@@ -157,7 +159,8 @@ impl DownloadApi {
         #[oai(name = "If-Range")] if_range: Header<Option<String>>,
     ) -> Result<DownloadResponse, DownloadErrors> {
         let accept = req.header("accept");
-        Ok(self.respond(id.0, range.0, if_none_match.0, if_range.0, accept, true).await?)
+        let record = crate::api::export::find_visible(&self.state, &caller, id.0).await?;
+        Ok(self.respond(record, range.0, if_none_match.0, if_range.0, accept, true).await?)
     }
 
     /// File headers only
@@ -166,6 +169,7 @@ impl DownloadApi {
     #[oai(path = "/api/export/:id/download", method = "head", operation_id = "headExport")]
     async fn head(
         &self,
+        caller: Caller,
         req: &poem::Request,
         id: Path<Uuid>,
         #[oai(name = "Range")] range: Header<Option<String>>,
@@ -173,25 +177,21 @@ impl DownloadApi {
         #[oai(name = "If-Range")] if_range: Header<Option<String>>,
     ) -> Result<HeadResponse, DownloadErrors<false>> {
         let accept = req.header("accept");
-        Ok(HeadResponse(self.respond(id.0, range.0, if_none_match.0, if_range.0, accept, false).await?))
+        let record = crate::api::export::find_visible(&self.state, &caller, id.0).await?;
+        Ok(HeadResponse(self.respond(record, range.0, if_none_match.0, if_range.0, accept, false).await?))
     }
 }
 
 impl DownloadApi {
     async fn respond(
         &self,
-        id: Uuid,
+        record: ExportRecord,
         range: Option<String>,
         if_none_match: Option<String>,
         if_range: Option<String>,
         accept: Option<&str>,
         with_body: bool,
     ) -> Result<DownloadResponse, Error> {
-        let record = crate::with_conn!(self.state.pool, self.state.request_timeout, "reading the export", |c| {
-            crate::db::exports::find_export(c, id)
-        })
-        .await?
-        .ok_or(Error::NotFound(id))?;
         let name = finished_file(&record)?;
         // Each download in progress holds a permit until its body is sent (or dropped); HEAD
         // sends no body and needs none.

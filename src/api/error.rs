@@ -12,7 +12,8 @@ use crate::error::Error;
 /// The body of every error response.
 #[derive(Debug, Object)]
 pub struct ErrorBody {
-    /// Machine-readable kind, stable across versions: `bad_request`, `not_found`, `conflict`,
+    /// Machine-readable kind, stable across versions: `bad_request`, `unauthorized`,
+    /// `forbidden`, `not_found`, `conflict`, `quota_exceeded`,
     /// `gone`, `idempotency_key_reused`, `unprocessable`, `payload_too_large`,
     /// `unsupported_media_type`, `method_not_allowed`, `range_not_satisfiable`, `busy`,
     /// `too_many_connections`, `insufficient_storage`, `unavailable`, `internal`.
@@ -56,7 +57,14 @@ pub enum ApiError {
     /// The request is invalid; the message names the offending field or parameter.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// No export with that id.
+    /// No valid API key: send `Authorization: Bearer <key>` (the key was missing, malformed,
+    /// unknown or revoked). `WWW-Authenticate` names the scheme (RFC 6750).
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The key may not do this: it is limited to other datasets.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// No export with that id (or it belongs to another owner).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The export is not in a state that allows this (e.g. downloading before it completed);
@@ -77,6 +85,10 @@ pub enum ApiError {
     /// never succeed (PostgreSQL refuses the export's query).
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
+    /// The caller is at its quota of queued exports; the message gives the numbers and
+    /// `Retry-After` the seconds to wait.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// The database is unavailable, or the server is at a limit (`busy`: e.g. as many
     /// downloads as it serves at once); retry later.
     #[oai(status = 503)]
@@ -94,6 +106,11 @@ impl From<Error> for ApiError {
         let message = e.public_message();
         match e {
             Error::BadRequest(_) => ApiError::BadRequest(ErrorBody::new("bad_request", message)),
+            Error::Unauthorized(_) => unauthorized(message),
+            Error::Forbidden(_) => ApiError::Forbidden(ErrorBody::new("forbidden", message)),
+            Error::QuotaExceeded { retry_after, .. } => {
+                ApiError::TooManyRequests(ErrorBody::new("quota_exceeded", message), retry_after)
+            }
             Error::NotFound(_) => ApiError::NotFound(ErrorBody::new("not_found", message)),
             Error::Conflict { status, .. } => ApiError::Conflict(ErrorBody::with_status("conflict", message, status)),
             Error::Gone { status, .. } => ApiError::Gone(ErrorBody::with_status("gone", message, status)),
@@ -111,10 +128,30 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The 401 of a request without a valid key, with the challenge RFC 6750 asks for
+/// (`error="invalid_token"` only when a token was sent).
+fn unauthorized(message: String) -> ApiError {
+    let challenge = if message.starts_with(MISSING_KEY) {
+        "Bearer realm=\"exportd\"".to_owned()
+    } else {
+        "Bearer realm=\"exportd\", error=\"invalid_token\"".to_owned()
+    };
+    ApiError::Unauthorized(ErrorBody::new("unauthorized", message), challenge)
+}
+
+/// How the message of a request without any Bearer key starts.
+pub const MISSING_KEY: &str = "Authorization: missing";
+
 /// The error statuses an operation declares, as bits of a set: `Fails<{ NOT_FOUND | INTERNAL }>`.
 pub mod declare {
     /// 400 `bad_request`.
     pub const BAD_REQUEST: u32 = super::bit(400);
+    /// 401 `unauthorized`.
+    pub const UNAUTHORIZED: u32 = super::bit(401);
+    /// 403 `forbidden`.
+    pub const FORBIDDEN: u32 = super::bit(403);
+    /// 429 `quota_exceeded`.
+    pub const TOO_MANY_REQUESTS: u32 = super::bit(429);
     /// 404 `not_found`.
     pub const NOT_FOUND: u32 = super::bit(404);
     /// 409 `conflict`.
@@ -148,6 +185,9 @@ const fn bit(status: u16) -> u32 {
         500 => 1 << 7,
         503 => 1 << 8,
         507 => 1 << 9,
+        401 => 1 << 10,
+        403 => 1 << 11,
+        429 => 1 << 12,
         _ => 0,
     }
 }
@@ -202,6 +242,11 @@ pub async fn render_any_error(err: poem::Error) -> Response {
         return err.into_response();
     }
     let status = err.status();
+    if status == StatusCode::UNAUTHORIZED {
+        // poem-openapi's own refusal of a request without a Bearer key (our checker answers
+        // the others): the same body and challenge as ours.
+        return unauthorized(super::auth::missing_key_message()).into_response();
+    }
     let kind = match status {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::NOT_FOUND => "not_found",

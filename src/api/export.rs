@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::{
     api::{
         ApiTags, AppState,
+        auth::Caller,
         body::OptionalJson,
         error::{Fails, declare::*},
         request::CreateExportRequest,
@@ -61,6 +62,10 @@ pub struct ExportStatusView {
     pub status: ExportStatus,
     /// The dataset exported.
     pub dataset: String,
+    /// Who it belongs to: the name of the API key that created it (null for exports made
+    /// without one, which only admin keys see).
+    #[oai(nullable)]
+    pub owner: Option<String>,
     // Described on the struct (see `ExportCreated::status`).
     #[allow(missing_docs)]
     #[oai(skip_serializing_if_is_none)]
@@ -150,6 +155,9 @@ pub enum ListResponse {
 type CreateErrors = Fails<
     {
         BAD_REQUEST
+            | UNAUTHORIZED
+            | FORBIDDEN
+            | TOO_MANY_REQUESTS
             | PAYLOAD_TOO_LARGE
             | UNSUPPORTED_MEDIA_TYPE
             | UNPROCESSABLE
@@ -158,10 +166,11 @@ type CreateErrors = Fails<
             | INSUFFICIENT_STORAGE
     },
 >;
-/// What the operations on one export can answer besides 200 (400: the id is not a UUID).
-type OneExportErrors = Fails<{ BAD_REQUEST | NOT_FOUND | INTERNAL | UNAVAILABLE }>;
+/// What the operations on one export can answer besides 200 (400: the id is not a UUID; 404
+/// also for another owner's export).
+type OneExportErrors = Fails<{ BAD_REQUEST | UNAUTHORIZED | NOT_FOUND | INTERNAL | UNAVAILABLE }>;
 /// What `GET /api/exports` can answer besides 200 (400: a bad `status`, `limit` or `cursor`).
-type ListErrors = Fails<{ BAD_REQUEST | INTERNAL | UNAVAILABLE }>;
+type ListErrors = Fails<{ BAD_REQUEST | UNAUTHORIZED | INTERNAL | UNAVAILABLE }>;
 
 /// Page size bounds of `GET /api/exports`.
 const DEFAULT_PAGE: u32 = 20;
@@ -193,6 +202,7 @@ impl ExportApi {
     #[oai(path = "/api/export", method = "post", operation_id = "createExport")]
     async fn create(
         &self,
+        caller: Caller,
         body: OptionalJson<CreateExportRequest>,
         /// Any string up to 200 characters identifying this request, e.g. a UUID.
         #[oai(name = "Idempotency-Key", validator(max_length = 200))]
@@ -203,10 +213,10 @@ impl ExportApi {
             return Err(Error::BadRequest("Idempotency-Key: at most 200 characters".into()).into());
         }
         let req = body.0.unwrap_or_else(CreateExportRequest::empty);
-        let (ds, spec) = req.into_spec(&self.state).await?;
+        let (ds, spec) = req.into_spec(&self.state, &caller).await?;
         self.check_free_space()?;
         let created = crate::with_conn!(self.state.pool, self.state.request_timeout, "creating the export", |c| {
-            export::create_export(c, &self.state.waker, &ds, &spec, key.as_deref())
+            export::create_export(c, &self.state.waker, &caller.name, &ds, &spec, key.as_deref())
         })
         .await?;
         let (Created::New(record) | Created::Existing(record)) = created;
@@ -226,8 +236,8 @@ impl ExportApi {
     ///
     /// Progress, counts, rate, estimate and outcome of an export.
     #[oai(path = "/api/export/:id/status", method = "get", operation_id = "getExportStatus")]
-    async fn status(&self, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
-        let record = self.find(id.0).await?;
+    async fn status(&self, caller: Caller, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
+        let record = self.find(&caller, id.0).await?;
         let view = self.view(&record);
         let poll = poll_after(view.status, view.eta_seconds);
         Ok(StatusResponse::Ok(Json(view), poll))
@@ -240,9 +250,9 @@ impl ExportApi {
     /// export's file is deleted and its status becomes `expired`. A failed, cancelled or
     /// expired export is left as it is. Answers with the export's status.
     #[oai(path = "/api/export/:id", method = "delete", operation_id = "cancelExport")]
-    async fn cancel(&self, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
+    async fn cancel(&self, caller: Caller, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
         let record = crate::with_conn!(self.state.pool, self.state.request_timeout, "cancelling the export", |c| {
-            db::exports::cancel_export(c, id.0)
+            db::exports::cancel_export(c, id.0, caller.listed_owner())
         })
         .await?
         .ok_or(Error::NotFound(id.0))?;
@@ -256,11 +266,12 @@ impl ExportApi {
 
     /// List exports
     ///
-    /// Newest first, `limit` at a time (1 to 100, default 20); pass `nextCursor` back as
+    /// The caller's exports (every owner's for an admin key), newest first, `limit` at a time (1 to 100, default 20); pass `nextCursor` back as
     /// `cursor` for the next page. `status` keeps only exports in that status.
     #[oai(path = "/api/exports", method = "get", operation_id = "listExports")]
     async fn list(
         &self,
+        caller: Caller,
         /// Only exports in this status.
         status: Query<Option<ExportStatus>>,
         /// Page size, 1 to 100 (default 20).
@@ -278,7 +289,7 @@ impl ExportApi {
             })?),
         };
         let mut rows = crate::with_conn!(self.state.pool, self.state.request_timeout, "listing exports", |c| {
-            db::exports::list_exports(c, status.0, after, i64::from(limit) + 1)
+            db::exports::list_exports(c, caller.listed_owner(), status.0, after, i64::from(limit) + 1)
         })
         .await?;
         let more = rows.len() > limit as usize;
@@ -286,6 +297,17 @@ impl ExportApi {
         let next_cursor = if more { rows.last().map(|r| make_cursor(r.created_at, r.id)) } else { None };
         Ok(ListResponse::Ok(Json(ExportList { items: rows.iter().map(|r| self.view(r)).collect(), next_cursor })))
     }
+}
+
+/// The export `id` if the caller may see it: another owner's export is answered as one that
+/// does not exist (404), so ids cannot be probed.
+pub(crate) async fn find_visible(state: &AppState, caller: &Caller, id: Uuid) -> Result<ExportRecord, Error> {
+    crate::with_conn!(state.pool, state.request_timeout, "reading the export", |c| {
+        crate::db::exports::find_export(c, id)
+    })
+    .await?
+    .filter(|r| caller.may_see(&r.owned_by))
+    .ok_or(Error::NotFound(id))
 }
 
 /// The cursor after an export: its creation time (microseconds) and id.
@@ -299,12 +321,8 @@ fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
 }
 
 impl ExportApi {
-    async fn find(&self, id: Uuid) -> Result<ExportRecord, Error> {
-        crate::with_conn!(self.state.pool, self.state.request_timeout, "reading the export", |c| {
-            crate::db::exports::find_export(c, id)
-        })
-        .await?
-        .ok_or(Error::NotFound(id))
+    async fn find(&self, caller: &Caller, id: Uuid) -> Result<ExportRecord, Error> {
+        find_visible(&self.state, caller, id).await
     }
 
     fn view(&self, r: &ExportRecord) -> ExportStatusView {
@@ -313,6 +331,7 @@ impl ExportApi {
             job_id: r.id,
             status: r.status,
             dataset: r.dataset.clone(),
+            owner: Some(r.owned_by.clone()).filter(|o| !o.is_empty()),
             // As a request that makes the same export, or as stored when this version cannot read them.
             options: r.spec.get().ok().map(|spec| CreateExportRequest::from_spec(&r.dataset, spec)),
             rows_written: r.rows_written,

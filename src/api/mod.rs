@@ -1,5 +1,6 @@
 //! The HTTP API (poem-openapi): routes, the OpenAPI spec, Swagger UI, and error rendering.
 
+pub mod auth;
 pub mod body;
 pub mod conformance;
 pub mod cors;
@@ -158,6 +159,7 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
                 Ok(resp)
             }
         })
+        .data(state)
         .around(with_request_id)
         .around(move |ep, req| cors::cors(ep, req, origins.clone()))
 }
@@ -231,9 +233,10 @@ pub fn spec_json(state: Arc<AppState>) -> String {
     finish_spec(&service(state).spec())
 }
 
-/// What poem-openapi cannot say, added to the spec it writes: that the API asks for no
-/// credentials (`"security": []`; poem-openapi writes a root `security` only from security
-/// schemes, and without one linters and generators cannot tell "open" from "forgotten").
+/// What poem-openapi cannot say, added to the spec it writes: that what does not ask for a
+/// key is open on purpose (`"security": []` at the root; every `/api` operation names the
+/// `apiKey` scheme itself, while `/healthz` is open; poem-openapi writes a root `security`
+/// only from security schemes, and without one linters cannot tell "open" from "forgotten").
 /// A textual insertion after the opening brace, so every other byte stays as poem-openapi
 /// wrote it (parsing and writing it again would sort its keys).
 fn finish_spec(raw: &str) -> String {

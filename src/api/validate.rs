@@ -13,7 +13,7 @@ use crate::{
     db,
     error::Error,
     model::{
-        Dataset, ExportSpec,
+        ApiKey, Dataset, ExportSpec,
         spec::{Compression, CsvFormat, Filter, FilterOp, LineEnding, OutputColumn},
     },
 };
@@ -60,11 +60,25 @@ fn shown(s: &str) -> String {
 impl CreateExportRequest {
     /// Checks the request against the dataset and the column types, and returns what the
     /// export will do. Values are checked by PostgreSQL (a cast of each, as a bound parameter).
-    pub async fn into_spec(self, state: &AppState) -> Result<(Arc<Dataset>, ExportSpec), Error> {
+    pub async fn into_spec(self, state: &AppState, caller: &ApiKey) -> Result<(Arc<Dataset>, ExportSpec), Error> {
         let name = self.dataset.as_deref().unwrap_or(state.datasets.default_name());
-        let ds = state.datasets.find(name).cloned().ok_or_else(|| {
-            bad(format!("dataset: unknown dataset {} (known: {})", shown(name), state.datasets.names()))
-        })?;
+        // Only the datasets the key may export are named (the others are not its business).
+        let known = || {
+            let all = state.datasets.all().iter().filter(|d| caller.may_export(&d.name));
+            all.map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+        };
+        let ds = state
+            .datasets
+            .find(name)
+            .cloned()
+            .ok_or_else(|| bad(format!("dataset: unknown dataset {} (known: {})", shown(name), known())))?;
+        if !caller.may_export(&ds.name) {
+            return Err(Error::Forbidden(format!(
+                "dataset: this key may not export {} (it may export: {})",
+                shown(&ds.name),
+                known()
+            )));
+        }
         let mut spec = ExportSpec::new(self.chunk_size.unwrap_or(state.default_chunk_size));
         spec.max_rows_per_second = self.max_rows_per_second;
         spec.format = format(self.format)?;

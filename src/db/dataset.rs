@@ -192,9 +192,14 @@ pub fn copy_reference_query(ds: &Dataset) -> String {
 }
 
 /// Publishes the datasets as loaded (and the default chunk size) to `exportd.datasets`, what
-/// `exportd.enqueue_export` checks SQL-enqueued requests against (migration 0007); replaced
+/// `exportd.enqueue_export` checks SQL-enqueued requests against (migration 0007), and the
+/// per-owner quotas the queue's fetch and `exportd.admit` apply (migration 0009); replaced
 /// whole, in one transaction, at every start.
-pub async fn publish(pool: &sqlx::PgPool, datasets: &crate::model::Datasets, chunk_size: u32) -> sqlx::Result<()> {
+pub async fn publish(
+    pool: &sqlx::PgPool,
+    datasets: &crate::model::Datasets,
+    settings: &crate::config::WorkerSettings,
+) -> sqlx::Result<()> {
     let rows: Vec<serde_json::Value> = datasets
         .all()
         .iter()
@@ -223,10 +228,15 @@ pub async fn publish(pool: &sqlx::PgPool, datasets: &crate::model::Datasets, chu
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "insert into exportd.defaults (chunk_size) values ($1) \
-         on conflict (only_row) do update set chunk_size = excluded.chunk_size",
+        "insert into exportd.defaults (chunk_size, max_running_per_owner, max_queued_per_owner) \
+         values ($1, $2, $3) \
+         on conflict (only_row) do update set chunk_size = excluded.chunk_size, \
+           max_running_per_owner = excluded.max_running_per_owner, \
+           max_queued_per_owner = excluded.max_queued_per_owner",
     )
-    .bind(chunk_size as i32)
+    .bind(settings.chunk_size as i32)
+    .bind(settings.max_running_per_owner as i32)
+    .bind(settings.max_queued_per_owner as i32)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

@@ -26,6 +26,8 @@ pub struct NewExport<'a> {
     pub queue_job_id: &'a str,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency_key: Option<&'a str>,
+    /// The owner it belongs to (the caller's key name).
+    pub owned_by: &'a str,
 }
 
 /// The high-water mark (largest key now) and the planner's estimate of the rows a filtered
@@ -66,8 +68,10 @@ fn data_error<T>(r: std::result::Result<T, sqlx::Error>) -> Result<Result<(), St
 }
 
 /// Inserts a new export in the `queued` state and its queue job, in one statement (so one
-/// round trip and one commit): never one without the other. None when its idempotency key is
-/// taken (then no job is inserted either). The job row is what apalis-postgres' own
+/// round trip and one commit): never one without the other. `exportd.admit` first checks the
+/// owner's quota (exactly, under a per-owner lock held to the commit; over it, the statement
+/// fails with [`Error::QuotaExceeded`](crate::error::Error)). None when its idempotency key
+/// is taken (then no job is inserted either). The job row is what apalis-postgres' own
 /// `push_tasks` inserts (`queries/task/sink.sql` of apalis-postgres 1.0); the queue tests
 /// run it through real apalis workers.
 pub async fn insert_export_with_job(
@@ -82,10 +86,11 @@ pub async fn insert_export_with_job(
         Bounds::FromTable => (dataset::bounds_exprs(new.dataset), (None, None)),
     };
     let sql = format!(
-        "with e as ( \
-           insert into exports (id, dataset, spec, upper_bound_id, total_rows, queue_job_id, idempotency_key) \
-           values ($1, $2, $3, {upper_sql}, {total_sql}, $6, $7) \
-           on conflict (idempotency_key) where idempotency_key is not null do nothing \
+        "with a as (select exportd.admit($11)), \
+         e as ( \
+           insert into exports (id, dataset, spec, upper_bound_id, total_rows, queue_job_id, idempotency_key, owned_by) \
+           select $1, $2, $3, {upper_sql}, {total_sql}, $6, $7, $11 from a \
+           on conflict (owned_by, idempotency_key) where idempotency_key is not null do nothing \
            returning *), \
          j as ( \
            insert into apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata) \
@@ -104,6 +109,7 @@ pub async fn insert_export_with_job(
         .bind(job.queue)
         .bind(job.payload)
         .bind(job.max_attempts)
+        .bind(new.owned_by)
         .fetch_optional(db)
         .await?;
     Ok(row)
@@ -134,17 +140,20 @@ pub struct NewJob<'a> {
     pub max_attempts: i32,
 }
 
-/// The export created with this idempotency key, if any.
-pub async fn find_by_idempotency_key(db: impl PgExecutor<'_>, key: &str) -> Result<Option<ExportRecord>> {
-    Ok(sqlx::query_as(concat!("select ", columns!(), " from exports where idempotency_key = $1"))
+/// The export `owner` created with this idempotency key, if any.
+pub async fn find_by_idempotency_key(db: impl PgExecutor<'_>, owner: &str, key: &str) -> Result<Option<ExportRecord>> {
+    Ok(sqlx::query_as(concat!("select ", columns!(), " from exports where owned_by = $1 and idempotency_key = $2"))
+        .bind(owner)
         .bind(key)
         .fetch_optional(db)
         .await?)
 }
 
-/// Exports newest first, after the cursor `(created_at, id)` (exclusive), optionally of one status.
+/// Exports newest first, after the cursor `(created_at, id)` (exclusive), of one owner (None:
+/// every owner's), optionally of one status.
 pub async fn list_exports(
     db: impl PgExecutor<'_>,
+    owner: Option<&str>,
     status: Option<ExportStatus>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
@@ -153,31 +162,43 @@ pub async fn list_exports(
     let far_future =
         chrono::NaiveDate::from_ymd_opt(9999, 12, 31).expect("valid date").and_time(chrono::NaiveTime::MIN);
     let (at, id) = after.unwrap_or((far_future.and_utc(), Uuid::max()));
-    let query = match status {
-        Some(_) => concat!(
+    // One statement per case, each served by its index (owner, status, created_at, id).
+    let query = match (owner, status) {
+        (Some(_), Some(_)) => concat!(
             "select ",
             columns!(),
-            " from exports where status = $4 and (created_at, id) < ($1, $2) \
+            " from exports where owned_by = $4 and status = $5 and (created_at, id) < ($1, $2) \
              order by created_at desc, id desc limit $3"
         ),
-        None => concat!(
+        (Some(_), None) => concat!(
+            "select ",
+            columns!(),
+            " from exports where owned_by = $4 and (created_at, id) < ($1, $2) \
+             order by created_at desc, id desc limit $3"
+        ),
+        (None, Some(_)) => concat!(
+            "select ",
+            columns!(),
+            " from exports where status = $5 and (created_at, id) < ($1, $2) \
+             order by created_at desc, id desc limit $3"
+        ),
+        (None, None) => concat!(
             "select ",
             columns!(),
             " from exports where (created_at, id) < ($1, $2) \
              order by created_at desc, id desc limit $3"
         ),
     };
-    let mut q = sqlx::query_as(query).bind(at).bind(id).bind(limit);
-    if let Some(s) = status {
-        q = q.bind(s.as_str());
-    }
+    // Unused parameters are still bound (as typed nulls), so the numbering is the same in each.
+    let q = sqlx::query_as(query).bind(at).bind(id).bind(limit).bind(owner).bind(status.map(|s| s.as_str()));
     Ok(q.fetch_all(db).await?)
 }
 
 /// Cancels an unfinished export (`cancelled`) or deletes a completed one's file (`expired`);
 /// a failed, cancelled or expired export is left as it is. Ownership is dropped, so a run still
-/// working on it fails its next fenced checkpoint and stops. Returns the export as it now is.
-pub async fn cancel_export(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ExportRecord>> {
+/// working on it fails its next fenced checkpoint and stops. Only `owner`'s export (any with
+/// None). Returns the export as it now is.
+pub async fn cancel_export(db: impl PgExecutor<'_>, id: Uuid, owner: Option<&str>) -> Result<Option<ExportRecord>> {
     Ok(sqlx::query_as(concat!(
         "update exports set \
            status = case when status in ('queued', 'running') then 'cancelled' \
@@ -185,10 +206,11 @@ pub async fn cancel_export(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<E
            owner = case when status in ('queued', 'running', 'completed') then null else owner end, \
            finished_at = coalesce(finished_at, now()), \
            expires_at = case when status = 'completed' then now() else expires_at end \
-         where id = $1 returning ",
+         where id = $1 and ($2::text is null or owned_by = $2) returning ",
         columns!()
     ))
     .bind(id)
+    .bind(owner)
     .fetch_optional(db)
     .await?)
 }

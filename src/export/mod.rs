@@ -34,10 +34,14 @@ pub enum Created {
 /// the dataset's high-water mark and row estimate taken now. Fast: nothing is read but the
 /// key index's last entry and the planner's statistics, and an unfiltered export is created in
 /// a single round trip. With an idempotency key already used,
-/// returns that export when the request is the same, and a conflict when it differs.
+/// returns that export when the request is the same, and a conflict when it differs (keys
+/// are per owner). Over the owner's quota of queued exports, [`Error::QuotaExceeded`].
+///
+/// [`Error::QuotaExceeded`]: crate::error::Error::QuotaExceeded
 pub async fn create_export(
     conn: &mut sqlx::PgConnection,
     waker: &queue::Waker,
+    owner: &str,
     ds: &Dataset,
     spec: &ExportSpec,
     idempotency_key: Option<&str>,
@@ -45,7 +49,7 @@ pub async fn create_export(
     use crate::{db::exports, error::Error};
     let same_request = |e: &ExportRecord| e.dataset == ds.name && e.spec.get().is_ok_and(|s| s == spec);
     if let Some(key) = idempotency_key
-        && let Some(existing) = exports::find_by_idempotency_key(&mut *conn, key).await?
+        && let Some(existing) = exports::find_by_idempotency_key(&mut *conn, owner, key).await?
     {
         return if same_request(&existing) {
             Ok(Created::Existing(existing))
@@ -60,14 +64,15 @@ pub async fn create_export(
     };
     let job_id = queue::new_job_id();
     let id = uuid::Uuid::new_v4();
-    let new = exports::NewExport { id, dataset: ds, spec, bounds, queue_job_id: &job_id, idempotency_key };
+    let new =
+        exports::NewExport { id, dataset: ds, spec, bounds, queue_job_id: &job_id, idempotency_key, owned_by: owner };
     let payload = queue::job_payload(id);
     let lane = queue::lane(spec);
     let job = exports::NewJob { queue: lane, payload: &payload, max_attempts: queue::QUEUE_MAX_ATTEMPTS };
     let Some(record) = exports::insert_export_with_job(&mut *conn, &new, &job).await? else {
         // Another request with the same key won the race: answer as if it came first.
         let key = idempotency_key.expect("only a key can conflict");
-        let existing = exports::find_by_idempotency_key(&mut *conn, key)
+        let existing = exports::find_by_idempotency_key(&mut *conn, owner, key)
             .await?
             .ok_or_else(|| Error::Other(anyhow::anyhow!("the export that holds Idempotency-Key {key:?} vanished")))?;
         return if same_request(&existing) {

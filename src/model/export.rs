@@ -113,6 +113,8 @@ pub struct ExportRecord {
     pub file_writer: Option<Uuid>,
     /// The run that last released the export cleanly (its writes finished); None once claimed.
     pub released_by: Option<Uuid>,
+    /// The owner (API key name) it belongs to; empty for none (seen by admin keys only).
+    pub owned_by: String,
 }
 
 /// An export's options as stored, read leniently: a row written by another version (a field or

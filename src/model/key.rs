@@ -22,6 +22,24 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+impl ApiKey {
+    /// Whether this key sees (and manages) an export owned by `owned_by`: its owner's, or
+    /// any with an admin key.
+    pub fn may_see(&self, owned_by: &str) -> bool {
+        self.admin || owned_by == self.name
+    }
+
+    /// Whether this key may export (and list) `dataset`.
+    pub fn may_export(&self, dataset: &str) -> bool {
+        self.datasets.as_ref().is_none_or(|allowed| allowed.iter().any(|d| d == dataset))
+    }
+
+    /// The owner whose exports this key lists (None: every owner's, for an admin key).
+    pub fn listed_owner(&self) -> Option<&str> {
+        (!self.admin).then_some(self.name.as_str())
+    }
+}
+
 /// Prefix of every secret (so a leaked one is recognizable, e.g. by secret scanners).
 pub const SECRET_PREFIX: &str = "exk_";
 

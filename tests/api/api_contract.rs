@@ -208,7 +208,13 @@ async fn health_is_503_when_the_database_is_unreachable() {
         "error": "unavailable", "message": "the database does not answer within 2 s", "requestId": id
     }))
     .await;
-    let resp = poem::test::TestClient::new(exportd::api::routes(state)).post("/api/export").send().await;
+    // A well-formed key: checking it needs the database, which does not answer (503, not 401).
+    let key = format!("Bearer exk_{}_{}", uuid::Uuid::new_v4().simple(), "0".repeat(64));
+    let resp = poem::test::TestClient::new(exportd::api::routes(state))
+        .post("/api/export")
+        .header("authorization", key)
+        .send()
+        .await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = resp.json().await.value().deserialize();
     assert_eq!(body["error"], "unavailable");
@@ -265,8 +271,11 @@ async fn a_body_over_the_limit_is_413_whether_its_length_is_declared_or_not() {
             let _ = rx.read_to_end(&mut answer).await;
             answer
         });
-        let head = "POST /api/export HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-                    transfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+        let head = format!(
+            "POST /api/export HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n\
+             transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+            app.key
+        );
         tx.write_all(head.as_bytes()).await.unwrap();
         let chunk = [format!("{:x}\r\n", 65536).into_bytes(), vec![b' '; 65536], b"\r\n".to_vec()].concat();
         for _ in 0..=limit / 65536 {

@@ -161,7 +161,7 @@ async fn a_role_with_only_the_documented_grants_enqueues_and_reads_nothing_else(
     for grant in [
         format!("create role {role} login"),
         format!("grant usage on schema exportd to {role}"),
-        format!("grant execute on function exportd.enqueue_export(jsonb, text) to {role}"),
+        format!("grant execute on function exportd.enqueue_export(jsonb, text, text) to {role}"),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(grant)).execute(&app.db.pool).await.unwrap();
     }

@@ -69,7 +69,7 @@ async fn exportd_keys_creates_lists_and_revokes_at_a_terminal() {
     assert!(!ok && err.contains("--name"), "{err}");
     let (ok, _, err) = cli(&app, &["create", "--name", "x", "--datasets", "nope"]);
     assert!(!ok && err.contains("--datasets") && err.contains("nope") && err.contains("orders"), "{err}");
-    assert_eq!(keys::list(&app.db.pool).await.unwrap().len(), 1);
+    assert_eq!(keys::list(&app.db.pool).await.unwrap().len(), 2, "the suite's admin key and billing-svc's");
 
     let (ok, out, _) = cli(&app, &["revoke", &key.id.to_string()]);
     assert!(ok && out.contains(&key.id.to_string()), "{out}");

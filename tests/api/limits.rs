@@ -145,7 +145,10 @@ async fn a_download_the_client_stops_reading_is_cut_after_the_send_timeout_and_f
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(format!("127.0.0.1:{}", port(&app)).parse().unwrap()).await.unwrap();
-    let request = format!("GET /api/export/{id}/download HTTP/1.1\r\nHost: exportd\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET /api/export/{id}/download HTTP/1.1\r\nHost: exportd\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        app.key
+    );
     stalled.write_all(request.as_bytes()).await.unwrap();
 
     // Its answer has begun (peeked, not read): it holds the only download slot, and another

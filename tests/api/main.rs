@@ -1,4 +1,5 @@
 //! Integration tests: one binary, every test with its own database on a real PostgreSQL.
+#![recursion_limit = "256"]
 
 mod api_contract;
 mod cors;
@@ -21,6 +22,7 @@ mod storage;
 #[path = "../support/mod.rs"]
 mod support;
 mod sweep;
+mod tenancy;
 mod throttle;
 
 use support::helpers;

@@ -114,7 +114,7 @@ async fn download_streams_a_file_far_larger_than_memory() {
     let mut p = serve(&db, storage.path()).await;
     let api = p.api();
     let before = peak_rss_kib(p.pid());
-    let resp = reqwest::get(api.url(&format!("/api/export/{id}/download"))).await.unwrap();
+    let resp = api.client.get(api.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-length"], SIZE.to_string().as_str());
     let mut stream = resp.bytes_stream();

@@ -154,7 +154,10 @@ async fn eight_worker_slots_run_eight_exports_at_once_without_starving_the_pool(
     let db = test_db().await;
     seed_nasty(&db.pool, 10_000).await;
     let reference = copy_reference(&db.pool).await;
-    let app = spawn_app(db, AppOptions { workers: 1, throttled_workers: Some(8), ..Default::default() }).await;
+    // One owner's eight: its quota of running exports is raised to match.
+    let opts =
+        AppOptions { workers: 1, throttled_workers: Some(8), max_running_per_owner: Some(8), ..Default::default() };
+    let app = spawn_app(db, opts).await;
     let mut ids = Vec::new();
     for _ in 0..8 {
         // About 3 s each, so all eight overlap.

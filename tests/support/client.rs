@@ -9,17 +9,32 @@ use uuid::Uuid;
 /// How often a wait asks for the status again.
 const POLL: Duration = Duration::from_millis(10);
 
-/// An exportd API at `base` (`http://127.0.0.1:port`).
+/// An exportd API at `base` (`http://127.0.0.1:port`), called with an API key: `client` sends
+/// `Authorization: Bearer <key>` on every request.
 #[derive(Debug, Clone)]
 pub struct Api {
     pub base: String,
     pub client: reqwest::Client,
+    /// The key `client` sends.
+    pub key: String,
 }
 
 impl Api {
-    pub fn new(base: String) -> Self {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
-        Self { base, client }
+    pub fn new(base: String, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("a key is ASCII");
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .default_headers(headers)
+            .build()
+            .expect("HTTP client");
+        Self { base, client, key: key.to_owned() }
+    }
+
+    /// The same API called with another key.
+    pub fn as_key(&self, key: &str) -> Self {
+        Self::new(self.base.clone(), key)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -81,6 +81,9 @@ pub struct AppOptions {
     pub throttled_workers: Option<u32>,
     /// `EXPORTD_MIN_FREE_DISK` (None = the default).
     pub min_free_disk: Option<u64>,
+    /// `EXPORTD_MAX_RUNNING_PER_OWNER` and `EXPORTD_MAX_QUEUED_PER_OWNER` (None = the defaults).
+    pub max_running_per_owner: Option<u32>,
+    pub max_queued_per_owner: Option<u32>,
 }
 
 impl Default for AppOptions {
@@ -97,6 +100,8 @@ impl Default for AppOptions {
             http: None,
             min_free_disk: None,
             throttled_workers: None,
+            max_running_per_owner: None,
+            max_queued_per_owner: None,
         }
     }
 }
@@ -146,6 +151,12 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     if let Some(floor) = opts.min_free_disk {
         args.worker.min_free_disk = floor;
     }
+    if let Some(n) = opts.max_running_per_owner {
+        args.worker.max_running_per_owner = n;
+    }
+    if let Some(n) = opts.max_queued_per_owner {
+        args.worker.max_queued_per_owner = n;
+    }
     if let Some(slots) = opts.throttled_workers {
         args.worker.throttled_concurrency = slots;
     }
@@ -164,7 +175,15 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     let base = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine().clone();
     let handle = tokio::spawn(app.run());
-    TestApp { api: Api::new(base), db, storage, engine, shutdown, handle, conformance: Conformant(conformance) }
+    // The suite calls as an admin (sees every export); tenancy tests make keys of their own.
+    let key = new_key(&db.pool, "test-admin", true, None).await;
+    TestApp { api: Api::new(base, &key), db, storage, engine, shutdown, handle, conformance: Conformant(conformance) }
+}
+
+/// A new API key's secret.
+pub async fn new_key(pool: &PgPool, name: &str, admin: bool, datasets: Option<&[&str]>) -> String {
+    let datasets: Option<Vec<String>> = datasets.map(|d| d.iter().map(|s| s.to_string()).collect());
+    exportd::db::keys::create(pool, name, admin, datasets.as_deref()).await.expect("create a key").1
 }
 
 impl std::ops::Deref for TestApp {

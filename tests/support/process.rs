@@ -14,6 +14,8 @@ pub struct Exportd {
     env: Vec<(String, String)>,
     /// Base URL of the API (serve only).
     pub base: Option<String>,
+    /// Where a `serve` process keeps its development key (`EXPORTD_DEV_KEY_FILE`).
+    key_dir: Option<tempfile::TempDir>,
 }
 
 /// The settings of a process on `db_url` writing to `storage`, plus `extra`.
@@ -45,14 +47,18 @@ impl Exportd {
         let port = free_port();
         let mut env = env;
         env.push(("EXPORTD_LISTEN".into(), format!("127.0.0.1:{port}")));
-        let mut p = Self { child: None, command: "serve", env, base: Some(format!("http://127.0.0.1:{port}")) };
+        // The process makes an admin key there at its first start (as `make run` does).
+        let key_dir = tempfile::tempdir().expect("tempdir");
+        env.push(("EXPORTD_DEV_KEY_FILE".into(), key_dir.path().join("dev-key").display().to_string()));
+        let base = Some(format!("http://127.0.0.1:{port}"));
+        let mut p = Self { child: None, command: "serve", env, base, key_dir: Some(key_dir) };
         p.start().await;
         p
     }
 
     /// `exportd worker`.
     pub async fn worker(env: Vec<(String, String)>) -> Self {
-        let mut p = Self { child: None, command: "worker", env, base: None };
+        let mut p = Self { child: None, command: "worker", env, base: None, key_dir: None };
         p.start().await;
         p
     }
@@ -79,9 +85,11 @@ impl Exportd {
         }
     }
 
-    /// The API of a `serve` process.
+    /// The API of a `serve` process, called with its development key (admin).
     pub fn api(&self) -> super::client::Api {
-        super::client::Api::new(self.base.clone().expect("a serve process"))
+        let dir = self.key_dir.as_ref().expect("a serve process");
+        let key = std::fs::read_to_string(dir.path().join("dev-key")).expect("serve wrote its development key");
+        super::client::Api::new(self.base.clone().expect("a serve process"), key.trim())
     }
 
     pub fn pid(&self) -> u32 {
