@@ -52,19 +52,26 @@ begin
     return true;
 end $$;
 
+-- When each owner last had a job handed to a worker: the round-robin turn of the fetch below.
+create table exportd.owner_turns (
+    owned_by text primary key,
+    served_at timestamptz not null
+);
+
 -- The queue's fetch, replacing apalis-postgres 1.0's own (its migration
 -- 20260902075949_remove_pl_in_get_jobs.sql: the same eligibility, ordered by priority then
 -- run_at) with a fair one. Of the jobs eligible to run, it takes first those whose owner has
--- the fewest exports held by workers right now (jobs Queued or Running), then in queue order;
+-- the fewest exports held by workers right now (jobs Queued or Running), then those whose
+-- owner was served longest ago (round robin; never served first), then in queue order;
 -- owners already holding `max_running_per_owner` are skipped. So one owner's 100 queued
 -- exports delay another owner's single export by at most the export each worker is running,
 -- and no owner runs more than its quota. "Held" counts jobs, not export statuses: an export
 -- whose worker died is `running` until it is taken over, but its job is back to Pending and
 -- holds nothing (counting statuses would let two dead runs of one owner block each other's
 -- rescue). Fetches are serialized by an advisory lock, taken before counting, so two workers
--- fetching at once cannot both take an owner's last place. Jobs of other queues, or without
--- an export, keep apalis' order. tests/api/quotas.rs holds this to both promises; an apalis
--- upgrade that replaces get_jobs again fails those tests.
+-- fetching at once cannot both take an owner's last place. Jobs without an export keep
+-- apalis' order. tests/api/quotas.rs holds this to both promises; an apalis upgrade that
+-- replaces get_jobs again fails those tests.
 create or replace function apalis.get_jobs(worker_id text, v_job_type text, v_job_count integer default 5)
 returns setof apalis.jobs
 language plpgsql volatile
@@ -81,17 +88,22 @@ begin
         where h.status in ('Queued', 'Running')
         group by e.owned_by
     ), picked as (
-        select j.id
+        select j.id, e.owned_by
         from apalis.jobs j
         left join exports e on e.queue_job_id = j.id
         left join held on held.who = e.owned_by
+        left join exportd.owner_turns t on t.owned_by = e.owned_by
         where (j.status = 'Pending' or (j.status = 'Failed' and j.attempts < j.max_attempts))
           and j.run_at < now()
           and j.job_type = v_job_type
           and (e.id is null or coalesce(held.n, 0) < cap)
-        order by coalesce(held.n, 0), j.priority desc, j.run_at
+        order by coalesce(held.n, 0), t.served_at nulls first, j.priority desc, j.run_at
         limit v_job_count
         for update of j skip locked
+    ), turns as (
+        insert into exportd.owner_turns (owned_by, served_at)
+        select distinct owned_by, clock_timestamp() from picked where owned_by is not null
+        on conflict (owned_by) do update set served_at = excluded.served_at
     )
     update apalis.jobs j
     set status = 'Queued', lock_by = worker_id, lock_at = now()

@@ -13,7 +13,8 @@ use poem::{
 /// Methods a page may use.
 const METHODS: &str = "GET, HEAD, POST, DELETE";
 /// Request headers a page may send (beyond the always-allowed ones).
-const ALLOW_HEADERS: &str = "Content-Type, Idempotency-Key, Range, If-None-Match, If-Range, X-Request-Id";
+const ALLOW_HEADERS: &str =
+    "Authorization, Content-Type, Idempotency-Key, Range, If-None-Match, If-Range, X-Request-Id";
 /// Response headers a page may read (beyond the always-exposed ones).
 const EXPOSE_HEADERS: &str =
     "Content-Disposition, Content-Length, Content-Range, Accept-Ranges, ETag, Location, X-Request-Id, Allow";

@@ -16,6 +16,7 @@ mod plans;
 mod process;
 mod proxy;
 mod queue;
+mod quotas;
 mod resume;
 mod stalls;
 mod storage;

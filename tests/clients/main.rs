@@ -55,6 +55,7 @@ async fn round_trip(language: &str) {
         .arg(&app.base)
         .arg(&file)
         .arg(request().to_string())
+        .env("EXPORTD_KEY", &app.key)
         .stdin(Stdio::null())
         .output()
         .await
@@ -132,6 +133,7 @@ async fn swagger_ui_in_a_real_browser_creates_follows_and_downloads_an_export() 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/run.sh");
     let out = tokio::process::Command::new(script)
         .args(["browser", &app.base, shots.to_str().unwrap(), &other_url])
+        .env("EXPORTD_KEY", &app.key)
         .stdin(Stdio::null())
         .output()
         .await
@@ -149,7 +151,10 @@ async fn swagger_ui_in_a_real_browser_creates_follows_and_downloads_an_export() 
     assert_eq!(cross["status"], 200, "{seen}");
     assert_eq!(cross["bytes"].as_u64(), Some(file.len() as u64));
     assert!(cross["etag"].as_str().is_some_and(|e| e.contains(&id.simple().to_string())), "ETag readable: {seen}");
-    for shot in ["swagger-create.png", "swagger-status.png", "swagger-download.png", "swagger-ui.png"] {
+    assert_eq!(seen["withoutKey"], "unauthorized", "{seen}");
+    for shot in
+        ["swagger-authorize.png", "swagger-create.png", "swagger-status.png", "swagger-download.png", "swagger-ui.png"]
+    {
         assert!(shots.join(shot).metadata().is_ok_and(|m| m.len() > 1000), "{shot} was taken");
     }
     app.stop().await;

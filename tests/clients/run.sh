@@ -16,9 +16,15 @@ setup() {
   mkdir -p "$cache"
   exec 9>"$cache/setup.lock"
   flock 9 # tests run in parallel: one installs, the others wait for it
-  if ! command -v npm >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null || [ ! -x /usr/bin/chromium ]; then
+  # Only what is missing: a machine whose Node.js comes from elsewhere (NodeSource's package
+  # carries npm and conflicts with Debian's) must not be asked for Debian's npm.
+  local missing=()
+  command -v npm >/dev/null || missing+=(nodejs npm)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm python3-venv chromium >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   if [ ! -e "$venv/.complete" ]; then # (a virtualenv cannot be moved: built in place)
     rm -rf "$venv" && python3 -m venv "$venv"

@@ -1,5 +1,6 @@
 // Swagger UI in headless Chromium (Debian's, driven by playwright-core), as a person uses it:
-// open /docs, "Try it out" on create with the example body, on status until it is completed,
+// open /docs, see create refused without a key (401), enter the key (EXPORTD_KEY) under
+// "Authorize", then "Try it out" on create with the example body, on status until it is completed,
 // and on download, saving the file the page offers. Then a page on another origin calls the
 // API with fetch (CORS). Screenshots go to SHOT_DIR.
 // Usage: node swagger.mjs BASE_URL SHOT_DIR OTHER_ORIGIN_PAGE_URL; prints one JSON line.
@@ -37,6 +38,18 @@ try {
     return { op, code, body };
   }
 
+  // Without a key: refused, and Swagger UI shows the 401.
+  const refused = await run("createExport");
+  if (refused.code !== "401") throw new Error(`create without a key answered ${refused.code}: ${refused.body}`);
+  result.withoutKey = JSON.parse(refused.body).error;
+  // "Authorize": the spec's bearer scheme asks for the key.
+  await page.locator(".auth-wrapper button.authorize").click();
+  const dialog = page.locator(".dialog-ux .modal-ux");
+  await dialog.locator("input").first().fill(process.env.EXPORTD_KEY);
+  await dialog.locator("button.modal-btn.auth.authorize").click();
+  await dialog.screenshot({ path: `${shots}/swagger-authorize.png` });
+  await dialog.locator("button.btn-done").click();
+
   const created = await run("createExport");
   if (created.code !== "202") throw new Error(`create answered ${created.code}: ${created.body}`);
   const id = JSON.parse(created.body).jobId;
@@ -69,14 +82,15 @@ try {
   // A page on another origin: fetch works, and it can read the ETag, when CORS lets it.
   const other = await context.newPage();
   await other.goto(otherPage);
-  result.crossOrigin = await other.evaluate(async ([api, id]) => {
+  result.crossOrigin = await other.evaluate(async ([api, id, key]) => {
     try {
-      const resp = await fetch(`${api}/api/export/${id}/download`, { method: "GET" });
+      const headers = { Authorization: `Bearer ${key}` }; // a preflighted request
+      const resp = await fetch(`${api}/api/export/${id}/download`, { method: "GET", headers });
       return { status: resp.status, etag: resp.headers.get("etag"), bytes: (await resp.arrayBuffer()).byteLength };
     } catch (e) {
       return { error: String(e) };
     }
-  }, [base, id]);
+  }, [base, id, process.env.EXPORTD_KEY]);
 } finally {
   await browser.close();
 }

@@ -1,16 +1,18 @@
 """The whole flow through the client openapi-python-client generated from exportd's live spec.
 
-Usage: roundtrip.py BASE_URL OUT_FILE   (the generated package `exportd_client` on PYTHONPATH)
+Usage: roundtrip.py BASE_URL OUT_FILE   (the generated package `exportd_client` on PYTHONPATH;
+the API key in EXPORTD_KEY)
 Prints one JSON line: the ids of the completed and the cancelled export.
 Every call goes through the generated code; nothing is patched.
 """
 
 import json
+import os
 import sys
 import time
 import uuid
 
-from exportd_client import Client
+from exportd_client import AuthenticatedClient, Client
 from exportd_client.api.datasets import list_datasets
 from exportd_client.api.exports import (
     cancel_export,
@@ -36,7 +38,11 @@ from exportd_client.types import File
 
 base, out = sys.argv[1], sys.argv[2]
 request = json.loads(sys.argv[3])  # the export to make, as the request body's JSON
-client = Client(base_url=base, raise_on_unexpected_status=True)
+# Without a key every operation is refused: 401 with an ErrorBody, as the spec declares.
+anonymous = list_datasets.sync_detailed(client=Client(base_url=base))
+assert anonymous.status_code == 401 and isinstance(anonymous.parsed, ErrorBody), anonymous
+assert anonymous.parsed.error == "unauthorized", anonymous.parsed
+client = AuthenticatedClient(base_url=base, token=os.environ["EXPORTD_KEY"], raise_on_unexpected_status=True)
 
 datasets = list_datasets.sync(client=client)
 orders = next(d for d in datasets if d.name == "orders")

@@ -17,7 +17,15 @@ function check(ok: boolean, what: string, detail?: unknown): asserts ok {
 const [base, out, requestJson] = process.argv.slice(2);
 check(base !== undefined && out !== undefined && requestJson !== undefined, "usage: BASE_URL OUT_FILE REQUEST_JSON");
 const request: CreateExportRequest = JSON.parse(requestJson);
-const client = createClient<paths>({ baseUrl: base });
+// Without a key every operation is refused: 401 with an ErrorBody, as the spec declares.
+const anonymous = await createClient<paths>({ baseUrl: base }).GET("/api/datasets");
+if (anonymous.response.status !== 401 || anonymous.error?.error !== "unauthorized") {
+  throw new Error(`without a key: ${anonymous.response.status} ${JSON.stringify(anonymous.error)}`);
+}
+const client = createClient<paths>({
+  baseUrl: base,
+  headers: { Authorization: `Bearer ${process.env.EXPORTD_KEY}` },
+});
 
 const datasets = await client.GET("/api/datasets");
 check(datasets.data !== undefined, "datasets", datasets.error);

@@ -19,7 +19,16 @@ use generated::{Client, Error, types};
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, base, out, request] = &args[..] else { panic!("usage: BASE_URL OUT_FILE REQUEST_JSON") };
-    let client = Client::new(base);
+    // Without a key every operation is refused: 401 with an ErrorBody, as the spec declares.
+    match Client::new(base).list_datasets().await {
+        Err(Error::ErrorResponse(e)) if e.status() == 401 => assert_eq!(e.error, "unauthorized"),
+        other => panic!("without a key: {other:?}"),
+    }
+    let key = std::env::var("EXPORTD_KEY").expect("the API key in EXPORTD_KEY");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("a key is ASCII"));
+    let http = reqwest::Client::builder().default_headers(headers).build().expect("HTTP client");
+    let client = Client::new_with_client(base, http);
 
     let datasets = client.list_datasets().await.expect("list datasets").into_inner();
     let orders = datasets.iter().find(|d| d.name == "orders").expect("orders is listed");
