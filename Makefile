@@ -19,7 +19,7 @@ build: ## build the release binary
 	$(CARGO) build --release --locked
 
 run: build ## migrate, seed the demo dataset when empty, serve on http://127.0.0.1:8080 (Swagger UI at /docs)
-	db=$(DB) && DATABASE_URL=$$db $(BIN) seed --if-empty --rows $(ROWS) && DATABASE_URL=$$db exec $(BIN) serve
+	db=$(DB) && DATABASE_URL=$$db $(BIN) seed --if-empty --rows $(ROWS) && DATABASE_URL=$$db EXPORTD_DEV_KEY_FILE=target/dev-key exec $(BIN) serve
 
 seed: build ## (re)create the demo dataset with ROWS rows (default 1000000)
 	DATABASE_URL=$(DB) $(BIN) seed --rows $(ROWS)

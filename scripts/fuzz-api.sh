@@ -25,10 +25,14 @@ trap cleanup EXIT
 DATABASE_URL="$db" target/release/exportd seed --rows 2000 >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 DATABASE_URL="$db" EXPORTD_LISTEN="127.0.0.1:$port" EXPORTD_STORAGE_DIR="$work/files" \
+  EXPORTD_DEV_KEY_FILE="$work/key" EXPORTD_MAX_QUEUED_PER_OWNER=1000000 \
   target/release/exportd serve >"$work/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 # Run from the scratch directory: schemathesis keeps a cache (.schemathesis/) where it runs.
 cd "$work"
+# With the server's admin key; schemathesis' ignored_auth check also sends requests without it
+# (and with a wrong one) and expects 401.
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all \
+  -H "Authorization: Bearer $(cat "$work/key")" \
   --exclude-checks positive_data_acceptance -n "${EXAMPLES:-50}" --seed "${SEED:-1}" --no-color
