@@ -377,3 +377,12 @@ begin
 end $$;
 
 revoke all on function exportd.enqueue_export(jsonb, text, text) from public;
+
+-- The secret that signs download links when EXPORTD_LINK_SECRETS gives none: made by the first
+-- exportd to start, shared by every process on this database (so any API host verifies a link
+-- another signed). Readable only by exportd's role, like the exports themselves.
+create table exportd.link_secrets (
+    kid text primary key,
+    secret bytea not null check (octet_length(secret) >= 32),
+    created_at timestamptz not null default now()
+);

@@ -70,6 +70,11 @@ impl App {
                 path.display()
             );
         }
+        let links = api::Links {
+            keys: link_keys(&pool, &args.link_secrets).await?,
+            ttl: args.link_ttl,
+            base: if public_url.is_empty() { url.clone() } else { public_url.clone() },
+        };
         let waker = queue::Waker::start(pool.clone());
         let state = Arc::new(AppState {
             pool,
@@ -85,6 +90,7 @@ impl App {
             faults: Default::default(),
             cors: api::cors::Origins::new(args.http.cors_origins.clone()),
             conformance: None,
+            links,
         });
         Ok(Self { listener, limits, port, url, state, workers, shutdown })
     }
@@ -148,6 +154,15 @@ async fn load_datasets(pool: &PgPool, settings: &WorkerSettings) -> anyhow::Resu
     // What exportd.enqueue_export checks requests against, for services that enqueue in SQL.
     db::dataset::publish(pool, &datasets, settings).await.context("publishing the datasets")?;
     Ok(Arc::new(datasets))
+}
+
+/// The secrets of download links: the configured ones, else the one kept in the database.
+async fn link_keys(pool: &PgPool, configured: &[String]) -> anyhow::Result<crate::model::link::LinkKeys> {
+    if configured.is_empty() {
+        let secret = db::links::stored_secret(pool).await.context("reading the link secret")?;
+        return Ok(crate::model::link::LinkKeys::single(db::links::STORED_KID, secret));
+    }
+    crate::model::link::LinkKeys::parse(configured).map_err(|e| anyhow::anyhow!("EXPORTD_LINK_SECRETS: {e}"))
 }
 
 /// Connects (waiting up to 30 s for the database) and applies migrations.

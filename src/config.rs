@@ -188,6 +188,17 @@ pub struct ServeArgs {
     #[arg(long, env = "EXPORTD_DEV_KEY_FILE")]
     pub dev_key_file: Option<PathBuf>,
 
+    /// Secrets that sign download links, comma-separated `id=secret` (each secret at least 32
+    /// characters). The first signs, all verify: to rotate, put a new one first and drop the
+    /// old one once its links have expired (`link-ttl` later). Default: one secret kept in
+    /// the database, shared by every process on it.
+    #[arg(long, env = "EXPORTD_LINK_SECRETS", value_delimiter = ',', hide_env_values = true)]
+    pub link_secrets: Vec<String>,
+
+    /// How long a signed download link works (never past the export's own expiry).
+    #[arg(long, env = "EXPORTD_LINK_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub link_ttl: Duration,
+
     #[command(flatten)]
     /// What clients may hold of the HTTP server.
     pub http: HttpSettings,

@@ -41,6 +41,9 @@ pub enum Error {
         /// The export's status now.
         status: String,
     },
+    /// A signed download link past its expiry (410).
+    #[error("{0}")]
+    LinkExpired(String),
     /// The `Idempotency-Key` was used before with a different request (422).
     #[error("Idempotency-Key: this key was already used for export {0} with a different request")]
     IdempotencyMismatch(uuid::Uuid),
@@ -98,7 +101,7 @@ impl Error {
             Error::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::Gone { .. } => StatusCode::GONE,
+            Error::Gone { .. } | Error::LinkExpired(_) => StatusCode::GONE,
             Error::IdempotencyMismatch(_) | Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) | Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,

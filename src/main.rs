@@ -73,6 +73,11 @@ async fn run() -> anyhow::Result<()> {
                 faults: Default::default(),
                 cors: Default::default(),
                 conformance: None,
+                links: api::Links {
+                    keys: exportd::model::link::LinkKeys::single("spec", vec![0; 32]),
+                    ttl: std::time::Duration::from_secs(3600),
+                    base: String::new(),
+                },
             });
             println!("{}", api::spec_json(state));
             Ok(())

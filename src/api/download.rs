@@ -111,7 +111,7 @@ pub enum DownloadResponse {
 
 /// `HEAD /api/export/{id}/download`: what `GET` answers, declared and sent without a body.
 #[derive(Debug)]
-pub struct HeadResponse(DownloadResponse);
+pub struct HeadResponse(pub DownloadResponse);
 
 impl ApiResponse for HeadResponse {
     fn meta() -> MetaResponses {
@@ -183,7 +183,9 @@ impl DownloadApi {
 }
 
 impl DownloadApi {
-    async fn respond(
+    /// The answer to a download of `record` (a link's or a key's): the file, a range, 304, 416,
+    /// or why there is no file.
+    pub(crate) async fn respond(
         &self,
         record: ExportRecord,
         range: Option<String>,

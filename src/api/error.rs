@@ -13,7 +13,7 @@ use crate::error::Error;
 #[derive(Debug, Object)]
 pub struct ErrorBody {
     /// Machine-readable kind, stable across versions: `bad_request`, `unauthorized`,
-    /// `forbidden`, `not_found`, `conflict`, `quota_exceeded`,
+    /// `forbidden`, `not_found`, `conflict`, `quota_exceeded`, `link_expired`,
     /// `gone`, `idempotency_key_reused`, `unprocessable`, `payload_too_large`,
     /// `unsupported_media_type`, `method_not_allowed`, `range_not_satisfiable`, `busy`,
     /// `too_many_connections`, `insufficient_storage`, `unavailable`, `internal`.
@@ -61,7 +61,8 @@ pub enum ApiError {
     /// unknown or revoked). `WWW-Authenticate` names the scheme (RFC 6750).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
-    /// The key may not do this: it is limited to other datasets.
+    /// The key may not do this (it is limited to other datasets), or a download link's
+    /// signature does not match it.
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// No export with that id (or it belongs to another owner).
@@ -72,7 +73,7 @@ pub enum ApiError {
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The file will never be available: the export expired, was cancelled, or failed;
-    /// `status` gives its current status.
+    /// `status` gives its current status. Or a download link expired (`link_expired`).
     #[oai(status = 410)]
     Gone(Json<ErrorBody>),
     /// The request body is larger than 1 MiB.
@@ -114,6 +115,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => ApiError::NotFound(ErrorBody::new("not_found", message)),
             Error::Conflict { status, .. } => ApiError::Conflict(ErrorBody::with_status("conflict", message, status)),
             Error::Gone { status, .. } => ApiError::Gone(ErrorBody::with_status("gone", message, status)),
+            Error::LinkExpired(_) => ApiError::Gone(ErrorBody::new("link_expired", message)),
             Error::IdempotencyMismatch(_) => ApiError::Unprocessable(ErrorBody::new("idempotency_key_reused", message)),
             Error::Unprocessable(_) => ApiError::Unprocessable(ErrorBody::new("unprocessable", message)),
             Error::Unavailable(_) => ApiError::Unavailable(ErrorBody::new("unavailable", message)),

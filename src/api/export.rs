@@ -109,8 +109,13 @@ pub struct ExportStatusView {
     /// When the file will be (or was) deleted; set once completed.
     #[oai(nullable)]
     pub expires_at: Option<DateTime<Utc>>,
-    /// Where to download the file (valid once completed).
+    /// Where to download the file. Once completed: a signed link that works without an API
+    /// key until `downloadUrlExpiresAt`, to hand to a browser or another system (a new one
+    /// with every status). Before: the API path the file will be at (it needs a key).
     pub download_url: String,
+    /// When `downloadUrl`, a signed link, stops working (null before the export completed).
+    #[oai(nullable)]
+    pub download_url_expires_at: Option<DateTime<Utc>>,
 }
 
 /// A page of exports.
@@ -327,6 +332,7 @@ impl ExportApi {
 
     fn view(&self, r: &ExportRecord) -> ExportStatusView {
         let rate = rows_per_second(r);
+        let link = crate::api::link::signed_link(&self.state, r);
         ExportStatusView {
             job_id: r.id,
             status: r.status,
@@ -348,7 +354,10 @@ impl ExportApi {
             started_at: r.started_at,
             finished_at: r.finished_at,
             expires_at: r.expires_at,
-            download_url: self.state.url(&format!("/api/export/{}/download", r.id)),
+            download_url: link
+                .as_ref()
+                .map_or_else(|| self.state.url(&format!("/api/export/{}/download", r.id)), |(url, _)| url.clone()),
+            download_url_expires_at: link.map(|(_, at)| at),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod download;
 pub mod error;
 pub mod export;
 pub mod health;
+pub mod link;
 pub mod request;
 mod validate;
 
@@ -51,6 +52,20 @@ pub struct AppState {
     pub cors: cors::Origins,
     /// Test-only: every response is checked against the spec (None in production).
     pub conformance: Option<Arc<conformance::Conformance>>,
+    /// Signed download links: the secrets, how long a link works, and the absolute URL
+    /// links start with.
+    pub links: Links,
+}
+
+/// How download links are signed.
+#[derive(Debug, Clone)]
+pub struct Links {
+    /// The secrets (the first signs).
+    pub keys: crate::model::link::LinkKeys,
+    /// How long a new link works.
+    pub ttl: std::time::Duration,
+    /// `EXPORTD_PUBLIC_URL`, or this server's own address: links are absolute.
+    pub base: String,
 }
 
 impl AppState {
@@ -71,7 +86,7 @@ pub enum ApiTags {
     Health,
 }
 
-type Apis = (export::ExportApi, download::DownloadApi, datasets::DatasetsApi, health::HealthApi);
+type Apis = (export::ExportApi, download::DownloadApi, link::LinkApi, datasets::DatasetsApi, health::HealthApi);
 
 /// The OpenAPI service (also used to print the spec).
 pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
@@ -79,6 +94,7 @@ pub fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
         (
             export::ExportApi { state: state.clone() },
             download::DownloadApi { state: state.clone() },
+            link::LinkApi { state: state.clone() },
             datasets::DatasetsApi { state: state.clone() },
             health::HealthApi { state },
         ),

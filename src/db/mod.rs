@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod exports;
 pub mod housekeeping;
 pub mod keys;
+pub mod links;
 pub mod queue;
 pub mod runs;
 pub mod seed;

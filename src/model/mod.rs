@@ -4,6 +4,7 @@
 pub mod dataset;
 pub mod export;
 pub mod key;
+pub mod link;
 pub mod spec;
 
 pub use dataset::{Column, Dataset, Datasets};

@@ -197,6 +197,11 @@ async fn health_is_503_when_the_database_is_unreachable() {
         faults: Default::default(),
         cors: Default::default(),
         conformance: None,
+        links: exportd::api::Links {
+            keys: exportd::model::link::LinkKeys::single("t", vec![0; 32]),
+            ttl: Duration::from_secs(3600),
+            base: String::new(),
+        },
     });
     let resp = poem::test::TestClient::new(exportd::api::routes(state.clone())).get("/healthz").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);

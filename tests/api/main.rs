@@ -11,6 +11,7 @@ mod fencing;
 mod keys;
 mod lifecycle;
 mod limits;
+mod links;
 mod options;
 mod plans;
 mod process;

@@ -84,6 +84,8 @@ pub struct AppOptions {
     /// `EXPORTD_MAX_RUNNING_PER_OWNER` and `EXPORTD_MAX_QUEUED_PER_OWNER` (None = the defaults).
     pub max_running_per_owner: Option<u32>,
     pub max_queued_per_owner: Option<u32>,
+    /// `EXPORTD_LINK_SECRETS` (empty = the secret kept in the database).
+    pub link_secrets: Vec<String>,
 }
 
 impl Default for AppOptions {
@@ -102,6 +104,7 @@ impl Default for AppOptions {
             throttled_workers: None,
             max_running_per_owner: None,
             max_queued_per_owner: None,
+            link_secrets: Vec::new(),
         }
     }
 }
@@ -157,6 +160,7 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     if let Some(n) = opts.max_queued_per_owner {
         args.worker.max_queued_per_owner = n;
     }
+    args.link_secrets = opts.link_secrets;
     if let Some(slots) = opts.throttled_workers {
         args.worker.throttled_concurrency = slots;
     }
