@@ -91,6 +91,7 @@ impl App {
             cors: api::cors::Origins::new(args.http.cors_origins.clone()),
             conformance: None,
             links,
+            webhook_allow: webhook_allow(&args.worker)?,
         });
         Ok(Self { listener, limits, port, url, state, workers, shutdown })
     }
@@ -156,6 +157,12 @@ async fn load_datasets(pool: &PgPool, settings: &WorkerSettings) -> anyhow::Resu
     Ok(Arc::new(datasets))
 }
 
+/// `EXPORTD_WEBHOOK_ALLOW`, parsed (start-up fails on a bad entry).
+fn webhook_allow(settings: &WorkerSettings) -> anyhow::Result<crate::model::webhook::Allow> {
+    crate::model::webhook::Allow::parse(&settings.webhook_allow)
+        .map_err(|e| anyhow::anyhow!("EXPORTD_WEBHOOK_ALLOW: {e}"))
+}
+
 /// The secrets of download links: the configured ones, else the one kept in the database.
 async fn link_keys(pool: &PgPool, configured: &[String]) -> anyhow::Result<crate::model::link::LinkKeys> {
     if configured.is_empty() {
@@ -177,6 +184,7 @@ pub async fn connect_and_migrate(args: &DbArgs) -> anyhow::Result<PgPool> {
 struct Workers {
     pool: PgPool,
     engine: Arc<Engine>,
+    webhooks: Arc<crate::export::webhook::Webhooks>,
     settings: WorkerSettings,
     shutdown: Shutdown,
 }
@@ -205,7 +213,18 @@ impl Workers {
             },
             shutdown.clone(),
         );
-        Ok(Self { pool: pool.clone(), engine: Arc::new(engine), settings: settings.clone(), shutdown })
+        let webhooks = crate::export::webhook::Webhooks::new(
+            pool.clone(),
+            webhook_allow(settings)?,
+            settings.webhook_retries.clone(),
+        );
+        Ok(Self {
+            pool: pool.clone(),
+            engine: Arc::new(engine),
+            webhooks: Arc::new(webhooks),
+            settings: settings.clone(),
+            shutdown,
+        })
     }
 
     async fn run(self) -> anyhow::Result<()> {
@@ -216,11 +235,13 @@ impl Workers {
         // The full-speed lane, then the throttled one (slots numbered on from the first).
         let lanes = (0..self.settings.worker_concurrency)
             .map(|_| queue::QUEUE)
-            .chain((0..self.settings.throttled_concurrency).map(|_| queue::THROTTLED_QUEUE));
+            .chain((0..self.settings.throttled_concurrency).map(|_| queue::THROTTLED_QUEUE))
+            .chain([queue::WEBHOOK_QUEUE]);
         let slots = lanes.enumerate().map(|(index, lane)| {
             tokio::spawn(queue::run_worker_slot(
                 self.pool.clone(),
                 self.engine.clone(),
+                self.webhooks.clone(),
                 lane,
                 index as u32,
                 self.settings.heartbeat,
@@ -264,7 +285,7 @@ async fn housekeeping(pool: PgPool, storage: SharedStorage, sweep: Sweep, shutdo
                 Ok(swept) => tracing::info!(?swept, "swept what ended exports left behind"),
                 Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),
             }
-            for lane in queue::QUEUES {
+            for lane in queue::ALL_QUEUES {
                 match db::queue::purge_dead_workers(&pool, lane, FORGET_DEAD_WORKERS).await {
                     Ok(0) => {}
                     Ok(workers) => tracing::info!(workers, queue = lane, "forgot dead queue workers"),

@@ -153,6 +153,17 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_queued_per_owner: u32,
 
+    /// Addresses and networks webhooks may be sent to although they are not public
+    /// (loopback, private, link-local: refused otherwise), comma-separated: `127.0.0.1,10.1.0.0/16`.
+    #[arg(long, env = "EXPORTD_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<String>,
+
+    /// Waits before the second, third, ... attempt of a webhook delivery; after the last, it is
+    /// given up (default: 27.6 hours in all).
+    #[arg(long, env = "EXPORTD_WEBHOOK_RETRIES", value_delimiter = ',', value_parser = parse_duration,
+          default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    pub webhook_retries: Vec<Duration>,
+
     /// Heartbeat of the queue workers; a worker silent for three of these is presumed dead
     /// and its export resumed elsewhere.
     #[arg(long, env = "EXPORTD_HEARTBEAT", default_value = "2s", value_parser = parse_duration)]
@@ -164,9 +175,10 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
-    /// Worker slots of this process, both lanes (0 for an API-only process).
+    /// Worker slots of this process: both export lanes and the webhook slot (0 for an
+    /// API-only process).
     pub fn slots(&self) -> u32 {
-        if self.worker_concurrency == 0 { 0 } else { self.worker_concurrency + self.throttled_concurrency }
+        if self.worker_concurrency == 0 { 0 } else { self.worker_concurrency + self.throttled_concurrency + 1 }
     }
 }
 

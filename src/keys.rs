@@ -21,6 +21,9 @@ pub async fn run(pool: &PgPool, command: &KeysCommand) -> anyhow::Result<String>
             writeln!(out, "created key {} for {} ({})", key.id, key.name, scope(&key))?;
             writeln!(out, "secret (shown this once; only a hash of it is stored):\n{secret}")?;
             writeln!(out, "use it as:  curl -H 'Authorization: Bearer {secret}' http://127.0.0.1:8080/api/exports")?;
+            let mut conn = pool.acquire().await.context("connecting")?;
+            let signing = db::webhooks::owner_secret(&mut conn, name).await.context("reading the webhook secret")?;
+            writeln!(out, "webhooks of {name}'s exports are signed (Standard Webhooks) with:  {signing}")?;
         }
         KeysCommand::List => {
             let keys = db::keys::list(pool).await.context("listing keys")?;

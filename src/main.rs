@@ -78,6 +78,7 @@ async fn run() -> anyhow::Result<()> {
                     ttl: std::time::Duration::from_secs(3600),
                     base: String::new(),
                 },
+                webhook_allow: Default::default(),
             });
             println!("{}", api::spec_json(state));
             Ok(())

@@ -52,6 +52,8 @@ pub struct ExportCreated {
 /// the options it runs with, after defaults, as a request body (posted to `POST /api/export`
 /// they make the same export again; left out when this version of exportd cannot read the
 /// stored options, written by a newer version). Fields that do not apply yet are `null`.
+/// `webhook` is there for an export created with a `callbackUrl` (in a status, not in lists):
+/// where its end is announced and every attempt so far.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ExportStatusView {
@@ -116,6 +118,59 @@ pub struct ExportStatusView {
     /// When `downloadUrl`, a signed link, stops working (null before the export completed).
     #[oai(nullable)]
     pub download_url_expires_at: Option<DateTime<Utc>>,
+    // Described on the type (a doc comment here would wrap the `$ref` in an `allOf`).
+    #[allow(missing_docs)]
+    #[oai(skip_serializing_if_is_none)]
+    pub webhook: Option<WebhookView>,
+}
+
+/// Where the export's end is announced, and how each announcement went.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct WebhookView {
+    /// The `callbackUrl` of the request.
+    pub url: String,
+    /// One per announced event (the export's end), oldest first.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// One announcement and its attempts.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct DeliveryView {
+    /// Its `webhook-id` header, the same on every attempt (receivers deduplicate by it).
+    pub webhook_id: String,
+    /// `export.completed`, `export.failed` or `export.cancelled`.
+    pub event: String,
+    /// When the receiver took it (a 2xx answer); null before.
+    #[oai(nullable)]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// When the next attempt is due; null once delivered or given up.
+    #[oai(nullable)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the last attempt failed and no more are made; null otherwise.
+    #[oai(nullable)]
+    pub gave_up_at: Option<DateTime<Utc>>,
+    /// Every attempt so far, in order.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct AttemptView {
+    /// 1, 2, ...
+    pub attempt: i32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// How long it took, in milliseconds.
+    pub duration_ms: i32,
+    /// The receiver's HTTP status; null when it did not answer (or its address was refused).
+    #[oai(nullable)]
+    pub status_code: Option<i32>,
+    /// Why it failed; null when delivered.
+    #[oai(nullable)]
+    pub error: Option<String>,
 }
 
 /// A page of exports.
@@ -218,10 +273,14 @@ impl ExportApi {
             return Err(Error::BadRequest("Idempotency-Key: at most 200 characters".into()).into());
         }
         let req = body.0.unwrap_or_else(CreateExportRequest::empty);
+        let callback = req.callback_url.clone();
         let (ds, spec) = req.into_spec(&self.state, &caller).await?;
+        if let Some(url) = &callback {
+            export::webhook::check_callback(&self.state.webhook_allow, url).await.map_err(Error::Unprocessable)?;
+        }
         self.check_free_space()?;
         let created = crate::with_conn!(self.state.pool, self.state.request_timeout, "creating the export", |c| {
-            export::create_export(c, &self.state.waker, &caller.name, &ds, &spec, key.as_deref())
+            export::create_export(c, &self.state.waker, &caller.name, callback.as_deref(), &ds, &spec, key.as_deref())
         })
         .await?;
         let (Created::New(record) | Created::Existing(record)) = created;
@@ -243,7 +302,8 @@ impl ExportApi {
     #[oai(path = "/api/export/:id/status", method = "get", operation_id = "getExportStatus")]
     async fn status(&self, caller: Caller, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
         let record = self.find(&caller, id.0).await?;
-        let view = self.view(&record);
+        let mut view = self.view(&record);
+        view.webhook = self.webhook(&record).await?;
         let poll = poll_after(view.status, view.eta_seconds);
         Ok(StatusResponse::Ok(Json(view), poll))
     }
@@ -330,6 +390,38 @@ impl ExportApi {
         find_visible(&self.state, caller, id).await
     }
 
+    /// The webhook of an export with a `callbackUrl`: its deliveries and their attempts.
+    async fn webhook(&self, r: &ExportRecord) -> Result<Option<WebhookView>, Error> {
+        let Some(url) = &r.callback_url else { return Ok(None) };
+        let rows = crate::with_conn!(self.state.pool, self.state.request_timeout, "reading webhook deliveries", |c| {
+            db::webhooks::of_export(c, r.id)
+        })
+        .await?;
+        let deliveries = rows
+            .into_iter()
+            .map(|d| DeliveryView {
+                webhook_id: d.id,
+                event: d.event,
+                delivered_at: d.delivered_at,
+                next_attempt_at: d.next_attempt_at,
+                gave_up_at: d.gave_up_at,
+                attempts: d
+                    .attempts
+                    .0
+                    .into_iter()
+                    .map(|a| AttemptView {
+                        attempt: a.attempt,
+                        started_at: a.started_at,
+                        duration_ms: a.duration_ms,
+                        status_code: a.status_code,
+                        error: a.error,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Some(WebhookView { url: url.clone(), deliveries }))
+    }
+
     fn view(&self, r: &ExportRecord) -> ExportStatusView {
         let rate = rows_per_second(r);
         let link = crate::api::link::signed_link(&self.state, r);
@@ -358,6 +450,7 @@ impl ExportApi {
                 .as_ref()
                 .map_or_else(|| self.state.url(&format!("/api/export/{}/download", r.id)), |(url, _)| url.clone()),
             download_url_expires_at: link.map(|(_, at)| at),
+            webhook: None,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct AppState {
     /// Signed download links: the secrets, how long a link works, and the absolute URL
     /// links start with.
     pub links: Links,
+    /// Non-public addresses a `callbackUrl` may point at (`EXPORTD_WEBHOOK_ALLOW`).
+    pub webhook_allow: crate::model::webhook::Allow,
 }
 
 /// How download links are signed.

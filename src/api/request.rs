@@ -43,6 +43,12 @@ pub struct CreateExportRequest {
     /// gentle on a busy database. Omit for full speed.
     #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
     pub max_rows_per_second: Option<u32>,
+    /// Where to announce the end of the export (completed, failed or cancelled): an http(s)
+    /// URL that receives a POST signed per Standard Webhooks 1.0 with the owner's secret
+    /// (`exportd keys create` prints it). Public addresses only (422 otherwise). Not part of
+    /// the export's `options`.
+    #[oai(validator(max_length = 2048))]
+    pub callback_url: Option<String>,
 }
 
 impl Example for CreateExportRequest {
@@ -62,6 +68,7 @@ impl Example for CreateExportRequest {
             compression: Some(CompressionName::Gzip),
             chunk_size: Some(10_000),
             max_rows_per_second: None,
+            callback_url: None,
         }
     }
 }
@@ -174,6 +181,7 @@ impl CreateExportRequest {
             compression: None,
             chunk_size: None,
             max_rows_per_second: None,
+            callback_url: None,
         }
     }
 
@@ -222,6 +230,7 @@ impl CreateExportRequest {
             }),
             chunk_size: Some(spec.chunk_size),
             max_rows_per_second: spec.max_rows_per_second,
+            callback_url: None,
         }
     }
 }

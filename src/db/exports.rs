@@ -28,6 +28,8 @@ pub struct NewExport<'a> {
     pub idempotency_key: Option<&'a str>,
     /// The owner it belongs to (the caller's key name).
     pub owned_by: &'a str,
+    /// Where its end is announced (checked: an allowed address).
+    pub callback_url: Option<&'a str>,
 }
 
 /// The high-water mark (largest key now) and the planner's estimate of the rows a filtered
@@ -88,8 +90,9 @@ pub async fn insert_export_with_job(
     let sql = format!(
         "with a as (select exportd.admit($11)), \
          e as ( \
-           insert into exports (id, dataset, spec, upper_bound_id, total_rows, queue_job_id, idempotency_key, owned_by) \
-           select $1, $2, $3, {upper_sql}, {total_sql}, $6, $7, $11 from a \
+           insert into exports (id, dataset, spec, upper_bound_id, total_rows, queue_job_id, idempotency_key, owned_by, \
+                                callback_url) \
+           select $1, $2, $3, {upper_sql}, {total_sql}, $6, $7, $11, $12 from a \
            on conflict (owned_by, idempotency_key) where idempotency_key is not null do nothing \
            returning *), \
          j as ( \
@@ -110,6 +113,7 @@ pub async fn insert_export_with_job(
         .bind(job.payload)
         .bind(job.max_attempts)
         .bind(new.owned_by)
+        .bind(new.callback_url)
         .fetch_optional(db)
         .await?;
     Ok(row)

@@ -17,6 +17,7 @@ mod output;
 pub mod queue;
 mod reader;
 pub mod sweep;
+pub mod webhook;
 mod writer;
 
 use crate::model::{Dataset, ExportRecord, ExportSpec};
@@ -42,6 +43,7 @@ pub async fn create_export(
     conn: &mut sqlx::PgConnection,
     waker: &queue::Waker,
     owner: &str,
+    callback_url: Option<&str>,
     ds: &Dataset,
     spec: &ExportSpec,
     idempotency_key: Option<&str>,
@@ -64,8 +66,16 @@ pub async fn create_export(
     };
     let job_id = queue::new_job_id();
     let id = uuid::Uuid::new_v4();
-    let new =
-        exports::NewExport { id, dataset: ds, spec, bounds, queue_job_id: &job_id, idempotency_key, owned_by: owner };
+    let new = exports::NewExport {
+        id,
+        dataset: ds,
+        spec,
+        bounds,
+        queue_job_id: &job_id,
+        idempotency_key,
+        owned_by: owner,
+        callback_url,
+    };
     let payload = queue::job_payload(id);
     let lane = queue::lane(spec);
     let job = exports::NewJob { queue: lane, payload: &payload, max_attempts: queue::QUEUE_MAX_ATTEMPTS };

@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use crate::{
     db,
-    export::engine::{Engine, Outcome},
+    export::{
+        engine::{Engine, Outcome},
+        webhook::Webhooks,
+    },
     shutdown::Shutdown,
 };
 
@@ -26,8 +29,12 @@ pub const QUEUE: &str = "exportd.export";
 /// Queue carrying throttled exports (`maxRowsPerSecond`): a lane of worker slots of their own,
 /// so exports that spend most of their time waiting never hold the slots others need.
 pub const THROTTLED_QUEUE: &str = "exportd.export.throttled";
-/// Every queue, for housekeeping.
+/// The export queues (lanes), for housekeeping.
 pub const QUEUES: [&str; 2] = [QUEUE, THROTTLED_QUEUE];
+/// Queue carrying webhook delivery attempts (migration 0010 and [`super::webhook`]).
+pub const WEBHOOK_QUEUE: &str = "exportd.webhook";
+/// Every queue, for the hygiene of finished jobs and dead workers.
+pub const ALL_QUEUES: [&str; 3] = [QUEUE, THROTTLED_QUEUE, WEBHOOK_QUEUE];
 
 /// The queue (lane) an export runs in.
 pub fn lane(spec: &crate::model::ExportSpec) -> &'static str {
@@ -40,6 +47,21 @@ pub fn lane(spec: &crate::model::ExportSpec) -> &'static str {
 pub struct ExportJob {
     /// The export the job carries.
     pub export_id: Uuid,
+}
+
+/// What a queue job carries: an export to run, or a webhook delivery to attempt (the
+/// payloads differ by their one field, `exportId` or `deliveryId`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Job {
+    /// An export (lanes `exportd.export` and `exportd.export.throttled`).
+    Export(ExportJob),
+    /// A webhook delivery (lane `exportd.webhook`).
+    Webhook {
+        /// The delivery to attempt.
+        #[serde(rename = "deliveryId")]
+        delivery_id: String,
+    },
 }
 
 /// Queue retries: our own attempt accounting decides when an export fails (see
@@ -127,9 +149,11 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// name, a second later, until the process stops. A new name matters: a worker that reuses
 /// the dead one's name would keep its jobs looking alive; under a new name they are
 /// re-enqueued after the heartbeat timeout and resumed from their checkpoints.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_worker_slot(
     pool: PgPool,
     engine: Arc<Engine>,
+    webhooks: Arc<Webhooks>,
     queue: &'static str,
     index: u32,
     heartbeat: Duration,
@@ -139,19 +163,20 @@ pub async fn run_worker_slot(
     loop {
         let name = worker_name(index);
         let factory = {
-            let (pool, engine, name) = (pool.clone(), engine.clone(), name.clone());
+            let (pool, engine, webhooks, name) = (pool.clone(), engine.clone(), webhooks.clone(), name.clone());
             move |_restarts| {
                 let config =
                     Config::default().queue(queue).batch_size(1).heartbeat_interval(heartbeat).missed_heartbeats(3);
                 let strategy = Strategy::new()
                     .stream(Pubsub::new(pool.clone(), queue.to_owned()))
                     .interval(Duration::from_secs(1));
-                let backend = PostgresStorage::<ExportJob>::new(&pool).with_config(config).poll_with_strategy(strategy);
+                let backend = PostgresStorage::<Job>::new(&pool).with_config(config).poll_with_strategy(strategy);
                 WorkerBuilder::new(name.clone())
                     .backend(backend)
                     .concurrency(1)
                     .data(engine.clone())
-                    .build(run_export_job)
+                    .data(webhooks.clone())
+                    .build(run_job)
             }
         };
         let signal = {
@@ -173,9 +198,20 @@ pub async fn run_worker_slot(
     }
 }
 
-/// The job handler: runs the export; a release at shutdown goes back to the queue at once
-/// without counting as a failure.
-async fn run_export_job(job: ExportJob, engine: Data<Arc<Engine>>, worker: WorkerContext) -> Result<(), BoxDynError> {
+/// The job handler: runs the export, or attempts the delivery. A release at shutdown goes back
+/// to the queue at once without counting as a failure; a delivery's failure is recorded and
+/// retried by a job of its own (a failing job here means the database failed: the queue
+/// hands it out again).
+async fn run_job(
+    job: Job,
+    engine: Data<Arc<Engine>>,
+    webhooks: Data<Arc<Webhooks>>,
+    worker: WorkerContext,
+) -> Result<(), BoxDynError> {
+    let job = match job {
+        Job::Export(job) => job,
+        Job::Webhook { delivery_id } => return Ok(webhooks.deliver(&delivery_id).await?),
+    };
     match engine.execute(job.export_id, worker.name()).await {
         Outcome::Released => Err(DeferredError::new(std::io::Error::other("released at shutdown")).into()),
         Outcome::Crashed => Err("simulated crash".into()),

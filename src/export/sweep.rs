@@ -17,7 +17,7 @@ use std::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{db, error::Result, export::queue::QUEUES, storage::Storage};
+use crate::{db, error::Result, export::queue::ALL_QUEUES, storage::Storage};
 
 /// How long things are kept before the sweeper deletes them.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub async fn sweep(pool: &PgPool, storage: &dyn Storage, settings: &Sweep) -> Re
         exports: db::housekeeping::purge_ended_exports(pool, settings.keep_ended_exports, EXPORTS_PER_SWEEP).await?,
         ..Swept::default()
     };
-    for queue in QUEUES {
+    for queue in ALL_QUEUES {
         swept.jobs += db::queue::purge_finished_jobs(pool, queue, settings.keep_finished_jobs).await?;
     }
     let dirs = storage.exports().await?;

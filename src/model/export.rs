@@ -115,6 +115,8 @@ pub struct ExportRecord {
     pub released_by: Option<Uuid>,
     /// The owner (API key name) it belongs to; empty for none (seen by admin keys only).
     pub owned_by: String,
+    /// Where its end is announced (a webhook), if anywhere.
+    pub callback_url: Option<String>,
 }
 
 /// An export's options as stored, read leniently: a row written by another version (a field or

@@ -6,6 +6,7 @@ pub mod export;
 pub mod key;
 pub mod link;
 pub mod spec;
+pub mod webhook;
 
 pub use dataset::{Column, Dataset, Datasets};
 pub use export::{Checkpoint, ExportRecord, ExportStatus, RunRecord, StoredSpec};

@@ -202,6 +202,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
             ttl: Duration::from_secs(3600),
             base: String::new(),
         },
+        webhook_allow: Default::default(),
     });
     let resp = poem::test::TestClient::new(exportd::api::routes(state.clone())).get("/healthz").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);

@@ -26,5 +26,6 @@ mod support;
 mod sweep;
 mod tenancy;
 mod throttle;
+mod webhooks;
 
 use support::helpers;

@@ -86,6 +86,9 @@ pub struct AppOptions {
     pub max_queued_per_owner: Option<u32>,
     /// `EXPORTD_LINK_SECRETS` (empty = the secret kept in the database).
     pub link_secrets: Vec<String>,
+    /// `EXPORTD_WEBHOOK_ALLOW` and `EXPORTD_WEBHOOK_RETRIES` (None = the default schedule).
+    pub webhook_allow: Vec<String>,
+    pub webhook_retries: Option<Vec<Duration>>,
 }
 
 impl Default for AppOptions {
@@ -105,6 +108,8 @@ impl Default for AppOptions {
             max_running_per_owner: None,
             max_queued_per_owner: None,
             link_secrets: Vec::new(),
+            webhook_allow: Vec::new(),
+            webhook_retries: None,
         }
     }
 }
@@ -161,6 +166,10 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
         args.worker.max_queued_per_owner = n;
     }
     args.link_secrets = opts.link_secrets;
+    args.worker.webhook_allow = opts.webhook_allow;
+    if let Some(r) = opts.webhook_retries {
+        args.worker.webhook_retries = r;
+    }
     if let Some(slots) = opts.throttled_workers {
         args.worker.throttled_concurrency = slots;
     }
