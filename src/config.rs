@@ -159,9 +159,9 @@ pub struct WorkerSettings {
     pub webhook_allow: Vec<String>,
 
     /// Waits before the second, third, ... attempt of a webhook delivery; after the last, it is
-    /// given up (default: 27.6 hours in all).
+    /// given up (default: growing exponentially, doubling from 30 minutes on, 31.7 hours in all).
     #[arg(long, env = "EXPORTD_WEBHOOK_RETRIES", value_delimiter = ',', value_parser = parse_duration,
-          default_value = "5s,5m,30m,2h,5h,10h,10h")]
+          default_value = "5s,30s,2m,10m,30m,1h,2h,4h,8h,16h")]
     pub webhook_retries: Vec<Duration>,
 
     /// Heartbeat of the queue workers; a worker silent for three of these is presumed dead

@@ -2,7 +2,7 @@
 //! delivery (Standard Webhooks 1.0: `webhook-id`, `webhook-timestamp`, `webhook-signature`
 //! over `id.timestamp.body` with the owner's secret) and records it; a failure schedules the
 //! next attempt as a new job, later, in the same transaction (backoff from
-//! `EXPORTD_WEBHOOK_RETRIES`, 27 h in all by default), so deliveries are at least once and
+//! `EXPORTD_WEBHOOK_RETRIES`, 31.7 h in all by default), so deliveries are at least once and
 //! survive restarts. The address is checked after resolving the name, and the connection goes
 //! to that very address (no second lookup that could answer otherwise); redirects are not
 //! followed.

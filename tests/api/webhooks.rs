@@ -236,3 +236,28 @@ async fn a_retry_due_after_a_restart_is_made_by_the_next_start() {
     assert_eq!(codes, [500, 200]);
     assert_eq!(hook.received().len(), 2);
 }
+
+/// A failure is announced like the other ends: forced by renaming a column the export reads
+/// after it is created, and running it directly (no workers) until it fails; then a server
+/// with workers delivers the announcement the failure made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_export_is_announced_too() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 100).await;
+    let app =
+        spawn_app(db, AppOptions { workers: 0, webhook_allow: vec!["127.0.0.1".into()], ..Default::default() }).await;
+    let hook = receiver(vec![]).await;
+    let id = app.create_export(Some(json!({"callbackUrl": hook.url}))).await;
+    sqlx::query("alter table orders rename column note to remark").execute(&app.db.pool).await.unwrap();
+    assert_eq!(app.engine.execute(id, "w1").await, exportd::export::engine::Outcome::Failed);
+    let key = app.key.clone();
+    let (db, storage) = app.stop().await;
+    // Back as the datasets config says, or the next start refuses to serve.
+    sqlx::query("alter table orders rename column remark to note").execute(&db.pool).await.unwrap();
+    let app = spawn_app_on(db, storage, allow_loopback(&[])).await;
+    let status = settled(&app.as_key(&key), id).await;
+    assert_eq!(status["webhook"]["deliveries"][0]["event"], "export.failed");
+    let message: Value = serde_json::from_slice(&hook.received()[0].2).unwrap();
+    assert_eq!(message["data"]["status"], "failed");
+    assert!(message["data"]["error"].as_str().unwrap().contains("SQLSTATE 42703"), "{message}");
+}
