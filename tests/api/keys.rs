@@ -54,6 +54,7 @@ async fn exportd_keys_creates_lists_and_revokes_at_a_terminal() {
     assert!(ok, "{out}{err}");
     let secret = out.lines().find(|l| l.starts_with("exk_")).expect("the secret is printed").to_owned();
     assert!(out.contains("Authorization: Bearer exk_"), "{out}");
+    assert!(out.contains("webhooks of billing-svc's exports are signed (Standard Webhooks) with:  whsec_"), "{out}");
     let key = keys::find(&app.db.pool, &secret).await.unwrap().expect("the printed secret is the key's");
     assert_eq!(key.name, "billing-svc");
 

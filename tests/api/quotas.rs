@@ -99,16 +99,16 @@ async fn over_its_queued_quota_an_owner_gets_429_with_the_numbers_exactly_under_
 }
 
 /// One worker. Owner A's first export is held at a pause point (it has the worker) while A
-/// queues 10 more and then B queues one. B's export must be the next to start: it waits for
+/// queues 100 more and then B queues one. B's export must be the next to start: it waits for
 /// the one export the worker is running, not for A's backlog. (apalis' own fetch takes jobs
-/// in queue order: B's would start last, after all ten.) Then A and B alternate.
+/// in queue order: B's would start last, after all hundred.) Then A and B alternate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_owners_backlog_delays_another_owners_export_by_at_most_the_running_one() {
     let db = test_db().await;
-    seed_nasty(&db.pool, 2_000).await;
+    seed_nasty(&db.pool, 500).await;
     let pause = Pause::new();
     let faults = Faults { pause: Some((PauseAt::FilePrepared, pause.clone())), ..Default::default() };
-    let opts = AppOptions { workers: 1, faults: Some(faults), ..Default::default() };
+    let opts = AppOptions { workers: 1, faults: Some(faults), max_queued_per_owner: Some(200), ..Default::default() };
     let app = spawn_app(db, opts).await;
     let a = app.as_key(&new_key(&app.db.pool, "owner-a", false, None).await);
     let b = app.as_key(&new_key(&app.db.pool, "owner-b", false, None).await);
@@ -116,14 +116,14 @@ async fn one_owners_backlog_delays_another_owners_export_by_at_most_the_running_
     let first = a.create_export(None).await;
     pause.reached().await; // A's first export has the only worker
     let mut backlog = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..100 {
         backlog.push(a.create_export(None).await);
     }
     let b1 = b.create_export(None).await;
     let b2 = b.create_export(None).await;
     pause.resume();
     for id in backlog.iter().chain([&first, &b1, &b2]) {
-        assert_eq!(app.wait_finished(*id, Duration::from_secs(60)).await["status"], "completed");
+        assert_eq!(app.wait_finished(*id, Duration::from_secs(120)).await["status"], "completed");
     }
     let a_starts = started_at(&app, &backlog).await;
     let b_starts = started_at(&app, &[b1, b2]).await;
