@@ -34,11 +34,6 @@ pub async fn run(pool: &PgPool, command: &KeysCommand) -> anyhow::Result<String>
                     None => "valid".to_owned(),
                 };
                 let scope = scope(&k);
-                let scope = if scope.is_empty() {
-                    "all datasets".to_owned()
-                } else {
-                    scope.trim_start_matches(", ").to_owned()
-                };
                 writeln!(
                     out,
                     "{:<36}  {:<24}  {:<20}  {:<16}  {state}",

@@ -301,7 +301,7 @@ impl ExportApi {
     /// Progress, counts, rate, estimate and outcome of an export.
     #[oai(path = "/api/export/:id/status", method = "get", operation_id = "getExportStatus")]
     async fn status(&self, caller: Caller, id: Path<Uuid>) -> Result<StatusResponse, OneExportErrors> {
-        let record = self.find(&caller, id.0).await?;
+        let record = find_visible(&self.state, &caller, id.0).await?;
         let mut view = self.view(&record);
         view.webhook = self.webhook(&record).await?;
         let poll = poll_after(view.status, view.eta_seconds);
@@ -386,10 +386,6 @@ fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
 }
 
 impl ExportApi {
-    async fn find(&self, caller: &Caller, id: Uuid) -> Result<ExportRecord, Error> {
-        find_visible(&self.state, caller, id).await
-    }
-
     /// The webhook of an export with a `callbackUrl`: its deliveries and their attempts.
     async fn webhook(&self, r: &ExportRecord) -> Result<Option<WebhookView>, Error> {
         let Some(url) = &r.callback_url else { return Ok(None) };
