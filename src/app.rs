@@ -50,6 +50,8 @@ impl App {
     pub async fn build(mut args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
         let pool_size = db::pool_size(args.db.db_pool_size, args.worker.slots())?;
         args.db.db_pool_size = Some(pool_size);
+        crate::telemetry::metrics::handle();
+        crate::telemetry::metrics::spawn_upkeep(shutdown.clone());
         let pool = connect_and_migrate(&args.db).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
         let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone())?;
@@ -75,6 +77,9 @@ impl App {
             ttl: args.link_ttl,
             base: if public_url.is_empty() { url.clone() } else { public_url.clone() },
         };
+        if let Some(addr) = args.worker.metrics_listen {
+            crate::telemetry::metrics::listen(addr, pool.clone(), args.db.db_io_timeout, shutdown.clone()).await?;
+        }
         let waker = queue::Waker::start(pool.clone());
         let state = Arc::new(AppState {
             pool,
@@ -142,8 +147,13 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
     let mut db_args = db_args.clone();
     db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.slots())?);
     let db_args = &db_args;
+    crate::telemetry::metrics::handle();
+    crate::telemetry::metrics::spawn_upkeep(shutdown.clone());
     let pool = connect_and_migrate(db_args).await?;
     let datasets = load_datasets(&pool, settings).await?;
+    if let Some(addr) = settings.metrics_listen {
+        crate::telemetry::metrics::listen(addr, pool.clone(), db_args.db_io_timeout, shutdown.clone()).await?;
+    }
     Workers::new(&pool, datasets, db_args, settings, shutdown)?.run().await
 }
 
@@ -232,6 +242,9 @@ impl Workers {
             self.shutdown.wait().await;
             return Ok(());
         }
+        use crate::telemetry::metrics::SLOTS;
+        metrics::gauge!(SLOTS, "lane" => "full_speed").set(self.settings.worker_concurrency);
+        metrics::gauge!(SLOTS, "lane" => "throttled").set(self.settings.throttled_concurrency);
         // The full-speed lane, then the throttled one (slots numbered on from the first).
         let lanes = (0..self.settings.worker_concurrency)
             .map(|_| queue::QUEUE)

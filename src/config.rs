@@ -164,6 +164,12 @@ pub struct WorkerSettings {
           default_value = "5s,30s,2m,10m,30m,1h,2h,4h,8h,16h")]
     pub webhook_retries: Vec<Duration>,
 
+    /// A second address serving only `GET /metrics` (Prometheus text), without a key: for a
+    /// scraper on a private network, and the one way to scrape an `exportd worker`. On the
+    /// API's address `/metrics` takes an admin key.
+    #[arg(long, env = "EXPORTD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Heartbeat of the queue workers; a worker silent for three of these is presumed dead
     /// and its export resumed elsewhere.
     #[arg(long, env = "EXPORTD_HEARTBEAT", default_value = "2s", value_parser = parse_duration)]

@@ -43,3 +43,4 @@ pub mod keys;
 pub mod model;
 pub mod shutdown;
 pub mod storage;
+pub mod telemetry;

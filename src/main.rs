@@ -15,20 +15,13 @@ use exportd::{
 
 fn main() -> anyhow::Result<()> {
     exportd::alloc::tune_malloc();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(run())
+    let cli = Cli::parse();
+    // Dropped after the runtime: the last buffered spans are sent then.
+    let _telemetry = exportd::telemetry::init()?;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(run(cli))
 }
 
-async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=error,apalis=warn,apalis_core=warn,apalis_postgres=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a terminal only: a log file or a collector gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::parse_defaults())) {
         Command::Serve(args) => {

@@ -38,16 +38,32 @@ pub fn missing_key_message() -> String {
 /// The valid key a Bearer token is the secret of: 401 for a malformed, unknown or revoked one.
 async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<ApiKey> {
     let state = req.data::<Arc<AppState>>().expect("the routes carry the app state");
-    let found = crate::with_conn!(state.pool, state.request_timeout, "checking the API key", |c| {
-        crate::db::keys::find(c, &bearer.token)
+    key_for(state, &bearer.token).await.map_err(|refused| {
+        poem::Error::from_response(poem::IntoResponse::into_response(crate::api::error::ApiError::from(refused)))
     })
-    .await;
-    let refused = match found {
-        Ok(Some(key)) => return Ok(key),
-        Ok(None) => Error::Unauthorized(
-            "Authorization: the Bearer key is not a valid key (malformed, unknown or revoked)".into(),
-        ),
-        Err(e) => e,
-    };
-    Err(poem::Error::from_response(poem::IntoResponse::into_response(crate::api::error::ApiError::from(refused))))
+}
+
+/// The valid key `secret` is: `Unauthorized` for a malformed, unknown or revoked one.
+pub async fn key_for(state: &AppState, secret: &str) -> Result<ApiKey, Error> {
+    let found = crate::with_conn!(state.pool, state.request_timeout, "checking the API key", |c| {
+        crate::db::keys::find(c, secret)
+    })
+    .await?;
+    found.ok_or_else(|| {
+        Error::Unauthorized("Authorization: the Bearer key is not a valid key (malformed, unknown or revoked)".into())
+    })
+}
+
+/// The admin key a request's `Authorization: Bearer` header carries (for routes outside the
+/// spec, such as `/metrics`): 401 without a valid key, 403 for a key that is not an admin's.
+pub async fn admin_of(state: &AppState, req: &Request) -> Result<ApiKey, Error> {
+    let secret = req
+        .header(poem::http::header::AUTHORIZATION)
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| Error::Unauthorized(missing_key_message()))?;
+    let key = key_for(state, secret.trim()).await?;
+    if !key.admin {
+        return Err(Error::Forbidden(format!("Authorization: key {:?} is not an admin key", key.name)));
+    }
+    Ok(key)
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Header, Path, Query},
-    payload::Json,
+    payload::{EventStream, Json},
 };
 use uuid::Uuid;
 
@@ -228,6 +228,19 @@ type CreateErrors = Fails<
 >;
 /// What the operations on one export can answer besides 200 (400: the id is not a UUID; 404
 /// also for another owner's export).
+/// How often an event stream looks the export up.
+const EVENTS_LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often an idle event stream sends a comment line (keeps proxies from closing it).
+const EVENTS_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The answer to `GET /api/export/{id}/events`.
+#[derive(ApiResponse)]
+pub enum EventsResponse {
+    /// The export's status as Server-Sent Events: `progress` events, then one `end` event.
+    #[oai(status = 200)]
+    Ok(EventStream<futures::stream::BoxStream<'static, ExportStatusView>>),
+}
+
 type OneExportErrors = Fails<{ BAD_REQUEST | UNAUTHORIZED | NOT_FOUND | INTERNAL | UNAVAILABLE }>;
 /// What `GET /api/exports` can answer besides 200 (400: a bad `status`, `limit` or `cursor`).
 type ListErrors = Fails<{ BAD_REQUEST | UNAUTHORIZED | INTERNAL | UNAVAILABLE }>;
@@ -283,6 +296,10 @@ impl ExportApi {
             export::create_export(c, &self.state.waker, &caller.name, callback.as_deref(), &ds, &spec, key.as_deref())
         })
         .await?;
+        if let Created::New(record) = &created {
+            metrics::counter!(crate::telemetry::metrics::EXPORTS_CREATED, "dataset" => record.dataset.clone())
+                .increment(1);
+        }
         let (Created::New(record) | Created::Existing(record)) = created;
         let status_url = self.state.url(&format!("/api/export/{}/status", record.id));
         Ok(CreateExportResponse::Accepted(
@@ -306,6 +323,34 @@ impl ExportApi {
         view.webhook = self.webhook(&record).await?;
         let poll = poll_after(view.status, view.eta_seconds);
         Ok(StatusResponse::Ok(Json(view), poll))
+    }
+
+    /// Follow an export (Server-Sent Events)
+    ///
+    /// The export's status as a stream of Server-Sent Events, so clients need not poll: a
+    /// `progress` event at once and whenever the rows written or the status change (looked
+    /// up twice a second), then one `end` event with the final status (completed, failed,
+    /// cancelled or expired), after which the stream closes. Each event's `data` is the
+    /// status as `GET /api/export/{id}/status` answers it (without webhook deliveries); idle
+    /// streams carry a comment line every 15 s.
+    #[oai(path = "/api/export/:id/events", method = "get", operation_id = "streamExportEvents")]
+    async fn events(&self, caller: Caller, id: Path<Uuid>) -> Result<EventsResponse, OneExportErrors> {
+        let first = find_visible(&self.state, &caller, id.0).await?;
+        let api = ExportApi { state: self.state.clone() };
+        let stream = futures::stream::unfold((Some(first), None::<(ExportStatus, i64)>), move |(next, sent)| {
+            let api = ExportApi { state: api.state.clone() };
+            async move { api.next_event(id.0, next, sent).await }
+        });
+        let events = EventStream::new(Box::pin(stream) as futures::stream::BoxStream<'static, ExportStatusView>)
+            .keep_alive(EVENTS_KEEP_ALIVE)
+            .to_event(|view| {
+                let kind = if view.status.is_terminal() { "end" } else { "progress" };
+                poem::web::sse::Event::message(
+                    serde_json::to_string(&poem_openapi::types::ToJSON::to_json(&view)).unwrap_or_default(),
+                )
+                .event_type(kind)
+            });
+        Ok(EventsResponse::Ok(events))
     }
 
     /// Cancel or delete an export
@@ -386,6 +431,38 @@ fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
 }
 
 impl ExportApi {
+    /// The next event of a stream: the export when it changed since `sent` (the status and
+    /// rows last sent), after waiting for a change; None once the final status was sent (or
+    /// the export is gone). Errors reading the export are retried at the next look.
+    async fn next_event(
+        &self,
+        id: Uuid,
+        mut next: Option<ExportRecord>,
+        sent: Option<(ExportStatus, i64)>,
+    ) -> Option<(ExportStatusView, (Option<ExportRecord>, Option<(ExportStatus, i64)>))> {
+        if sent.is_some_and(|(status, _)| status.is_terminal()) {
+            return None;
+        }
+        loop {
+            if let Some(r) = next.take() {
+                let now = (r.status, r.rows_written);
+                if sent != Some(now) {
+                    return Some((self.view(&r), (None, Some(now))));
+                }
+            }
+            tokio::time::sleep(EVENTS_LOOK_EVERY).await;
+            let found = crate::with_conn!(self.state.pool, self.state.request_timeout, "reading the export", |c| {
+                db::exports::find_export(c, id)
+            })
+            .await;
+            match found {
+                Ok(Some(r)) => next = Some(r),
+                Ok(None) => return None,
+                Err(e) => tracing::warn!(export_id = %id, error = %e, "events: reading the export failed; will retry"),
+            }
+        }
+    }
+
     /// The webhook of an export with a `callbackUrl`: its deliveries and their attempts.
     async fn webhook(&self, r: &ExportRecord) -> Result<Option<WebhookView>, Error> {
         let Some(url) = &r.callback_url else { return Ok(None) };

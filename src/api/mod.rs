@@ -125,8 +125,23 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
     if let Some(c) = &conformance {
         c.set_spec(&spec);
     }
+    let metrics_state = state.clone();
+    let routes_of = allowed.clone();
     Route::new()
         .nest("/", api)
+        .at(
+            "/metrics",
+            poem::endpoint::make(move |req| {
+                let state = metrics_state.clone();
+                async move {
+                    auth::admin_of(&state, &req).await.map_err(error::ApiError::from)?;
+                    let text = crate::telemetry::metrics::render(&state.pool, state.request_timeout).await;
+                    Ok::<_, error::ApiError>(
+                        poem::Response::builder().content_type(crate::telemetry::metrics::CONTENT_TYPE).body(text),
+                    )
+                }
+            }),
+        )
         .at(
             "/openapi.json",
             poem::endpoint::make_sync(move |_| {
@@ -180,6 +195,30 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
         .data(state)
         .around(with_request_id)
         .around(move |ep, req| cors::cors(ep, req, origins.clone()))
+        .around(move |ep, req| {
+            let routes = routes_of.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let method: &'static str = match *req.method() {
+                    poem::http::Method::GET => "GET",
+                    poem::http::Method::HEAD => "HEAD",
+                    poem::http::Method::POST => "POST",
+                    poem::http::Method::PUT => "PUT",
+                    poem::http::Method::PATCH => "PATCH",
+                    poem::http::Method::DELETE => "DELETE",
+                    poem::http::Method::OPTIONS => "OPTIONS",
+                    _ => "other",
+                };
+                let route = routes.route(req.uri().path());
+                let resp = ep.call(req).await?.into_response();
+                let status = resp.status().as_u16().to_string();
+                use crate::telemetry::metrics::{HTTP_DURATION, HTTP_REQUESTS};
+                metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status).increment(1);
+                metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(resp)
+            }
+        })
 }
 
 /// The methods of each path of the spec, for the `Allow` header of a 405.
@@ -199,9 +238,40 @@ impl Allowed {
         )
     }
 
+    /// The route a path is counted under in metrics: its spec path, one of the pages outside
+    /// the spec, or `other` (so the label's values stay few whatever clients ask for).
+    fn route(&self, path: &str) -> &'static str {
+        if let Some((template, _)) = self.0.iter().find(|(template, _)| path_matches(template, path)) {
+            // Leaked once per spec path (the set is fixed at start), so labels borrow them.
+            return ROUTE_NAMES.with_name(template);
+        }
+        match path {
+            "/metrics" | "/docs" | "/openapi.json" | "/" => ROUTE_NAMES.with_name(path),
+            p if p == "/ui" || p.starts_with("/ui/") => "/ui",
+            _ => "other",
+        }
+    }
+
     /// The methods of the spec's path that `path` matches.
     fn methods(&self, path: &str) -> Option<&str> {
         self.0.iter().find(|(template, _)| path_matches(template, path)).map(|(_, methods)| methods.as_str())
+    }
+}
+
+/// Route names as `&'static str` (metric labels), each stored once.
+static ROUTE_NAMES: RouteNames = RouteNames(std::sync::Mutex::new(Vec::new()));
+
+struct RouteNames(std::sync::Mutex<Vec<&'static str>>);
+
+impl RouteNames {
+    fn with_name(&self, name: &str) -> &'static str {
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = names.iter().find(|n| **n == name) {
+            return found;
+        }
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.push(leaked);
+        leaked
     }
 }
 
@@ -234,7 +304,7 @@ async fn with_request_id<E: Endpoint>(ep: std::sync::Arc<E>, req: poem::Request)
         })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let span = tracing::info_span!("request", request_id = %id);
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = req.uri().path());
     let answered = error::REQUEST_ID.scope(id.clone(), ep.call(req).instrument(span)).await;
     let mut resp = match answered {
         Ok(resp) => resp.into_response(),

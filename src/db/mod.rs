@@ -18,6 +18,7 @@ pub mod links;
 pub mod queue;
 pub mod runs;
 pub mod seed;
+pub mod stats;
 pub mod webhooks;
 
 use std::{future::Future, str::FromStr, time::Duration};
@@ -149,7 +150,7 @@ macro_rules! with_conn {
         async {
             let (limit, what): (::std::time::Duration, &str) = ($limit, $what);
             let started = ::tokio::time::Instant::now();
-            match $crate::db::within(limit, what, async { Ok($pool.acquire().await?) }).await {
+            match $crate::db::within(limit, what, async { Ok($crate::db::acquire(&$pool).await?) }).await {
                 Err(e) => Err(e),
                 Ok(mut conn) => {
                     let outcome = ::tokio::time::timeout(limit.saturating_sub(started.elapsed()), async {
@@ -168,6 +169,12 @@ macro_rules! with_conn {
             }
         }
     };
+}
+
+/// A pooled connection, counted as waiting (`/metrics`) until it comes.
+pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
+    let _waiting = crate::telemetry::metrics::WaitingGuard::start();
+    pool.acquire().await
 }
 
 /// Applies the job queue's migrations (schema `apalis`), then exportd's (which adjust the

@@ -37,6 +37,8 @@ pub enum Claim {
         export: Box<ExportRecord>,
         /// Whether the checkpointed file may be continued in place.
         adopt_file: bool,
+        /// Whether a run still marked open (a dead or stalled worker's) was superseded.
+        took_over: bool,
     },
     /// Nothing to do: the export is finished (or was never there).
     Finished,
@@ -96,12 +98,13 @@ pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_s
     // still be alive.
     let adopt_file =
         current.owner.is_none() && current.released_by.is_some() && current.released_by == current.file_writer;
-    sqlx::query(
+    let superseded = sqlx::query(
         "update export_runs set ended_at = now(), outcome = 'superseded' where export_id = $1 and ended_at is null",
     )
     .bind(id)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
     if current.stalled_attempts >= max_stalled as i32 {
         let cause = current
             .last_error
@@ -150,7 +153,7 @@ pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_s
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Claim::Owned { export: Box::new(export), adopt_file })
+    Ok(Claim::Owned { export: Box::new(export), adopt_file, took_over: superseded > 0 })
 }
 
 /// Saves a checkpoint, fenced by the run's token. Progress resets the stalled-run count.

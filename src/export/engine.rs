@@ -10,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -21,6 +22,7 @@ use crate::{
     model::{Checkpoint, Dataset, Datasets, ExportRecord, ExportStatus},
     shutdown::Shutdown,
     storage::{PrepareError, Prepared, Resume, RunFile, RunId, SharedStorage},
+    telemetry::metrics,
 };
 
 /// Pieces in flight between producer and writer (the backpressure bound).
@@ -80,6 +82,20 @@ pub struct Engine {
     pub(super) buffers: BufferPool,
     pub(super) datasets: Arc<Datasets>,
 }
+impl Outcome {
+    /// The outcome as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::AlreadyFinished => "already_finished",
+            Self::Failed => "failed",
+            Self::Released => "released",
+            Self::Lost => "lost",
+            Self::Crashed => "crashed",
+        }
+    }
+}
+
 impl Engine {
     /// An engine over `pool`, writing to `storage`, stopping when `shutdown` fires.
     pub fn new(
@@ -112,6 +128,14 @@ impl Engine {
     /// One queue delivery: claims the export and runs it to the end, retrying failed runs with
     /// exponential backoff until it completes, is taken over, or has stalled too often.
     pub async fn execute(&self, export_id: Uuid, worker: &str) -> Outcome {
+        let _running = metrics::RunningGuard::start();
+        let span = tracing::info_span!("export", %export_id, %worker);
+        let outcome = self.deliver(export_id, worker).instrument(span).await;
+        ::metrics::counter!(metrics::DELIVERIES, "outcome" => outcome.label()).increment(1);
+        outcome
+    }
+
+    async fn deliver(&self, export_id: Uuid, worker: &str) -> Outcome {
         let mut db_errors = 0u32;
         loop {
             if self.shutdown.is_triggered() {
@@ -123,7 +147,12 @@ impl Engine {
             })
             .await;
             let (export, adopt) = match claim {
-                Ok(Claim::Owned { export, adopt_file }) => (export, adopt_file),
+                Ok(Claim::Owned { export, adopt_file, took_over }) => {
+                    if took_over {
+                        ::metrics::counter!(metrics::TAKEOVERS).increment(1);
+                    }
+                    (export, adopt_file)
+                }
                 Ok(Claim::Finished) => return Outcome::AlreadyFinished,
                 Ok(Claim::Unreadable { reason, stalled }) => {
                     tracing::warn!(%export_id, %reason, attempt = stalled, "export cannot be read; will retry, then fail");
@@ -183,7 +212,7 @@ impl Engine {
                         Ok(true) => {
                             tracing::info!(%export_id, "export released at a chunk boundary for shutdown")
                         }
-                        Ok(false) => {}
+                        Ok(false) => metrics::fenced_refused("release"),
                         Err(e) => {
                             tracing::warn!(%export_id, error = %e, "could not release export; it will be resumed after the heartbeat timeout")
                         }
@@ -191,6 +220,7 @@ impl Engine {
                     return Outcome::Released;
                 }
                 Err(e) => {
+                    ::metrics::counter!(metrics::RETRIES).increment(1);
                     let message = describe(&e, token);
                     tracing::warn!(%export_id, %token, error = format!("{e:#}"), "export run failed");
                     let _ = engine_db!(self, "releasing the export", |c| {
@@ -277,6 +307,7 @@ impl Engine {
                 })
                 .await?
                 {
+                    metrics::fenced_refused("complete");
                     return Ok(Outcome::Lost);
                 }
                 self.storage.remove_other_runs(export.id, &cp.file_name).await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::{Postgres, pool::PoolConnection};
 use tokio::{sync::mpsc, time::Instant};
+use tracing::Instrument as _;
 
 use crate::{
     db,
@@ -15,6 +16,7 @@ use crate::{
         engine::{Engine, Outcome},
     },
     model::{Dataset, ExportRecord, ExportSpec, spec::LineEnding},
+    telemetry,
 };
 
 /// What the reader hands the writer: encoded rows, or the end of a chunk (its last key and rows).
@@ -46,7 +48,8 @@ impl Engine {
             if self.shutdown.is_triggered() {
                 return Ok(Some(Outcome::Released));
             }
-            let Some((rows, last_id)) = reader.read_chunk(last, upper).await? else { break };
+            let span = tracing::info_span!("chunk", export_id = %export.id, after = ?last);
+            let Some((rows, last_id)) = reader.read_chunk(last, upper).instrument(span).await? else { break };
             send(&reader.tx, Piece::ChunkEnd { last_id, rows }).await?;
             last = Some(last_id);
             rows_this_run += rows;
@@ -116,7 +119,7 @@ impl<'a> ChunkReader<'a> {
             Some(r) => spec.chunk_size.min(r),
             None => spec.chunk_size,
         });
-        let mut conn = engine.pool.acquire().await?;
+        let mut conn = db::acquire(&engine.pool).await?;
         conn.close_on_drop();
         let values: Vec<&str> = db::dataset::filter_values(spec);
         let setup = sqlx::query(db::dataset::session_setup()).bind(&format.time_zone).bind(values);
@@ -150,6 +153,7 @@ impl<'a> ChunkReader<'a> {
         let (first_wait, next_wait) = (self.engine.settings.db_statement_wait, self.engine.settings.db_io_timeout);
         let sql = db::dataset::chunk_copy(self.ds, self.spec, last, upper, self.limit, self.header);
         let t = Instant::now();
+        let sent_before = self.t_send;
         let conn = &mut self.conn;
         let mut stream =
             db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
@@ -187,6 +191,9 @@ impl<'a> ChunkReader<'a> {
         }
         drop(stream);
         self.t_stream += streaming.elapsed();
+        // The read alone: time spent waiting for the writer (backpressure) is not PostgreSQL's.
+        let read = t.elapsed().saturating_sub(self.t_send - sent_before);
+        metrics::histogram!(telemetry::metrics::CHUNK_READ).record(read.as_secs_f64());
         if count == 0 {
             return Ok(None);
         }

@@ -69,6 +69,8 @@ impl Webhooks {
             .retries
             .get(d.attempts as usize)
             .map(|wait| (Utc::now() + *wait, super::queue::WEBHOOK_QUEUE, job_id.as_str(), payload.as_slice()));
+        let result = if attempt.error.is_none() { "delivered" } else { "failed" };
+        metrics::counter!(crate::telemetry::metrics::WEBHOOK_ATTEMPTS, "result" => result).increment(1);
         match &attempt.error {
             None => tracing::info!(delivery = %d.id, export_id = %d.export_id, attempt = n, "webhook delivered"),
             Some(e) => tracing::warn!(delivery = %d.id, export_id = %d.export_id, attempt = n, error = %e,

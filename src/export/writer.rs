@@ -17,6 +17,7 @@ use crate::{
     },
     model::{Checkpoint, ExportRecord, spec::Compression},
     storage::RunWriter,
+    telemetry::metrics,
 };
 
 impl Engine {
@@ -78,9 +79,12 @@ impl Engine {
                     })
                     .await?
                     {
+                        metrics::fenced_refused("checkpoint");
                         return Ok((cp, Some(Outcome::Lost)));
                     }
                     t_checkpoint += t.elapsed();
+                    ::metrics::histogram!(metrics::CHECKPOINT).record(t.elapsed().as_secs_f64());
+                    metrics::chunk_written(&export.dataset, rows, (next.bytes - cp.bytes) as u64);
                     cp = next;
                     if self.faults.crash_after_checkpoint(chunks) {
                         return Ok((cp, Some(Outcome::Crashed)));
@@ -122,6 +126,9 @@ impl Engine {
             db::runs::fail_export(c, db::runs::Fence { export_id, token }, &message)
         })
         .await?;
+        if !failed {
+            metrics::fenced_refused("fail");
+        }
         Ok(Some(if failed { Outcome::Failed } else { Outcome::Lost }))
     }
 }
