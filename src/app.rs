@@ -65,12 +65,16 @@ impl App {
         let public_url = args.public_url.clone().unwrap_or_default().trim_end_matches('/').to_owned();
         if let Some(path) = &args.dev_key_file {
             let key = crate::keys::dev_key(&pool, path).await?;
-            // For the person who ran `make run`: the key and a line to paste (stderr, with the logs).
-            eprintln!(
-                "\ndevelopment API key (admin, kept in {}):\n  {key}\ntry:\n  curl -H 'Authorization: Bearer {key}' \
+            if crate::telemetry::json_logs() {
+                tracing::info!(file = %path.display(), "development API key (admin) in use; its secret is in the file");
+            } else {
+                // For the person who ran `make run`: the key and a line to paste (stderr, with the logs).
+                eprintln!(
+                    "\ndevelopment API key (admin, kept in {}):\n  {key}\ntry:\n  curl -H 'Authorization: Bearer {key}' \
                  {url}/api/datasets\nor open {url}/docs and paste it under Authorize.\n",
-                path.display()
-            );
+                    path.display()
+                );
+            }
         }
         let links = api::Links {
             keys: link_keys(&pool, &args.link_secrets).await?,

@@ -28,6 +28,106 @@ pub enum Command {
     Openapi,
     /// Create, list and revoke API keys.
     Keys(KeysArgs),
+    /// Export from a running exportd to a file, with a progress bar: create the export,
+    /// follow it, download it (resuming after a dropped connection), check it.
+    Export(ExportArgs),
+    /// List, follow and cancel exports on a running exportd.
+    Exports(ExportsArgs),
+}
+
+/// Where the API is and the key to call it with (the command-line client).
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Base URL of the exportd API.
+    #[arg(long, env = "EXPORTD_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+
+    /// API key (`exportd keys create` makes one; `make run` prints a development key).
+    #[arg(long, env = "EXPORTD_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+}
+
+/// `exportd export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    /// The server.
+    pub server: ServerArgs,
+
+    /// Dataset to export (default: the server's default dataset).
+    #[arg(long)]
+    pub dataset: Option<String>,
+
+    /// Columns to write, comma-separated, in this order (default: every column).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+
+    /// A row filter, repeatable (all must hold): `COLUMN=VALUE`, `COLUMN=V1|V2|V3` (one of),
+    /// `COLUMN>VALUE`, `COLUMN>=VALUE`, `COLUMN<VALUE`, `COLUMN<=VALUE`, `COLUMN=null`,
+    /// `COLUMN!=null`. Values are read as the column's type by the server.
+    #[arg(long = "filter", value_name = "CONDITION")]
+    pub filters: Vec<String>,
+
+    /// Compress the file with gzip (`.csv.gz`).
+    #[arg(long)]
+    pub gzip: bool,
+
+    /// Rows read per chunk (100 to 100000; default: the server's).
+    #[arg(long)]
+    pub chunk_size: Option<u32>,
+
+    /// Read at most this many rows per second (gentle on a busy database).
+    #[arg(long)]
+    pub max_rows_per_second: Option<u32>,
+
+    /// Time zone of timestamps, e.g. `Europe/Berlin` (default UTC).
+    #[arg(long)]
+    pub time_zone: Option<String>,
+
+    /// The file to write (an existing one is replaced once the download is complete).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+}
+
+/// `exportd exports`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportsArgs {
+    #[command(flatten)]
+    /// The server.
+    pub server: ServerArgs,
+
+    #[command(subcommand)]
+    /// What to do.
+    pub command: ExportsCommand,
+}
+
+/// `exportd exports list|status|watch|cancel`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ExportsCommand {
+    /// The caller's exports, newest first.
+    List {
+        /// Only exports in this status (queued, running, completed, failed, cancelled, expired).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (1 to 100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One export's status, as JSON.
+    Status {
+        /// The export's id.
+        id: String,
+    },
+    /// Follow an export with a progress bar until it ends.
+    Watch {
+        /// The export's id.
+        id: String,
+    },
+    /// Cancel a queued or running export (a completed one's file is deleted).
+    Cancel {
+        /// The export's id.
+        id: String,
+    },
 }
 
 /// `exportd keys`.

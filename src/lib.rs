@@ -26,6 +26,9 @@
 //! - [`model`]: what every layer talks about: an export, its status and options, a dataset.
 //! - [`datasets`]: the datasets config, checked against the catalog at start-up.
 //! - [`keys`]: `exportd keys create|list|revoke` (API keys; [`model::key`] says what a secret is).
+//! - [`cli`]: `exportd export` and `exportd exports`, the command-line client of a running
+//!   exportd (progress bars, downloads that resume).
+//! - [`telemetry`]: logs (text or JSON), OTLP traces, Prometheus metrics (`/metrics`).
 //! - [`alloc`]: a malloc setting that keeps memory flat from one export to the next.
 
 #![warn(missing_docs)]
@@ -33,6 +36,7 @@
 pub mod alloc;
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod datasets;
 pub mod db;

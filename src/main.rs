@@ -45,6 +45,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             db::seed::seed_orders(&pool, args.rows, db::seed::print_progress(args.rows)).await.context("seeding orders")
         }
+        Command::Export(args) => exit_with(exportd::cli::export(&args).await?),
+        Command::Exports(args) => exit_with(exportd::cli::exports(&args).await?),
         Command::Keys(args) => {
             let pool = app::connect_and_migrate(&args.db).await?;
             print!("{}", exportd::keys::run(&pool, &args.command).await?);
@@ -77,4 +79,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Ends the process with `code` (the client's commands: 1 for a failed export, 130 after Ctrl-C).
+fn exit_with(code: i32) -> anyhow::Result<()> {
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }

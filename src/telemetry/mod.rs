@@ -11,6 +11,15 @@ use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::Subscriber
 /// What logs leave out unless `RUST_LOG` says otherwise.
 const DEFAULT_FILTER: &str = "info,sqlx=error,apalis=warn,apalis_core=warn,apalis_postgres=warn";
 
+/// Set once logs are JSON: output meant for a person (the development key's banner) is
+/// then logged as an event instead, so every line of stderr stays JSON.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether logs are JSON lines (`EXPORTD_LOG_FORMAT=json`).
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Keeps the trace exporter alive; dropping it sends the spans still buffered.
 #[must_use = "dropping the guard stops sending traces"]
 pub struct Guard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
@@ -36,6 +45,7 @@ pub fn init() -> anyhow::Result<Guard> {
         "json" => true,
         other => anyhow::bail!("EXPORTD_LOG_FORMAT: expected text or json, got {other:?}"),
     };
+    JSON_LOGS.store(json, std::sync::atomic::Ordering::Relaxed);
     let logs = if json {
         // One JSON object per line, with the fields of the spans it happened in (export_id,
         // request_id), for a log collector.

@@ -16,6 +16,8 @@ pub struct Exportd {
     pub base: Option<String>,
     /// Where a `serve` process keeps its development key (`EXPORTD_DEV_KEY_FILE`).
     key_dir: Option<tempfile::TempDir>,
+    /// Where its stderr (the logs) goes (None: the test's own stderr).
+    log: Option<PathBuf>,
 }
 
 /// The settings of a process on `db_url` writing to `storage`, plus `extra`.
@@ -51,14 +53,23 @@ impl Exportd {
         let key_dir = tempfile::tempdir().expect("tempdir");
         env.push(("EXPORTD_DEV_KEY_FILE".into(), key_dir.path().join("dev-key").display().to_string()));
         let base = Some(format!("http://127.0.0.1:{port}"));
-        let mut p = Self { child: None, command: "serve", env, base, key_dir: Some(key_dir) };
+        let mut p = Self { child: None, command: "serve", env, base, key_dir: Some(key_dir), log: None };
+        p.start().await;
+        p
+    }
+
+    /// [`Exportd::serve`] with its logs appended to `log`.
+    pub async fn serve_logged(env: Vec<(String, String)>, log: &Path) -> Self {
+        let mut p = Self::serve(env).await;
+        p.kill9();
+        p.log = Some(log.to_owned());
         p.start().await;
         p
     }
 
     /// `exportd worker`.
     pub async fn worker(env: Vec<(String, String)>) -> Self {
-        let mut p = Self { child: None, command: "worker", env, base: None, key_dir: None };
+        let mut p = Self { child: None, command: "worker", env, base: None, key_dir: None, log: None };
         p.start().await;
         p
     }
@@ -70,7 +81,12 @@ impl Exportd {
             .arg(self.command)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(path) => {
+                    std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file").into()
+                }
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start exportd");
         self.child = Some(child);
