@@ -495,7 +495,7 @@ impl ExportApi {
         Ok(Some(WebhookView { url: url.clone(), deliveries }))
     }
 
-    fn view(&self, r: &ExportRecord) -> ExportStatusView {
+    pub(crate) fn view(&self, r: &ExportRecord) -> ExportStatusView {
         let rate = rows_per_second(r);
         let link = crate::api::link::signed_link(&self.state, r);
         ExportStatusView {

@@ -11,6 +11,7 @@ pub mod export;
 pub mod health;
 pub mod link;
 pub mod request;
+pub mod ui;
 mod validate;
 
 use std::sync::Arc;
@@ -129,6 +130,7 @@ pub fn routes(state: Arc<AppState>) -> impl poem::Endpoint {
     let routes_of = allowed.clone();
     Route::new()
         .nest("/", api)
+        .nest("/ui", ui::routes(state.clone()))
         .at(
             "/metrics",
             poem::endpoint::make(move |req| {

@@ -38,3 +38,20 @@ pub async fn read(conn: &mut PgConnection) -> Result<Stats> {
     .await?;
     Ok(Stats { exports, queues, oldest_queued_export })
 }
+
+/// Rows of exports that finished (completed) in each minute of the last hour, of `owner`'s
+/// exports (every owner's for None), oldest minute first.
+pub async fn rows_per_minute(
+    conn: &mut PgConnection,
+    owner: Option<&str>,
+) -> Result<Vec<(chrono::DateTime<chrono::Utc>, i64)>> {
+    Ok(sqlx::query_as(
+        "select date_trunc('minute', finished_at), sum(rows_written)::int8 from exports \
+         where finished_at > now() - interval '1 hour' and status in ('completed', 'expired') \
+           and ($1::text is null or owned_by = $1) \
+         group by 1 order by 1",
+    )
+    .bind(owner)
+    .fetch_all(conn)
+    .await?)
+}

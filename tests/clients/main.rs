@@ -159,3 +159,54 @@ async fn swagger_ui_in_a_real_browser_creates_follows_and_downloads_an_export() 
     }
     app.stop().await;
 }
+
+/// The exports page (`/ui`) in headless Chromium: sign-in (a wrong key refused), only the
+/// owner's exports, a running export's bar advancing without a reload, the download of a
+/// completed export (the same bytes), cancel; and the list with JavaScript off. Screenshots
+/// are kept in `target/test-output/ui/`.
+#[tokio::test]
+async fn the_exports_page_in_a_real_browser_follows_downloads_and_cancels() {
+    let db = test_db().await;
+    exportd::db::seed::seed_orders(&db.pool, 50_000, |_| {}).await.unwrap();
+    let app = spawn_app(db, AppOptions::default()).await;
+    let team = exportd::db::keys::create(&app.db.pool, "team-ui", false, None).await.unwrap().1;
+    let api = app.as_key(&team);
+    let completed = api.create_export(Some(json!({"columns": ["id", "status"]}))).await;
+    assert_eq!(api.wait_finished(completed, std::time::Duration::from_secs(60)).await["status"], "completed");
+    // About 50 s at 1000 rows/s: it runs through the whole page visit.
+    let running = api.create_export(Some(json!({"chunkSize": 500, "maxRowsPerSecond": 1000}))).await;
+    api.wait_rows(running, 500, std::time::Duration::from_secs(30)).await;
+    let other = app.create_export(Some(json!({"columns": ["id"]}))).await;
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output/ui");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/run.sh");
+    let out = tokio::process::Command::new(script)
+        .args(["ui", &app.base, shots.to_str().unwrap()])
+        .args([running.to_string(), completed.to_string(), other.to_string()])
+        .env("EXPORTD_KEY", &team)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run tests/clients/run.sh ui");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "/ui in Chromium failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("its result");
+    println!("screenshots in {}: {seen}", shots.display());
+
+    assert!(seen["badKey"].as_str().unwrap().contains("not a valid key"), "{seen}");
+    assert_eq!(seen["noJsRows"], 2, "the owner's two exports, listed without JavaScript: {seen}");
+    assert_eq!(seen["noJsSeesRunning"], 1);
+    assert_eq!(seen["otherOwnersVisible"], 0, "another owner's export is not shown: {seen}");
+    assert_eq!(seen["completedVisible"], 1);
+    assert!(seen["progressAfter"].as_f64() > seen["progressBefore"].as_f64(), "{seen}");
+    assert_eq!(seen["reloadsWhileWatching"], 0, "refreshed in place: {seen}");
+    assert!(seen["rate"].as_str().unwrap().ends_with("rows/s"), "{seen}");
+    assert_eq!(seen["cancelled"], "cancelled");
+    assert_eq!(api.status(running).await["status"], "cancelled");
+    assert_eq!(std::fs::read(seen["file"].as_str().unwrap()).unwrap(), api.download(completed).await);
+    for shot in ["ui.png", "ui-no-javascript.png", "ui-cancelled.png"] {
+        assert!(shots.join(shot).metadata().is_ok_and(|m| m.len() > 1000), "{shot} was taken");
+    }
+    app.stop().await;
+}

@@ -4,6 +4,7 @@
 #   run.sh setup                                   install every tool (cached), nothing else
 #   run.sh python|typescript|rust SPEC WORKDIR BASE_URL OUT_FILE REQUEST_JSON
 #   run.sh browser BASE_URL SHOT_DIR OTHER_ORIGIN_PAGE_URL     (Swagger UI in headless Chromium)
+#   run.sh ui BASE_URL SHOT_DIR RUNNING COMPLETED OTHER         (the /ui page in headless Chromium)
 # Tools are cached where the machine keeps them: a virtualenv per requirements.txt under
 # ~/.cache/exportd, node_modules here (npm ci from the lock file), the progenitor client's
 # build under ~/.cache/exportd/clients-rust-target.
@@ -44,6 +45,9 @@ setup
 
 if [ "$1" = browser ]; then
   exec node "$here/browser/swagger.mjs" "$2" "$3" "$4"
+fi
+if [ "$1" = ui ]; then
+  exec node "$here/browser/ui.mjs" "$2" "$3" "$4" "$5" "$6"
 fi
 
 lang=$1 spec=$2 work=$3 base=$4 out=$5 request=$6
