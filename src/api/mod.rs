@@ -306,7 +306,18 @@ async fn with_request_id<E: Endpoint>(ep: std::sync::Arc<E>, req: poem::Request)
         })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = req.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = req.uri().path(),
+        export_id = tracing::field::Empty
+    );
+    // The export a request is about (`/api/export/{id}/...`, `/download/{id}`), so its spans
+    // and logs are found with the export's.
+    if let Some(export_id) = req.uri().path().split('/').find_map(|s| uuid::Uuid::try_parse(s).ok()) {
+        span.record("export_id", tracing::field::display(export_id));
+    }
     let answered = error::REQUEST_ID.scope(id.clone(), ep.call(req).instrument(span)).await;
     let mut resp = match answered {
         Ok(resp) => resp.into_response(),

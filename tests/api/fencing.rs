@@ -28,6 +28,10 @@ async fn a_superseded_runner_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let a_file = export_row(&app.db.pool, id).await.file_name.unwrap();
+    // This process's metrics (shared by the tests running beside this one: they only grow).
+    let refused = r#"exportd_fenced_writes_refused_total{write="checkpoint"}"#;
+    let (refused_before, takeovers_before) =
+        (crate::operability::in_process(refused), crate::operability::in_process("exportd_takeovers_total"));
     let second = tokio::spawn({
         let engine = app.engine.clone();
         async move { engine.execute(id, "runner-B").await }
@@ -35,6 +39,8 @@ async fn a_superseded_runner_changes_nothing() {
 
     assert_eq!(first.await.unwrap(), Outcome::Lost, "A notices at its next checkpoint and stops");
     assert_eq!(second.await.unwrap(), Outcome::Completed);
+    assert!(crate::operability::in_process(refused) > refused_before, "A's refused checkpoint is counted");
+    assert!(crate::operability::in_process("exportd_takeovers_total") > takeovers_before, "B's takeover is counted");
 
     let row = export_row(&app.db.pool, id).await;
     assert_ne!(row.file_name.as_deref(), Some(a_file.as_str()), "B never wrote into A's file");

@@ -22,6 +22,11 @@ fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// A sample of this test process's own metrics (the apps the tests run in it), 0 when absent.
+pub fn in_process(sample: &str) -> f64 {
+    metric(&exportd::telemetry::metrics::handle().render(), sample).unwrap_or(0.0)
+}
+
 #[track_caller]
 fn value(text: &str, sample: &str) -> f64 {
     metric(text, sample).unwrap_or_else(|| panic!("{sample} missing from:\n{text}"))
@@ -277,6 +282,7 @@ async fn json_logs_and_otlp_traces_name_the_export() {
             .count()
     };
     assert_eq!(with_id("export"), 1, "one span for the export's delivery: {spans:?}");
+    assert!(with_id("request") >= 1, "requests about the export name it (the status polls): {spans:?}");
     assert!(with_id("chunk") >= 5, "a span per chunk (2008 rows in chunks of 500): {spans:?}");
     assert!(
         spans.iter().any(|(n, attrs)| n == "request" && attrs.iter().any(|(k, v)| k == "path" && v == "/api/export")),
