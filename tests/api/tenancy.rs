@@ -58,7 +58,7 @@ async fn every_api_operation_needs_a_valid_key_and_the_docs_stay_open() {
             "{p} must declare the key"
         );
     }
-    assert_eq!(ops.len(), 7, "{ops:?}");
+    assert_eq!(ops.len(), 8, "{ops:?}");
 
     let plain = reqwest::Client::new();
     let revoked_key = new_key(&app.db.pool, "gone-svc", true, None).await;
