@@ -121,22 +121,21 @@ async fn login(req: &Request, body: poem::Body) -> Response {
         );
     }
     let secure = if state_of(req).links.base.starts_with("https://") { "; Secure" } else { "" };
-    let cookie =
-        format!("{COOKIE}={secret}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SIGN_IN_FOR.as_secs());
-    Response::builder()
-        .status(StatusCode::SEE_OTHER)
-        .header(header::LOCATION, "/ui")
-        .header(header::SET_COOKIE, cookie)
-        .finish()
+    back_to_page_with_cookie(&format!("{secret}; Max-Age={}{secure}", SIGN_IN_FOR.as_secs()))
 }
 
 #[poem::handler]
 async fn logout() -> Response {
-    let cookie = format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
+    back_to_page_with_cookie("; Max-Age=0")
+}
+
+/// A redirect to the page (after a form) that sets the key cookie to `value` (with its
+/// attributes after it).
+fn back_to_page_with_cookie(value: &str) -> Response {
     Response::builder()
         .status(StatusCode::SEE_OTHER)
         .header(header::LOCATION, "/ui")
-        .header(header::SET_COOKIE, cookie)
+        .header(header::SET_COOKIE, format!("{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict"))
         .finish()
 }
 
