@@ -140,6 +140,16 @@ impl App {
         let http =
             crate::http::serve(self.listener, api::routes(self.state.clone()), self.limits, self.shutdown.clone());
         tracing::info!("exportd serving on {url}: Swagger UI at {url}/docs, API at {url}/api", url = self.url);
+        let role = if self.workers.settings.worker_concurrency == 0 { "api" } else { "serve" };
+        tracing::info!(
+            role,
+            listen = %self.url,
+            database = %db::describe_url(&self.workers.db_url),
+            storage = %self.workers.settings.storage_dir.display(),
+            worker_slots = self.workers.settings.slots(),
+            "exportd {role}: HTTP API{}",
+            if role == "serve" { " and export workers" } else { " only (no workers)" }
+        );
         let (http, workers) = tokio::join!(http, self.workers.run());
         http.context("HTTP server")?;
         workers
@@ -158,6 +168,13 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
     if let Some(addr) = settings.metrics_listen {
         crate::telemetry::metrics::listen(addr, pool.clone(), db_args.db_io_timeout, shutdown.clone()).await?;
     }
+    tracing::info!(
+        role = "worker",
+        database = %db::describe_url(&db_args.database_url),
+        storage = %settings.storage_dir.display(),
+        worker_slots = settings.slots(),
+        "exportd worker: export workers only (no HTTP API)"
+    );
     Workers::new(&pool, datasets, db_args, settings, shutdown)?.run().await
 }
 
@@ -197,6 +214,8 @@ pub async fn connect_and_migrate(args: &DbArgs) -> anyhow::Result<PgPool> {
 /// The export workers of one process and their housekeeping.
 struct Workers {
     pool: PgPool,
+    /// Where the database is (logged at start).
+    db_url: String,
     engine: Arc<Engine>,
     webhooks: Arc<crate::export::webhook::Webhooks>,
     settings: WorkerSettings,
@@ -234,6 +253,7 @@ impl Workers {
         );
         Ok(Self {
             pool: pool.clone(),
+            db_url: db.database_url.clone(),
             engine: Arc::new(engine),
             webhooks: Arc::new(webhooks),
             settings: settings.clone(),

@@ -18,6 +18,9 @@ pub struct Cli {
 pub enum Command {
     /// HTTP API and export workers in one process (the default deployment).
     Serve(ServeArgs),
+    /// The HTTP API only (no workers): run it beside `exportd worker` processes on the same
+    /// database and storage.
+    Api(ServeArgs),
     /// Export workers only: run more of them, on other machines, against the same database.
     Worker(WorkerArgs),
     /// Apply database migrations (serve and worker also do this at start).

@@ -28,6 +28,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown.trigger_on_os_signals();
             App::build(args, shutdown).await?.run().await
         }
+        Command::Api(mut args) => {
+            shutdown.trigger_on_os_signals();
+            args.worker.worker_concurrency = 0;
+            App::build(args, shutdown).await?.run().await
+        }
         Command::Worker(args) => {
             shutdown.trigger_on_os_signals();
             app::run_worker(&args.db, &args.worker, shutdown).await

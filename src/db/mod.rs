@@ -171,6 +171,19 @@ macro_rules! with_conn {
     };
 }
 
+/// A database URL as logs may show it: its password replaced by `***`.
+pub fn describe_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(an unparsable URL)".into(),
+    }
+}
+
 /// A pooled connection, counted as waiting (`/metrics`) until it comes.
 pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
     let _waiting = crate::telemetry::metrics::WaitingGuard::start();
@@ -213,6 +226,12 @@ pub async fn ping(db: impl sqlx::PgExecutor<'_>) -> crate::error::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_urls_hide_the_password() {
+        assert_eq!(describe_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(describe_url("postgres://app@db/x"), "postgres://app@db/x");
+    }
 
     #[test]
     fn pool_size_follows_the_worker_slots() {

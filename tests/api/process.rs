@@ -131,3 +131,39 @@ async fn download_streams_a_file_far_larger_than_memory() {
     assert!(peak - before < 32 * 1024, "RSS grew by {} KiB while serving", peak - before);
     p.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exportd_api_serves_only_http_and_exportd_worker_only_runs_exports() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 5_000).await;
+    let reference = copy_reference(&db.pool).await;
+    let storage = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let env = exportd_env(&db.url, storage.path(), &[("RUST_LOG", "info")]);
+    let api_process = Exportd::api_only(env.clone(), &logs.path().join("api.log")).await;
+    let api = api_process.api();
+    let id = api.create_export(None).await;
+    // The API process registered no queue worker: nothing can take the export but a worker.
+    let workers: i64 = sqlx::query_scalar("select count(*) from apalis.workers").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(workers, 0);
+    let metrics = api.client.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("exportd_worker_running_exports 0"), "{metrics}");
+    assert!(!metrics.contains("exportd_worker_slots"), "no slots in an API process: {metrics}");
+    assert_eq!(api.status(id).await["status"], "queued");
+
+    let worker = Exportd::worker_logged(env, &logs.path().join("worker.log")).await;
+    assert_eq!(api.wait_finished(id, Duration::from_secs(60)).await["status"], "completed");
+    assert_same_bytes(&api.download(id).await, &reference);
+    drop(worker);
+    drop(api_process);
+    // Each says at start what it is and what it connects to (no password in the URL).
+    let api_log = std::fs::read_to_string(logs.path().join("api.log")).unwrap();
+    assert!(
+        api_log.contains("exportd api: HTTP API only (no workers)") && api_log.contains("role=\"api\""),
+        "{api_log}"
+    );
+    assert!(api_log.contains("database=postgres://") && api_log.contains("listen=http://127.0.0.1:"), "{api_log}");
+    let worker_log = std::fs::read_to_string(logs.path().join("worker.log")).unwrap();
+    assert!(worker_log.contains("exportd worker: export workers only (no HTTP API)"), "{worker_log}");
+    assert!(worker_log.contains("role=\"worker\"") && worker_log.contains("worker_slots=5"), "{worker_log}");
+}

@@ -46,6 +46,23 @@ pub fn reset_peak_rss(pid: u32) {
 impl Exportd {
     /// `exportd serve` on a free port, once `/healthz` answers.
     pub async fn serve(env: Vec<(String, String)>) -> Self {
+        Self::http("serve", env, None).await
+    }
+
+    /// `exportd api` (HTTP only) on a free port, its logs appended to `log`.
+    pub async fn api_only(env: Vec<(String, String)>, log: &Path) -> Self {
+        Self::http("api", env, Some(log)).await
+    }
+
+    /// `exportd worker`, its logs appended to `log`.
+    pub async fn worker_logged(env: Vec<(String, String)>, log: &Path) -> Self {
+        let mut p = Self { child: None, command: "worker", env, base: None, key_dir: None, log: Some(log.to_owned()) };
+        p.start().await;
+        p
+    }
+
+    /// `command` (`serve` or `api`) on a free port, once `/healthz` answers.
+    async fn http(command: &'static str, env: Vec<(String, String)>, log: Option<&Path>) -> Self {
         let port = free_port();
         let mut env = env;
         env.push(("EXPORTD_LISTEN".into(), format!("127.0.0.1:{port}")));
@@ -53,18 +70,15 @@ impl Exportd {
         let key_dir = tempfile::tempdir().expect("tempdir");
         env.push(("EXPORTD_DEV_KEY_FILE".into(), key_dir.path().join("dev-key").display().to_string()));
         let base = Some(format!("http://127.0.0.1:{port}"));
-        let mut p = Self { child: None, command: "serve", env, base, key_dir: Some(key_dir), log: None };
+        let log = log.map(Path::to_owned);
+        let mut p = Self { child: None, command, env, base, key_dir: Some(key_dir), log };
         p.start().await;
         p
     }
 
     /// [`Exportd::serve`] with its logs appended to `log`.
     pub async fn serve_logged(env: Vec<(String, String)>, log: &Path) -> Self {
-        let mut p = Self::serve(env).await;
-        p.kill9();
-        p.log = Some(log.to_owned());
-        p.start().await;
-        p
+        Self::http("serve", env, Some(log)).await
     }
 
     /// `exportd worker`.
