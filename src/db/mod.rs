@@ -49,6 +49,11 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
     let io_timeout = args.db_io_timeout;
     let timeout_ms = args.statement_timeout.as_millis().max(1).to_string();
+    // A transaction left open by a client that froze (SIGSTOP, a partition) holds its locks
+    // until the server ends its session: after a statement's time and the I/O deadline of
+    // silence, the server does (longer than any transaction of ours stays open: a webhook
+    // attempt holds one for at most 15 s).
+    let idle_ms = (args.statement_timeout + args.db_io_timeout).max(Duration::from_secs(20)).as_millis().to_string();
     let options = PgConnectOptions::from_str(&args.database_url)
         .with_context(|| format!("invalid DATABASE_URL {:?}", args.database_url))?
         .application_name("exportd")
@@ -58,6 +63,7 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
             ("IntervalStyle", "postgres"),
             ("extra_float_digits", "1"),
             ("statement_timeout", timeout_ms.as_str()),
+            ("idle_in_transaction_session_timeout", idle_ms.as_str()),
         ]);
     Ok(PgPoolOptions::new()
         .max_connections(args.db_pool_size.unwrap_or(pool_size(None, 0)?))

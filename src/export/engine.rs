@@ -71,17 +71,6 @@ pub enum Outcome {
     Crashed,
 }
 
-/// Runs exports. One per process, shared by its workers.
-#[derive(Debug, Clone)]
-pub struct Engine {
-    pub(super) pool: PgPool,
-    pub(super) storage: SharedStorage,
-    pub(super) settings: EngineSettings,
-    pub(super) shutdown: Shutdown,
-    pub(super) faults: Arc<Faults>,
-    pub(super) buffers: BufferPool,
-    pub(super) datasets: Arc<Datasets>,
-}
 impl Outcome {
     /// The outcome as a metric label.
     pub fn label(self) -> &'static str {
@@ -94,6 +83,18 @@ impl Outcome {
             Self::Crashed => "crashed",
         }
     }
+}
+
+/// Runs exports. One per process, shared by its workers.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(super) pool: PgPool,
+    pub(super) storage: SharedStorage,
+    pub(super) settings: EngineSettings,
+    pub(super) shutdown: Shutdown,
+    pub(super) faults: Arc<Faults>,
+    pub(super) buffers: BufferPool,
+    pub(super) datasets: Arc<Datasets>,
 }
 
 impl Engine {

@@ -166,3 +166,21 @@ async fn an_owner_never_runs_more_exports_at_once_than_its_quota() {
     let other_start = export_row(&app.db.pool, other).await.started_at.unwrap();
     assert!(other_start < runs.last().unwrap().0, "owner-b waited for all of owner-a's exports");
 }
+
+/// A worker frozen inside apalis' fetch transaction (begin; get_jobs; commit) holds the fetch
+/// lock until its session ends. Forced here by holding that lock from the test's own open
+/// transaction, as the frozen worker would: the app's workers still start and finish the
+/// export. Before migration 0011 every fetch waited on the lock until the statement timeout
+/// (60 s), again and again, and nothing ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_while_fetching_does_not_stall_the_others() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 2_000).await;
+    let app = spawn_app(db, AppOptions::default()).await;
+    let mut frozen = app.db.pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(hashtext('exportd.get_jobs'))").execute(&mut *frozen).await.unwrap();
+    let id = app.create_export(None).await;
+    let done = app.wait_finished(id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    frozen.rollback().await.unwrap();
+}
