@@ -341,6 +341,14 @@ async fn cli_exports_to_a_file_with_plain_lines_without_a_terminal() {
     let status = cli(&app.base, &app.key).args(["exports", "status", &id]).output().unwrap();
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["status"], "completed");
+    let watched = cli(&app.base, &app.key).args(["exports", "watch", &id]).output().unwrap();
+    assert!(watched.status.success());
+    assert!(String::from_utf8_lossy(&watched.stderr).contains(&format!("export {id} completed")));
+    let slow = app.create_export(Some(json!({"chunkSize": 100, "maxRowsPerSecond": 100}))).await;
+    let cancelled = cli(&app.base, &app.key).args(["exports", "cancel", &slow.to_string()]).output().unwrap();
+    assert!(cancelled.status.success());
+    assert_eq!(String::from_utf8_lossy(&cancelled.stdout).trim(), format!("export {slow} cancelled"));
+    assert_eq!(app.status(slow).await["status"], "cancelled");
     // Mistakes name the flag.
     let bad = cli(&app.base, &app.key).args(["export", "--filter", "id", "-o"]).arg(&file).output().unwrap();
     assert!(!bad.status.success());
