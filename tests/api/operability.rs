@@ -308,8 +308,10 @@ async fn cli_exports_to_a_file_with_plain_lines_without_a_terminal() {
     let run = tokio::task::spawn_blocking(move || {
         cli(&base, &key)
             .args(["export", "--dataset", "orders", "--columns", "id,status,note", "--filter", "id>=100"])
-            .args(["--filter", "id<2500", "--filter", "status=paid|shipped", "--chunk-size", "500"])
-            .args(["--max-rows-per-second", "2000", "-o"])
+            .args(["--filter", "id<2500", "--filter", "status=paid|shipped", "--chunk-size", "100"])
+            // The throttle makes it run at least 4.5 s (960 rows), so the event stream (looked up
+            // twice a second) surely shows it running.
+            .args(["--max-rows-per-second", "200", "-o"])
             .arg(&path)
             .output()
             .unwrap()
