@@ -141,8 +141,8 @@ async fn events_stream_progress_then_the_end() {
     seed_nasty(&db.pool, 5_000).await;
     let app = spawn_app(db, AppOptions::default()).await;
     let other = new_key(&app.db.pool, "team-b", false, None).await;
-    // About 1.5 s: several looks at the export see progress.
-    let id = app.create_export(Some(json!({"chunkSize": 500, "maxRowsPerSecond": 4000}))).await;
+    // At least 2.5 s (the throttle), so the server's looks, twice a second, see it mid-way.
+    let id = app.create_export(Some(json!({"chunkSize": 500, "maxRowsPerSecond": 2000}))).await;
     let url = app.url(&format!("/api/export/{id}/events"));
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 401);
     expect_error(app.as_key(&other).client.get(&url).send().await.unwrap(), 404, &id.to_string()).await;
