@@ -38,8 +38,6 @@ pub struct App {
     listener: TcpListener,
     limits: HttpLimits,
     port: u16,
-    /// Where a person on this machine reaches the API (`http://127.0.0.1:8080`).
-    url: String,
     state: Arc<AppState>,
     workers: Workers,
     shutdown: Shutdown,
@@ -50,9 +48,8 @@ impl App {
     pub async fn build(mut args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
         let pool_size = db::pool_size(args.db.db_pool_size, args.worker.slots())?;
         args.db.db_pool_size = Some(pool_size);
-        crate::telemetry::metrics::handle();
-        crate::telemetry::metrics::spawn_upkeep(shutdown.clone());
         let pool = connect_and_migrate(&args.db).await?;
+        crate::telemetry::metrics::start(args.worker.metrics_listen, &pool, args.db.db_io_timeout, &shutdown).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
         let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone())?;
         let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -81,9 +78,6 @@ impl App {
             ttl: args.link_ttl,
             base: if public_url.is_empty() { url.clone() } else { public_url.clone() },
         };
-        if let Some(addr) = args.worker.metrics_listen {
-            crate::telemetry::metrics::listen(addr, pool.clone(), args.db.db_io_timeout, shutdown.clone()).await?;
-        }
         let waker = queue::Waker::start(pool.clone());
         let state = Arc::new(AppState {
             pool,
@@ -102,7 +96,18 @@ impl App {
             links,
             webhook_allow: webhook_allow(&args.worker)?,
         });
-        Ok(Self { listener, limits, port, url, state, workers, shutdown })
+        // The listener is bound: what this process is and what it connects to.
+        let role = if args.worker.worker_concurrency == 0 { "api" } else { "serve" };
+        tracing::info!(
+            role,
+            listen = %url,
+            database = %db::describe_url(&args.db.database_url),
+            storage = %args.worker.storage_dir.display(),
+            worker_slots = args.worker.slots(),
+            "exportd {role}: HTTP API{} on {url}: Swagger UI at {url}/docs, API at {url}/api",
+            if role == "serve" { " and export workers" } else { " only (no workers)" },
+        );
+        Ok(Self { listener, limits, port, state, workers, shutdown })
     }
 
     /// The same app with test fault and pause points armed, in the API and the engine.
@@ -139,17 +144,6 @@ impl App {
     pub async fn run(self) -> anyhow::Result<()> {
         let http =
             crate::http::serve(self.listener, api::routes(self.state.clone()), self.limits, self.shutdown.clone());
-        tracing::info!("exportd serving on {url}: Swagger UI at {url}/docs, API at {url}/api", url = self.url);
-        let role = if self.workers.settings.worker_concurrency == 0 { "api" } else { "serve" };
-        tracing::info!(
-            role,
-            listen = %self.url,
-            database = %db::describe_url(&self.workers.db_url),
-            storage = %self.workers.settings.storage_dir.display(),
-            worker_slots = self.workers.settings.slots(),
-            "exportd {role}: HTTP API{}",
-            if role == "serve" { " and export workers" } else { " only (no workers)" }
-        );
         let (http, workers) = tokio::join!(http, self.workers.run());
         http.context("HTTP server")?;
         workers
@@ -161,13 +155,9 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
     let mut db_args = db_args.clone();
     db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.slots())?);
     let db_args = &db_args;
-    crate::telemetry::metrics::handle();
-    crate::telemetry::metrics::spawn_upkeep(shutdown.clone());
     let pool = connect_and_migrate(db_args).await?;
+    crate::telemetry::metrics::start(settings.metrics_listen, &pool, db_args.db_io_timeout, &shutdown).await?;
     let datasets = load_datasets(&pool, settings).await?;
-    if let Some(addr) = settings.metrics_listen {
-        crate::telemetry::metrics::listen(addr, pool.clone(), db_args.db_io_timeout, shutdown.clone()).await?;
-    }
     tracing::info!(
         role = "worker",
         database = %db::describe_url(&db_args.database_url),
@@ -214,8 +204,6 @@ pub async fn connect_and_migrate(args: &DbArgs) -> anyhow::Result<PgPool> {
 /// The export workers of one process and their housekeeping.
 struct Workers {
     pool: PgPool,
-    /// Where the database is (logged at start).
-    db_url: String,
     engine: Arc<Engine>,
     webhooks: Arc<crate::export::webhook::Webhooks>,
     settings: WorkerSettings,
@@ -253,7 +241,6 @@ impl Workers {
         );
         Ok(Self {
             pool: pool.clone(),
-            db_url: db.database_url.clone(),
             engine: Arc::new(engine),
             webhooks: Arc::new(webhooks),
             settings: settings.clone(),

@@ -336,9 +336,9 @@ impl ExportApi {
     #[oai(path = "/api/export/:id/events", method = "get", operation_id = "streamExportEvents")]
     async fn events(&self, caller: Caller, id: Path<Uuid>) -> Result<EventsResponse, OneExportErrors> {
         let first = find_visible(&self.state, &caller, id.0).await?;
-        let api = ExportApi { state: self.state.clone() };
+        let state = self.state.clone();
         let stream = futures::stream::unfold((Some(first), None::<(ExportStatus, i64)>), move |(next, sent)| {
-            let api = ExportApi { state: api.state.clone() };
+            let api = ExportApi { state: state.clone() };
             async move { api.next_event(id.0, next, sent).await }
         });
         let events = EventStream::new(Box::pin(stream) as futures::stream::BoxStream<'static, ExportStatusView>)

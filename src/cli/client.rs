@@ -188,7 +188,6 @@ impl Client {
                     206 => {}
                     200 if have > 0 => {
                         // The file changed (another ETag): start over.
-                        file.set_len(0).await?;
                         file = tokio::fs::File::create(&part).await?;
                         have = 0;
                     }

@@ -52,17 +52,11 @@ impl Progress {
         let mut state = self.state();
         if self.interactive {
             let bar = state.rows.get_or_insert_with(|| {
-                let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{msg:9} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {rate:>14}  ETA {eta}",
-                    )
-                    .expect("a valid template")
+                let style = style("{msg:9} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {rate:>14}  ETA {eta}")
                     .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                         let _ = write!(w, "{:.0} rows/s", state.per_sec());
-                    })
-                    .progress_chars("=> "),
-                );
+                    });
+                let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr()).with_style(style);
                 bar.enable_steady_tick(Duration::from_millis(200));
                 bar
             });
@@ -112,15 +106,9 @@ impl Progress {
         let mut state = self.state();
         if self.interactive {
             let bar = state.bytes.get_or_insert_with(|| {
-                let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "download  [{bar:30.green/blue}] {bytes}/{total_bytes}  {bytes_per_sec:>14}  ETA {eta}",
-                    )
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-                );
-                bar
+                let style =
+                    style("download  [{bar:30.green/blue}] {bytes}/{total_bytes}  {bytes_per_sec:>14}  ETA {eta}");
+                ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr()).with_style(style)
             });
             bar.set_position(have);
             return;
@@ -159,4 +147,9 @@ impl Progress {
         .await;
         matches!(answer, Ok(Ok(a)) if matches!(a.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
     }
+}
+
+/// A bar style from a template of ours (known valid), drawn with `=>`.
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> ")
 }

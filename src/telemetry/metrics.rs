@@ -74,9 +74,24 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Starts the process's metrics: the recorder, its upkeep, and the `/metrics` listener on
+/// `listen` when set (`EXPORTD_METRICS_LISTEN`). Call before anything is recorded.
+pub async fn start(
+    listen: Option<std::net::SocketAddr>,
+    pool: &PgPool,
+    limit: Duration,
+    shutdown: &crate::shutdown::Shutdown,
+) -> anyhow::Result<()> {
+    spawn_upkeep(shutdown.clone());
+    if let Some(addr) = listen {
+        self::listen(addr, pool.clone(), limit, shutdown.clone()).await?;
+    }
+    Ok(())
+}
+
 /// Drains histogram samples into their buckets every few seconds, so memory stays flat when
 /// nobody scrapes. Runs until the process ends.
-pub fn spawn_upkeep(shutdown: crate::shutdown::Shutdown) {
+fn spawn_upkeep(shutdown: crate::shutdown::Shutdown) {
     let handle = handle();
     tokio::spawn(async move {
         loop {
@@ -164,7 +179,7 @@ pub fn fenced_refused(write: &'static str) {
 
 /// Serves `GET /metrics` (no key) on `addr` until `shutdown`, for scrapers on a private
 /// network and for worker-only processes. Binding fails start-up.
-pub async fn listen(
+async fn listen(
     addr: std::net::SocketAddr,
     pool: PgPool,
     limit: Duration,
