@@ -18,7 +18,7 @@ use crate::{
     http::HttpLimits,
     model::Datasets,
     shutdown::Shutdown,
-    storage::{LocalDir, SharedStorage, Storage},
+    storage::{LocalDir, ObjectStorage, S3Settings, SharedStorage, Storage},
 };
 
 /// How often unfinished exports without a live queue job are looked for.
@@ -82,6 +82,7 @@ impl App {
         let state = Arc::new(AppState {
             pool,
             storage: workers.engine.storage().clone(),
+            download_redirect: args.worker.download_redirect.then_some(args.worker.download_redirect_ttl),
             default_chunk_size: args.worker.chunk_size,
             retention: args.worker.retention,
             min_free_disk: args.worker.min_free_disk,
@@ -102,7 +103,7 @@ impl App {
             role,
             listen = %url,
             database = %db::describe_url(&args.db.database_url),
-            storage = %args.worker.storage_dir.display(),
+            storage = %describe_storage(&args.worker),
             worker_slots = args.worker.slots(),
             "exportd {role}: HTTP API{} on {url}: Swagger UI at {url}/docs, API at {url}/api",
             if role == "serve" { " and export workers" } else { " only (no workers)" },
@@ -161,7 +162,7 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
     tracing::info!(
         role = "worker",
         database = %db::describe_url(&db_args.database_url),
-        storage = %settings.storage_dir.display(),
+        storage = %describe_storage(settings),
         worker_slots = settings.slots(),
         "exportd worker: export workers only (no HTTP API)"
     );
@@ -176,6 +177,29 @@ async fn load_datasets(pool: &PgPool, settings: &WorkerSettings) -> anyhow::Resu
     // What exportd.enqueue_export checks requests against, for services that enqueue in SQL.
     db::dataset::publish(pool, &datasets, settings).await.context("publishing the datasets")?;
     Ok(Arc::new(datasets))
+}
+
+/// The storage the settings name: the object store of `EXPORTD_STORAGE`, else the directory.
+fn open_storage(settings: &WorkerSettings) -> anyhow::Result<SharedStorage> {
+    if let Some(url) = settings.storage.as_deref().filter(|u| !u.is_empty()) {
+        let s3 = S3Settings {
+            url: url.to_owned(),
+            part_size: settings.s3_part_size,
+            options: settings.storage_options.clone(),
+        };
+        return Ok(Arc::new(ObjectStorage::new(&s3)?));
+    }
+    let dir = &settings.storage_dir;
+    let storage = LocalDir::new(dir).with_context(|| format!("creating storage directory {}", dir.display()))?;
+    Ok(Arc::new(storage))
+}
+
+/// Where files go, for the start-up line.
+fn describe_storage(settings: &WorkerSettings) -> String {
+    match settings.storage.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => format!("{url} (parts of {} MiB)", settings.s3_part_size >> 20),
+        None => settings.storage_dir.display().to_string(),
+    }
 }
 
 /// `EXPORTD_WEBHOOK_ALLOW`, parsed (start-up fails on a bad entry).
@@ -218,11 +242,9 @@ impl Workers {
         settings: &WorkerSettings,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let storage = LocalDir::new(&settings.storage_dir)
-            .with_context(|| format!("creating storage directory {}", settings.storage_dir.display()))?;
         let engine = Engine::new(
             pool.clone(),
-            Arc::new(storage),
+            open_storage(settings)?,
             datasets,
             EngineSettings {
                 max_stalled_attempts: settings.max_stalled_attempts,

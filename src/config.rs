@@ -210,9 +210,36 @@ pub struct WorkerSettings {
     #[arg(long, env = "EXPORTD_PURGE_AFTER", default_value = "30d", value_parser = parse_duration)]
     pub purge_after: Duration,
 
-    /// Directory the CSV files are written to (created if missing).
+    /// Directory the CSV files are written to (created if missing), unless `storage` names an
+    /// object store.
     #[arg(long, env = "EXPORTD_STORAGE_DIR", default_value = "exports")]
     pub storage_dir: PathBuf,
+
+    /// Where export files live when not in `storage-dir`: `s3://bucket/prefix`, an S3-compatible
+    /// bucket (endpoint, region and credentials from the usual AWS_* variables:
+    /// AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
+    /// Every API and worker process of a fleet names the same one.
+    #[arg(long, env = "EXPORTD_STORAGE")]
+    pub storage: Option<String>,
+
+    /// Part size of object-storage uploads (at least 5MiB): memory per running export is one
+    /// to two parts, and the checkpoint advances a part at a time.
+    #[arg(long, env = "EXPORTD_S3_PART_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub s3_part_size: u64,
+
+    /// Object-store options given in code rather than by the AWS_* variables (tests: several
+    /// stores in one process), as `object_store` config keys (`aws_endpoint`, ...).
+    #[arg(skip)]
+    pub storage_options: Vec<(String, String)>,
+
+    /// Downloads of files in object storage answer 302 to a presigned URL of the object store
+    /// (valid for `download-redirect-ttl`) instead of streaming the file through exportd.
+    #[arg(long, env = "EXPORTD_DOWNLOAD_REDIRECT", default_value_t = false)]
+    pub download_redirect: bool,
+
+    /// How long a download redirect's presigned URL stays valid, e.g. "5m".
+    #[arg(long, env = "EXPORTD_DOWNLOAD_REDIRECT_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub download_redirect_ttl: Duration,
 
     /// Free space the storage must keep: below it new exports are refused (507) and running
     /// ones fail at their next chunk with their files removed, so exports never fill the disk

@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 waker: exportd::export::queue::Waker::start(pool.clone()),
                 pool,
                 storage: Arc::new(LocalDir::at("exports")),
+                download_redirect: None,
                 default_chunk_size: 10_000,
                 retention: std::time::Duration::ZERO,
                 min_free_disk: 0,

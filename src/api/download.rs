@@ -101,6 +101,12 @@ pub enum DownloadResponse {
         #[oai(header = "ETag")] String,
         #[oai(header = "Accept-Ranges")] String,
     ),
+    /// The file is served by the object store it lives in: `Location` is a presigned URL of it
+    /// (valid for a few minutes; `Range` works there too). Only on servers configured to
+    /// redirect downloads (`EXPORTD_DOWNLOAD_REDIRECT`); clients that follow redirects get the
+    /// same bytes either way.
+    #[oai(status = 302)]
+    Redirect(#[oai(header = "Location")] String, #[oai(header = "ETag")] String),
     /// `If-None-Match` matched: the copy the client has is current.
     #[oai(status = 304)]
     NotModified(#[oai(header = "ETag")] String),
@@ -141,7 +147,8 @@ type DownloadErrors<const BODY: bool = true> =
 impl DownloadApi {
     /// Download the file
     ///
-    /// Streams the finished file from storage. Supports `Range` (one range; 206, or 416 when
+    /// Streams the finished file from storage (or, on servers so configured, redirects to a
+    /// presigned URL of the object store holding it). Supports `Range` (one range; 206, or 416 when
     /// it starts past the end), `If-Range`, and `If-None-Match` with the strong `ETag`
     /// (the file of an export never changes). 409 while the export is queued or running;
     /// 410 once it is expired, cancelled or failed. `Accept: application/octet-stream` gets
@@ -195,6 +202,18 @@ impl DownloadApi {
         with_body: bool,
     ) -> Result<DownloadResponse, Error> {
         let name = finished_file(&record)?;
+        let len = record.bytes_written as u64;
+        let etag = format!("\"{}-{len}\"", record.id.simple());
+        if if_none_match.as_deref().is_some_and(|h| etag_matches(h, &etag)) {
+            return Ok(DownloadResponse::NotModified(etag));
+        }
+        let spec = record.spec.get()?;
+        let file_name = format!("{}-{}.{}", record.dataset, record.id, spec.compression.extension());
+        if let (Some(ttl), true) = (self.state.download_redirect, with_body)
+            && let Some(url) = self.state.storage.download_url(name, &file_name, ttl).await?
+        {
+            return Ok(DownloadResponse::Redirect(url, etag));
+        }
         // Each download in progress holds a permit until its body is sent (or dropped); HEAD
         // sends no body and needs none.
         let permit = match with_body {
@@ -209,16 +228,9 @@ impl DownloadApi {
         // Opened now, before any header is sent: an open file is read to its end even if it
         // expires or is deleted meanwhile (the bytes stay until it is closed).
         let file = self.open(&record, name).await?;
-        let len = record.bytes_written as u64;
-        let etag = format!("\"{}-{len}\"", record.id.simple());
-        if if_none_match.as_deref().is_some_and(|h| etag_matches(h, &etag)) {
-            return Ok(DownloadResponse::NotModified(etag));
-        }
         // A Range is honoured only if If-Range (when sent) names the current version.
         let range = range.filter(|_| if_range.as_deref().is_none_or(|v| if_range_holds(v, &etag)));
-        let spec = record.spec.get()?;
-        let disposition =
-            format!("attachment; filename=\"{}-{}.{}\"", record.dataset, record.id, spec.compression.extension());
+        let disposition = format!("attachment; filename=\"{file_name}\"");
         let content_type = negotiate(accept, spec.compression.content_type());
         let accept = "bytes".to_owned();
         match range.as_deref().map(|r| parse_range(r, len)) {

@@ -445,7 +445,7 @@ impl ExportApi {
         }
         loop {
             if let Some(r) = next.take() {
-                let now = (r.status, r.rows_written);
+                let now = (r.status, r.progress_rows());
                 if sent != Some(now) {
                     return Some((self.view(&r), (None, Some(now))));
                 }
@@ -505,7 +505,7 @@ impl ExportApi {
             owner: Some(r.owned_by.clone()).filter(|o| !o.is_empty()),
             // As a request that makes the same export, or as stored when this version cannot read them.
             options: r.spec.get().ok().map(|spec| CreateExportRequest::from_spec(&r.dataset, spec)),
-            rows_written: r.rows_written,
+            rows_written: r.progress_rows(),
             bytes_written: r.bytes_written,
             last_processed_id: r.last_processed_id,
             upper_bound_id: r.upper_bound_id,
@@ -542,7 +542,7 @@ fn rows_per_second(r: &ExportRecord) -> Option<f64> {
     let started = r.started_at?;
     let end = r.finished_at.unwrap_or_else(Utc::now);
     let secs = (end - started).num_milliseconds() as f64 / 1000.0;
-    (r.rows_written > 0 && secs > 0.0).then(|| (r.rows_written as f64 / secs * 10.0).round() / 10.0)
+    (r.progress_rows() > 0 && secs > 0.0).then(|| (r.progress_rows() as f64 / secs * 10.0).round() / 10.0)
 }
 
 /// Seconds left: 0 once completed; while running, the rows the estimate says are left at the current rate.
@@ -550,7 +550,7 @@ fn eta(r: &ExportRecord, rate: Option<f64>) -> Option<i64> {
     match r.status {
         ExportStatus::Completed => Some(0),
         ExportStatus::Running => {
-            let left = (r.total_rows? - r.rows_written).max(0) as f64;
+            let left = (r.total_rows? - r.progress_rows()).max(0) as f64;
             rate.filter(|v| *v > 0.0).map(|v| (left / v).ceil() as i64)
         }
         _ => None,
@@ -567,7 +567,7 @@ fn progress(r: &ExportRecord) -> f64 {
         _ => {}
     }
     let p = match (r.total_rows, r.last_processed_id, r.upper_bound_id) {
-        (Some(total), _, _) if total > 0 => r.rows_written as f64 / total as f64,
+        (Some(total), _, _) if total > 0 => r.progress_rows() as f64 / total as f64,
         (_, Some(last), Some(upper)) if upper > 0 => last as f64 / upper as f64,
         _ => 0.0,
     };

@@ -29,6 +29,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Where completed files are read from.
     pub storage: SharedStorage,
+    /// Downloads answer 302 to a presigned URL valid this long, when the storage has them.
+    pub download_redirect: Option<std::time::Duration>,
     /// Chunk size of exports that do not ask for one.
     pub default_chunk_size: u32,
     /// How long completed files are kept (shown as `expiresAt`).

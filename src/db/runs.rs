@@ -170,7 +170,7 @@ pub async fn save_checkpoint(db: &mut PgConnection, run: Fence, cp: &Checkpoint)
     let done = bind_checkpoint(
         sqlx::query(
             "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
-             file_name = $6, file_writer = $2, stalled_attempts = 0 \
+             file_name = $6, file_state = $7, file_writer = $2, stalled_attempts = 0 \
              where id = $1 and owner = $2 and status = 'running'",
         ),
         run,
@@ -182,13 +182,32 @@ pub async fn save_checkpoint(db: &mut PgConnection, run: Fence, cp: &Checkpoint)
     Ok(done.rows_affected() == 1)
 }
 
-/// Binds `$1` export, `$2` token and `$3`..`$6` the checkpoint, as the fenced writes take them.
+/// Records the rows a run has appended past its checkpoint (bytes not yet durable), fenced by
+/// the run's token: false when the run no longer owns the export (cancelled, taken over).
+pub async fn note_progress(db: impl PgExecutor<'_>, run: Fence, rows: i64) -> Result<bool> {
+    let done = sqlx::query("update exports set rows_read = $3 where id = $1 and owner = $2 and status = 'running'")
+        .bind(run.export_id)
+        .bind(run.token)
+        .bind(rows)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Binds `$1` export, `$2` token and `$3`..`$7` the checkpoint, as the fenced writes take them.
 fn bind_checkpoint<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     run: Fence,
     cp: &'q Checkpoint,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    query.bind(run.export_id).bind(run.token).bind(cp.last_id).bind(cp.rows).bind(cp.bytes).bind(&cp.file_name)
+    query
+        .bind(run.export_id)
+        .bind(run.token)
+        .bind(cp.last_id)
+        .bind(cp.rows)
+        .bind(cp.bytes)
+        .bind(&cp.file_name)
+        .bind(cp.file_state.as_ref().map(sqlx::types::Json))
 }
 
 /// Marks the export completed with its final checkpoint, fenced by the run's token; its file
@@ -198,8 +217,9 @@ pub async fn complete_export(db: &mut PgConnection, run: Fence, cp: &Checkpoint,
     let done = bind_checkpoint(
         sqlx::query(
             "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
-             bytes_written = $5, file_name = $6, file_writer = $2, owner = null, stalled_attempts = 0, \
-             finished_at = now(), error = null, expires_at = now() + make_interval(secs => $7) \
+             bytes_written = $5, file_name = $6, file_state = $7, file_writer = $2, owner = null, \
+             stalled_attempts = 0, finished_at = now(), error = null, \
+             expires_at = now() + make_interval(secs => $8) \
              where id = $1 and owner = $2 and status = 'running'",
         ),
         run,
@@ -268,7 +288,7 @@ pub async fn reset_checkpoint(db: impl PgExecutor<'_>, run: Fence) -> Result<boo
     let Fence { export_id: id, token } = run;
     let done = sqlx::query(
         "update exports set last_processed_id = null, rows_written = 0, bytes_written = 0, file_name = null, \
-         file_writer = null \
+         file_state = null, rows_read = null, file_writer = null \
          where id = $1 and owner = $2 and status = 'running'",
     )
     .bind(id)

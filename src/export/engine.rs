@@ -3,7 +3,8 @@
 //!
 //! A run is two halves joined by a small bounded channel: the [reader](super::reader) reads
 //! keyset chunks as PostgreSQL's own CSV in pieces; the [writer](super::writer) appends them,
-//! and at each chunk's end syncs the file and saves the checkpoint. The next chunk is read
+//! and at each chunk's end syncs the file and saves the checkpoint (when the storage says every
+//! byte is durable: every chunk on disk, once per part in an object store). The next chunk is read
 //! while the previous one is synced, and memory is bounded by the channel whatever the size.
 
 use std::{sync::Arc, time::Duration};
@@ -224,10 +225,19 @@ impl Engine {
                     ::metrics::counter!(metrics::RETRIES).increment(1);
                     let message = describe(&e, token);
                     tracing::warn!(%export_id, %token, error = format!("{e:#}"), "export run failed");
-                    let _ = engine_db!(self, "releasing the export", |c| {
+                    let released = engine_db!(self, "releasing the export", |c| {
                         db::runs::release_export(c, Fence { export_id, token }, Some(&message), false)
                     })
                     .await;
+                    if let Ok(false) = released {
+                        // Another run owns it now (its takeover may be what failed this one: an
+                        // object store upload sealed under it): stop, never claim it back.
+                        metrics::fenced_refused("release");
+                        let _ =
+                            engine_db!(self, "recording a lost run", |c| { db::runs::mark_run_lost(c, token) }).await;
+                        tracing::warn!(%export_id, %token, "export lost: another run took it over; this run stopped");
+                        return Outcome::Lost;
+                    }
                     let wait = self.backoff(export.stalled_attempts.max(1) as u32);
                     if !self.pause(wait).await {
                         return Outcome::Released;
@@ -259,6 +269,7 @@ impl Engine {
             rows: export.rows_written,
             bytes: export.bytes_written,
             file_name: export.file_name.clone().unwrap_or_default(),
+            file_state: export.file_state.as_ref().map(|s| s.0.clone()),
         };
         let prepared = self.open_run_file(export, token, cp.bytes as u64, adopt, extension).await;
         let run_file = match prepared {
@@ -273,12 +284,12 @@ impl Engine {
                 {
                     return Ok(Outcome::Lost);
                 }
-                cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new() };
+                cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new(), file_state: None };
                 self.storage.create_run(RunId { export_id: export.id, token, extension }).await?
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
-        cp.file_name = run_file.name;
+        (cp.file_name, cp.file_state) = (run_file.name, run_file.state);
         self.faults.pause_at(PauseAt::FilePrepared).await;
 
         let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
@@ -328,12 +339,9 @@ impl Engine {
         adopt: bool,
         extension: &str,
     ) -> Result<Option<RunFile>, PrepareError> {
-        let previous = export.file_name.as_deref();
-        let mut copy = match self
-            .storage
-            .prepare_run(RunId { export_id: export.id, token, extension }, Resume { file: previous, bytes, adopt })
-            .await?
-        {
+        let resume =
+            Resume { file: export.file_name.as_deref(), bytes, state: export.file_state.as_ref().map(|s| &s.0), adopt };
+        let mut copy = match self.storage.prepare_run(RunId { export_id: export.id, token, extension }, resume).await? {
             Prepared::Ready(f) => return Ok(Some(f)),
             Prepared::Copy(copy) => copy,
         };

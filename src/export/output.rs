@@ -1,7 +1,10 @@
 //! The run file's framing: bytes appended plain or as gzip members (one per chunk, so a
 //! checkpoint always falls on a member boundary), compressed off the async threads, and synced.
 
-use crate::{model::spec::Compression, storage::RunWriter};
+use crate::{
+    model::spec::Compression,
+    storage::{Durable, RunWriter},
+};
 
 /// The run's file, written plain or as gzip members (one per chunk, so every checkpoint falls
 /// on a member boundary and a resumed run appends a new member after it: decoders read
@@ -134,9 +137,14 @@ impl Output {
         self.gzip.as_mut().map(|g| std::mem::take(&mut g.pending))
     }
 
-    /// Makes every byte written so far durable.
-    pub(super) async fn sync(&mut self) -> anyhow::Result<()> {
+    /// At a chunk boundary: whether every byte written so far is durable (see [`RunWriter::sync`]).
+    pub(super) async fn sync(&mut self) -> anyhow::Result<Option<Durable>> {
         self.file.sync().await.map_err(storage_error)
+    }
+
+    /// Makes the file whole: every byte durable and the file readable under its name.
+    pub(super) async fn finish_file(&mut self) -> anyhow::Result<Durable> {
+        self.file.finish().await.map_err(storage_error)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The writer: appends the reader's pieces to the run's file (plain, or one gzip member per
 //! chunk), and at each chunk's end syncs the file, then saves the checkpoint, fenced by the
-//! run's token (River's resumable step: the durable effect first, then the cursor).
+//! run's token (River's resumable step: the durable effect first, then the cursor). Where the
+//! storage makes bytes durable only a part at a time (object storage), the checkpoint waits for
+//! the first chunk end at which every byte is: the rows after it are read again after a crash.
 
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ impl Engine {
         let spare = if compression == Compression::Gzip { self.buffers.take() } else { Vec::new() };
         let mut out = Output::new(file, compression, cp.bytes, spare);
         let mut chunks = 0u64;
+        // Where the appended bytes have got to (durable and checkpointed, or not yet).
+        let (mut read_to, mut read_rows) = (cp.last_id, cp.rows);
         let mut chunk_started = false;
         let (mut t_write, mut t_sync, mut t_checkpoint, mut t_idle) =
             (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -61,17 +65,32 @@ impl Engine {
                     chunk_started = false;
                     let t = Instant::now();
                     out.end_member().await?;
-                    out.sync().await?;
+                    let synced = out.sync().await?;
                     t_sync += t.elapsed();
                     chunks += 1;
+                    (read_to, read_rows) = (Some(last_id), read_rows + rows as i64);
                     if self.faults.crash_before_checkpoint(chunks) {
                         return Ok((cp, Some(Outcome::Crashed)));
                     }
+                    let Some(durable) = synced else {
+                        // Not durable yet (bytes short of an object store's part): no checkpoint,
+                        // but the progress, fenced, so a cancel or takeover stops the run now.
+                        if !engine_db!(self, "recording progress", |c| {
+                            db::runs::note_progress(c, db::runs::Fence { export_id, token }, read_rows)
+                        })
+                        .await?
+                        {
+                            metrics::fenced_refused("progress");
+                            return Ok((cp, Some(Outcome::Lost)));
+                        }
+                        continue;
+                    };
                     let next = Checkpoint {
-                        last_id: Some(last_id),
-                        rows: cp.rows + rows as i64,
+                        last_id: read_to,
+                        rows: read_rows,
                         bytes: out.written,
                         file_name: cp.file_name.clone(),
+                        file_state: durable.state,
                     };
                     let t = Instant::now();
                     if !engine_db!(self, "saving a checkpoint", |c| {
@@ -84,7 +103,11 @@ impl Engine {
                     }
                     t_checkpoint += t.elapsed();
                     ::metrics::histogram!(metrics::CHECKPOINT).record(t.elapsed().as_secs_f64());
-                    metrics::chunk_written(&export.dataset, rows, (next.bytes - cp.bytes) as u64);
+                    metrics::chunk_written(
+                        &export.dataset,
+                        (next.rows - cp.rows) as u64,
+                        (next.bytes - cp.bytes) as u64,
+                    );
                     cp = next;
                     if self.faults.crash_after_checkpoint(chunks) {
                         return Ok((cp, Some(Outcome::Crashed)));
@@ -95,11 +118,15 @@ impl Engine {
                 }
             }
         }
-        // Producer done: whatever follows the last checkpoint (only ever the header of an
-        // export without rows) is synced and becomes part of the final checkpoint.
+        // Producer done: whatever follows the last checkpoint (the header of an export without
+        // rows; chunks not yet durable in an object store) is made durable, the file whole, and
+        // it all becomes the final checkpoint.
         out.finish().await?;
-        out.sync().await?;
-        cp.bytes = out.written;
+        let durable = out.finish_file().await?;
+        if read_rows > cp.rows {
+            metrics::chunk_written(&export.dataset, (read_rows - cp.rows) as u64, (out.written - cp.bytes) as u64);
+        }
+        (cp.last_id, cp.rows, cp.bytes, cp.file_state) = (read_to, read_rows, out.written, durable.state);
         if let Some(buf) = out.take_buffer() {
             self.buffers.give(buf);
         }

@@ -117,6 +117,19 @@ pub struct ExportRecord {
     pub owned_by: String,
     /// Where its end is announced (a webhook), if anywhere.
     pub callback_url: Option<String>,
+    /// What the checkpoint recorded of `file_name` besides its length (an object store's upload
+    /// and parts; see [`crate::storage::Durable`]).
+    pub file_state: Option<sqlx::types::Json<serde_json::Value>>,
+    /// Rows the owning run has appended, checkpointed or not (object storage checkpoints a part
+    /// at a time); what progress shows when it is ahead of `rows_written`.
+    pub rows_read: Option<i64>,
+}
+
+impl ExportRecord {
+    /// Rows exported so far, as progress shows them: checkpointed, or appended by the run.
+    pub fn progress_rows(&self) -> i64 {
+        self.rows_read.map_or(self.rows_written, |r| r.max(self.rows_written))
+    }
 }
 
 /// An export's options as stored, read leniently: a row written by another version (a field or
@@ -192,4 +205,6 @@ pub struct Checkpoint {
     pub bytes: i64,
     /// The file, by its name in storage.
     pub file_name: String,
+    /// What else the storage needs to find the bytes again (an object store's upload and parts).
+    pub file_state: Option<serde_json::Value>,
 }

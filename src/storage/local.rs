@@ -12,7 +12,7 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use super::{PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile};
+use super::{Durable, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile};
 
 /// A storage directory.
 #[derive(Debug, Clone)]
@@ -34,9 +34,14 @@ impl RunWriter for LocalRunFile {
         self.0.write_all(bytes).await
     }
 
-    async fn sync(&mut self) -> io::Result<()> {
+    async fn sync(&mut self) -> io::Result<Option<Durable>> {
+        self.finish().await.map(Some)
+    }
+
+    async fn finish(&mut self) -> io::Result<Durable> {
         self.0.flush().await?;
-        self.0.sync_data().await
+        self.0.sync_data().await?;
+        Ok(Durable::default())
     }
 }
 
@@ -105,7 +110,7 @@ impl PrefixCopy for LocalPrefixCopy {
         dst.sync_data()?;
         let mut file = File::from_std(dst);
         file.seek(io::SeekFrom::Start(self.bytes)).await?;
-        Ok(RunFile { out: Box::new(LocalRunFile(file)), name: std::mem::take(&mut self.name) })
+        Ok(RunFile { out: Box::new(LocalRunFile(file)), name: std::mem::take(&mut self.name), state: None })
     }
 
     async fn abandon(mut self: Box<Self>) {
@@ -162,7 +167,7 @@ impl Storage for LocalDir {
     }
 
     async fn prepare_run(&self, run: RunId<'_>, from: Resume<'_>) -> Result<Prepared, PrepareError> {
-        let Resume { file: previous, bytes, adopt } = from;
+        let Resume { file: previous, bytes, adopt, .. } = from;
         let previous = match previous {
             Some(p) if bytes > 0 => p,
             _ => return Ok(Prepared::Ready(self.create_run(run).await?)),
@@ -182,7 +187,11 @@ impl Storage for LocalDir {
             file.set_len(bytes).await?; // drop a torn or uncheckpointed tail
             file.sync_data().await?;
             file.seek(io::SeekFrom::Start(bytes)).await?;
-            return Ok(Prepared::Ready(RunFile { out: Box::new(LocalRunFile(file)), name: previous.to_owned() }));
+            return Ok(Prepared::Ready(RunFile {
+                out: Box::new(LocalRunFile(file)),
+                name: previous.to_owned(),
+                state: None,
+            }));
         }
         let (file, name) = self.create_file(run).await?;
         Ok(Prepared::Copy(Box::new(LocalPrefixCopy {
@@ -198,7 +207,7 @@ impl Storage for LocalDir {
 
     async fn create_run(&self, run: RunId<'_>) -> io::Result<RunFile> {
         let (file, name) = self.create_file(run).await?;
-        Ok(RunFile { out: Box::new(LocalRunFile(file)), name })
+        Ok(RunFile { out: Box::new(LocalRunFile(file)), name, state: None })
     }
 
     async fn open(&self, name: &str) -> io::Result<Box<dyn StoredFile>> {

@@ -7,18 +7,25 @@
 //!   ([`Prepared::Copy`], in slices so a stop is never held up), so a stale runner can never
 //!   change a byte that will be served; one that takes over from a clean release continues the
 //!   file in place, cut back to the checkpoint;
-//! - [`RunWriter::sync`] makes every appended byte durable: the engine saves a checkpoint only
-//!   after it, so a checkpoint never points past durable bytes;
+//! - [`RunWriter::sync`] says, at a chunk boundary, whether every appended byte is durable (and
+//!   what else a checkpoint must record to find them again: [`Durable::state`]); the engine saves
+//!   a checkpoint only then, so a checkpoint never points past durable bytes. A directory makes
+//!   every chunk durable; an object store only once a part's worth is buffered;
+//! - [`RunWriter::finish`] makes the file whole and readable (an object store completes its
+//!   upload), before the export is marked completed;
 //! - a stored file opened for reading keeps its bytes until read, even if it is deleted.
 //!
-//! Names are relative to the backend's root and are what checkpoints store. An object-store
-//! backend maps a run file to a multipart upload (append = buffer, sync = upload a part) and
-//! a prefix copy to server-side part copies; pieces of parallel ranges are run files of their
-//! own, joined when the export completes.
+//! Names are relative to the backend's root and are what checkpoints store. The object-store
+//! backend ([`ObjectStorage`]) maps a run file to a multipart upload (append = buffer, sync =
+//! upload a part) and a prefix copy to server-side part copies.
 
 mod local;
+mod s3;
 
-use std::{fmt, io, time::SystemTime};
+use std::{
+    fmt, io,
+    time::{Duration, SystemTime},
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,6 +33,7 @@ use futures::stream::BoxStream;
 use uuid::Uuid;
 
 pub use local::LocalDir;
+pub use s3::{MIN_PART_SIZE, ObjectStorage, S3Settings};
 
 /// A storage backend, shared by the engine, the API and the sweeper.
 pub type SharedStorage = std::sync::Arc<dyn Storage>;
@@ -59,6 +67,12 @@ pub trait Storage: fmt::Debug + Send + Sync {
     /// Deletes one stored file (best effort).
     async fn remove_file(&self, name: &str);
 
+    /// A URL the client can fetch the finished file from directly (an object store's presigned
+    /// URL, valid for `ttl`, naming `file_name` as the download's name); None: serve it ourselves.
+    async fn download_url(&self, _name: &str, _file_name: &str, _ttl: Duration) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Bytes still free for files (None: unknown, or no such limit for this backend).
     fn free_bytes(&self) -> Option<u64>;
 
@@ -86,14 +100,17 @@ impl RunId<'_> {
     }
 }
 
-/// Where a run resumes: the checkpointed file (None: nothing yet), its checkpointed length, and
-/// whether the run that wrote it released cleanly (so it may be continued in place).
+/// Where a run resumes: the checkpointed file (None: nothing yet), its checkpointed length, what
+/// else the checkpoint recorded of it, and whether the run that wrote it released cleanly (so it
+/// may be continued in place).
 #[derive(Debug, Clone, Copy)]
 pub struct Resume<'a> {
     /// The checkpointed file's name.
     pub file: Option<&'a str>,
     /// Its checkpointed length: everything after is cut off (or not copied).
     pub bytes: u64,
+    /// The backend's state saved with the checkpoint ([`Durable::state`]).
+    pub state: Option<&'a serde_json::Value>,
     /// Continue the file in place rather than copy its prefix.
     pub adopt: bool,
 }
@@ -104,6 +121,17 @@ pub struct RunFile {
     pub out: Box<dyn RunWriter>,
     /// Name in storage, saved with each checkpoint.
     pub name: String,
+    /// The backend's state of the file as opened (saved with the next checkpoint).
+    pub state: Option<serde_json::Value>,
+}
+
+/// Every byte appended so far is durable; `state` is what the checkpoint must save besides the
+/// file's name and length to find them again (None for a file on disk; an object store's upload
+/// id and the ETags and sizes of its parts).
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    /// The backend's state, saved with the checkpoint and handed back in [`Resume::state`].
+    pub state: Option<serde_json::Value>,
 }
 
 impl fmt::Debug for RunFile {
@@ -115,10 +143,14 @@ impl fmt::Debug for RunFile {
 /// The writing end of a run's file.
 #[async_trait]
 pub trait RunWriter: Send {
-    /// Appends `bytes` (durable only after [`RunWriter::sync`]).
+    /// Appends `bytes` (durable only after [`RunWriter::sync`] says so).
     async fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// Makes every byte appended so far durable.
-    async fn sync(&mut self) -> io::Result<()>;
+    /// At a chunk boundary: makes the appended bytes durable when this backend does so now, and
+    /// says whether all of them are (None: some wait for more, as bytes short of an object
+    /// store's part do; the engine then checkpoints at a later boundary).
+    async fn sync(&mut self) -> io::Result<Option<Durable>>;
+    /// Ends the file: every byte durable, the file whole and readable under its name.
+    async fn finish(&mut self) -> io::Result<Durable>;
 }
 
 /// A run's file: ready, or still to be filled with the checkpointed prefix.

@@ -187,6 +187,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
         waker: exportd::export::queue::Waker::start(dead.clone()),
         pool: dead,
         storage: std::sync::Arc::new(exportd::storage::LocalDir::at(app.storage.path())),
+        download_redirect: None,
         default_chunk_size: 10_000,
         retention: Duration::from_secs(3600),
         min_free_disk: 0,

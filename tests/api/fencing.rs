@@ -68,7 +68,13 @@ async fn fenced_checkpoint_rejects_a_stale_token() {
     let mut conn = app.db.pool.acquire().await.unwrap();
     let c = &mut *conn;
     claim_export(c, Fence { export_id: id, token: a }, "A", 5).await.unwrap();
-    let cp = |last: i64| Checkpoint { last_id: Some(last), rows: last, bytes: last * 10, file_name: "x".into() };
+    let cp = |last: i64| Checkpoint {
+        last_id: Some(last),
+        rows: last,
+        bytes: last * 10,
+        file_name: "x".into(),
+        file_state: None,
+    };
     assert!(save_checkpoint(c, Fence { export_id: id, token: a }, &cp(5)).await.unwrap());
     claim_export(c, Fence { export_id: id, token: b }, "B", 5).await.unwrap();
     assert!(

@@ -12,6 +12,7 @@ mod keys;
 mod lifecycle;
 mod limits;
 mod links;
+mod object_storage;
 mod operability;
 mod options;
 mod plans;

@@ -89,6 +89,9 @@ pub struct AppOptions {
     /// `EXPORTD_WEBHOOK_ALLOW` and `EXPORTD_WEBHOOK_RETRIES` (None = the default schedule).
     pub webhook_allow: Vec<String>,
     pub webhook_retries: Option<Vec<Duration>>,
+    /// `EXPORTD_STORAGE` (e.g. `s3://exports/prefix`) with the object store's options and
+    /// `EXPORTD_S3_PART_SIZE` (None: the test's storage directory).
+    pub object_storage: Option<exportd::storage::S3Settings>,
 }
 
 impl Default for AppOptions {
@@ -110,6 +113,7 @@ impl Default for AppOptions {
             link_secrets: Vec::new(),
             webhook_allow: Vec::new(),
             webhook_retries: None,
+            object_storage: None,
         }
     }
 }
@@ -172,6 +176,10 @@ pub async fn spawn_app_on(db: TestDb, storage: tempfile::TempDir, opts: AppOptio
     }
     if let Some(slots) = opts.throttled_workers {
         args.worker.throttled_concurrency = slots;
+    }
+    if let Some(s3) = opts.object_storage {
+        (args.worker.storage, args.worker.storage_options, args.worker.s3_part_size) =
+            (Some(s3.url), s3.options, s3.part_size);
     }
     args.worker.worker_concurrency = opts.workers;
     args.worker.chunk_size = opts.chunk_size;

@@ -1,6 +1,6 @@
 //! Test support shared by every test binary and the bench, one copy of each helper: a
 //! database per test and the app in-process ([`helpers`]), the real binary as a process
-//! ([`process`]), and the API over HTTP ([`client`]).
+//! ([`process`]), and the API over HTTP ([`client`]), a real S3-compatible object store ([`s3`]).
 //!
 //! Included with `#[path = "../support/mod.rs"] mod support;`; not every binary uses every helper.
 #![allow(dead_code)]
@@ -8,3 +8,4 @@
 pub mod client;
 pub mod helpers;
 pub mod process;
+pub mod s3;

@@ -1,0 +1,243 @@
+//! Exports to S3-compatible object storage (a real Garage node): multipart uploads resumed
+//! exactly after kill -9 without reading the rows of uploaded parts again, a takeover that a
+//! stale run still uploading cannot harm, downloads from any API process (streamed, or by
+//! redirect to a presigned URL), and nothing left behind.
+
+use std::time::Duration;
+
+use exportd::{
+    export::engine::{Faults, Outcome, Pause, PauseAt},
+    storage::Storage,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::*,
+    support::{
+        process::{Exportd, exportd_env},
+        s3::Garage,
+    },
+};
+
+/// 5 MiB, the smallest part S3 takes: several parts even for a test-sized export.
+const PART: u64 = exportd::storage::MIN_PART_SIZE;
+
+/// The export's objects and uploads in the bucket, by name.
+async fn stored(storage: &dyn Storage, id: uuid::Uuid) -> Vec<String> {
+    let mut names: Vec<String> = storage.run_files(id).await.unwrap().into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_to_object_storage_resumes_exactly_after_kill_9_and_downloads_from_any_api_host() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 100_000).await; // ~30 MB of CSV: six parts of 5 MiB
+    let reference = copy_reference(&db.pool).await;
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap(); // given, and never written: files go to the bucket
+    let part = PART.to_string();
+    let mut env = exportd_env(
+        &db.url,
+        dir.path(),
+        &[("EXPORTD_WORKER_CONCURRENCY", "1"), ("EXPORTD_S3_PART_SIZE", &part), ("RUST_LOG", "warn")],
+    );
+    env.extend(garage.env.iter().cloned());
+    let mut worker = Exportd::serve(env.clone()).await;
+    let api = worker.api();
+    // ~6 s at 20 000 rows/s, chunks of 2 000 rows (~600 kB: a part every ~9 chunks).
+    let id = api.create_export(Some(json!({"chunkSize": 2000, "maxRowsPerSecond": 20000}))).await;
+
+    // kill -9 twice, each time after the checkpoint has passed one more part, at a random
+    // moment within the part after it (buffering or uploading).
+    for kill in 1..=2u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let row = export_row(&db.pool, id).await;
+            if row.bytes_written as u64 >= kill * 2 * PART {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no checkpoint past {kill} parts: {row:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rand_below(400))).await;
+        worker.kill9();
+        let at_kill = export_row(&db.pool, id).await;
+        // The checkpoint names exactly the durable parts: their sizes add up to its bytes.
+        let state = at_kill.file_state.clone().expect("the checkpoint saves the upload").0;
+        let parts = state["parts"].as_array().unwrap();
+        let sum: u64 = parts.iter().map(|p| p["size"].as_u64().unwrap()).sum();
+        assert_eq!(sum, at_kill.bytes_written as u64, "{state}");
+        assert!(parts.len() >= kill as usize * 2 - 1);
+        worker.start().await;
+        // The next run starts from that checkpoint: no row in an uploaded part is read again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let start_id = loop {
+            let runs = exportd::db::exports::list_runs(&db.pool, id).await.unwrap();
+            if runs.len() as u64 == kill + 1 {
+                break runs.last().unwrap().start_id;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no new run after the restart");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(start_id, at_kill.last_processed_id, "kill {kill}: resumed from the checkpoint");
+    }
+    let end = api.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(end["status"], "completed", "{end}");
+    assert_eq!(end["rowsWritten"], 100_008);
+    assert_same_bytes(&api.download(id).await, &reference);
+
+    // Only the completed object is left: the killed runs' sealed objects and every upload are gone.
+    let bucket = garage.storage("exportd", PART);
+    let row = export_row(&db.pool, id).await;
+    assert_eq!(stored(&bucket, id).await, vec![row.file_name.clone().unwrap()]);
+    assert!(row.file_state.is_none(), "a completed export's file is a whole object");
+
+    // A second host, API only, serves it too: whole, by range, with the same ETag.
+    let mut api_env = env.clone();
+    api_env.push(("EXPORTD_DOWNLOAD_REDIRECT".into(), "false".into()));
+    let other = Exportd::api_only(api_env, &dir.path().join("api.log")).await;
+    let other_api = other.api();
+    let first = api.client.get(api.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
+    let etag = first.headers()["etag"].clone();
+    assert_same_bytes(&other_api.download(id).await, &reference);
+    let ranged = other_api
+        .client
+        .get(other_api.url(&format!("/api/export/{id}/download")))
+        .header("Range", "bytes=1000-5000999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(ranged.headers()["etag"], etag);
+    assert_eq!(ranged.bytes().await.unwrap(), &reference[1000..5_001_000]);
+
+    // A third, redirecting downloads to presigned URLs of the object store.
+    let mut redirect_env = env.clone();
+    redirect_env.push(("EXPORTD_DOWNLOAD_REDIRECT".into(), "true".into()));
+    let redirecting = Exportd::api_only(redirect_env, &dir.path().join("redirect.log")).await;
+    let r_api = redirecting.api();
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp =
+        no_follow.get(r_api.url(&format!("/api/export/{id}/download"))).bearer_auth(&r_api.key).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(garage.var("AWS_ENDPOINT_URL")), "{location}");
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    // The presigned URL needs no key, serves the same bytes, and takes a Range.
+    let direct = reqwest::get(&location).await.unwrap();
+    assert_eq!(direct.status(), 200);
+    assert!(direct.headers()["content-disposition"].to_str().unwrap().contains(&id.to_string()));
+    assert_same_bytes(&direct.bytes().await.unwrap(), &reference);
+    let part_of = reqwest::Client::new().get(&location).header("Range", "bytes=10-19").send().await.unwrap();
+    assert_eq!(part_of.status(), 206);
+    assert_eq!(part_of.bytes().await.unwrap(), &reference[10..20]);
+    // A client following redirects gets the file as from any other host; the signed link too.
+    assert_same_bytes(&r_api.download(id).await, &reference);
+    let link = r_api.status(id).await["downloadUrl"].as_str().unwrap().to_owned();
+    let link = if link.starts_with("http") { link } else { r_api.url(&link) };
+    let via_link = no_follow.get(&link).send().await.unwrap();
+    assert_eq!(via_link.status(), 302, "signed links redirect too");
+    let linked = reqwest::get(via_link.headers()["location"].to_str().unwrap()).await.unwrap();
+    assert_same_bytes(&linked.bytes().await.unwrap(), &reference);
+    // HEAD answers from exportd itself.
+    let head = r_api.client.head(r_api.url(&format!("/api/export/{id}/download"))).send().await.unwrap();
+    assert_eq!((head.status().as_u16(), head.headers()["etag"].clone()), (200, etag));
+}
+
+/// A pseudo-random number below `n` (a kill moment).
+fn rand_below(n: u64) -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    u64::from_le_bytes(b) % n
+}
+
+/// A takes the export, checkpoints its first part and is paused before its second chunk; B
+/// takes over (sealing A's upload) and is paused once its file is prepared; A goes on: its
+/// next part upload fails against the sealed upload. A must stop as lost, not retry and claim
+/// the export back from B (which then completes it, byte-identical, in its own object). The
+/// schedule is forced by two pause points; a chunk is larger than a part, so every chunk end
+/// uploads one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_is_not_harmed_by_the_stale_run_still_uploading() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 60_000).await;
+    let reference = copy_reference(&db.pool).await;
+    let per_row = reference.len() as u64 / 60_008;
+    let chunk = (PART * 13 / 10).div_ceil(per_row); // 1.3 parts: one part per chunk end
+    let garage = Garage::start();
+    let opts = AppOptions { workers: 0, object_storage: garage.for_app("fencing", PART), ..Default::default() };
+    let app = spawn_app(db, opts).await;
+    let id = app.create_export(Some(json!({"chunkSize": chunk}))).await;
+
+    let pause_a = Pause::new();
+    let engine_a = (*app.engine)
+        .clone()
+        .with_faults(Faults { pause: Some((PauseAt::BeforeChunkWrite(2), pause_a.clone())), ..Default::default() });
+    let first = tokio::spawn(async move { engine_a.execute(id, "runner-A").await });
+    pause_a.reached().await;
+    let at_pause = export_row(&app.db.pool, id).await;
+    assert_eq!(at_pause.file_state.as_ref().unwrap().0["parts"].as_array().unwrap().len(), 1, "A checkpointed a part");
+    let a_file = at_pause.file_name.unwrap();
+
+    let pause_b = Pause::new();
+    let engine_b = (*app.engine)
+        .clone()
+        .with_faults(Faults { pause: Some((PauseAt::FilePrepared, pause_b.clone())), ..Default::default() });
+    let second = tokio::spawn(async move { engine_b.execute(id, "runner-B").await });
+    pause_b.reached().await; // A's upload is sealed; B's own holds a copy of its part
+    pause_a.resume();
+    assert_eq!(first.await.unwrap(), Outcome::Lost, "A stops without claiming the export back");
+    pause_b.resume();
+    assert_eq!(second.await.unwrap(), Outcome::Completed);
+
+    let row = export_row(&app.db.pool, id).await;
+    assert_ne!(row.file_name.as_deref(), Some(a_file.as_str()), "B wrote its own object");
+    assert_same_bytes(&app.download(id).await, &reference);
+    let runs = exportd::db::exports::list_runs(&app.db.pool, id).await.unwrap();
+    assert_eq!(runs.len(), 2, "A never claimed it back");
+    assert_eq!((runs[1].worker.as_str(), runs[1].outcome.as_deref()), ("runner-B", Some("completed")));
+    let bucket = garage.storage("fencing", PART);
+    assert_eq!(stored(&bucket, id).await, vec![row.file_name.unwrap()], "A's sealed object is deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_and_cancel_with_object_storage() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 40_000).await;
+    let reference = copy_reference(&db.pool).await;
+    let garage = Garage::start();
+    let opts = AppOptions { workers: 2, object_storage: garage.for_app("gz", PART), ..Default::default() };
+    let app = spawn_app(db, opts).await;
+    let bucket = garage.storage("gz", PART);
+
+    // gzip members per chunk, parts of whole members: decompresses to COPY's bytes.
+    let id = app.create_export(Some(json!({"chunkSize": 500, "compression": "gzip"}))).await;
+    let end = app.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(end["status"], "completed", "{end}");
+    let gz = app.download(id).await;
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&gz[..]), &mut plain).unwrap();
+    assert_same_bytes(&plain, &reference);
+
+    // Progress shows before the first part is durable, and a cancel stops the run within a
+    // chunk: its upload is aborted and nothing is left.
+    let id = app.create_export(Some(json!({"chunkSize": 500, "maxRowsPerSecond": 4000}))).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: Value = app.status(id).await;
+        if status["rowsWritten"].as_i64().unwrap() >= 1000 {
+            assert_eq!(export_row(&app.db.pool, id).await.rows_written, 0, "nothing durable yet: progress only");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress shown: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = app.client.delete(app.url(&format!("/api/export/{id}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !stored(&bucket, id).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "left behind: {:?}", stored(&bucket, id).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
