@@ -11,6 +11,7 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    listen: String,
 }
 
 fn as_postgres(program: PathBuf) -> Command {
@@ -35,8 +36,13 @@ fn server_bin() -> PathBuf {
 }
 
 impl Cluster {
-    /// initdb + start on a free port.
+    /// initdb + start on a free port of the loopback interface.
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// initdb + start on a free port, listening on `listen` (comma-separated addresses).
+    pub fn start_on(listen: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("exportd-chaos-pg-").tempdir_in("/tmp").unwrap();
         if crate::support::process::is_root() {
             let ok = Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap().success();
@@ -50,8 +56,15 @@ impl Cluster {
             .status()
             .unwrap();
         assert!(status.success(), "initdb");
+        if listen != "127.0.0.1" {
+            // Hosts on the other addresses' networks connect too (test namespaces on a bridge).
+            use std::io::Write as _;
+            let hba = dir.path().join("data/pg_hba.conf");
+            let mut f = std::fs::OpenOptions::new().append(true).open(hba).unwrap();
+            writeln!(f, "host all all samenet trust").unwrap();
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let cluster = Self { dir, bin, port };
+        let cluster = Self { dir, bin, port, listen: listen.to_owned() };
         cluster.start_server();
         cluster
     }
@@ -65,9 +78,10 @@ impl Cluster {
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start_server(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses={} -c max_connections=200",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.listen,
         );
         let status = self
             .pg_ctl()
@@ -76,7 +90,8 @@ impl Cluster {
             .args(["-w", "-t", "60", "-o", &opts, "start"])
             .status()
             .unwrap();
-        assert!(status.success(), "pg_ctl start");
+        let log = || std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        assert!(status.success(), "pg_ctl start:\n{}", log());
     }
 
     /// Stops the server: `fast` (clean) or `immediate` (like a crash: recovery at next start).

@@ -12,12 +12,14 @@ mod support;
 use std::time::{Duration, Instant};
 
 use cluster::Cluster;
-use exportd::{db::exports::list_runs, model::RunRecord};
+use exportd::{db::exports::list_runs, model::RunRecord, storage::Storage};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use support::{
     helpers::{assert_same_bytes, copy_reference, seed_nasty},
+    netns::Net,
     process::{Exportd, Tmpfs, exportd_env, is_root},
+    s3::Garage,
 };
 use uuid::Uuid;
 
@@ -370,4 +372,107 @@ async fn many_workers_twenty_exports_random_kills() {
         assert_same_bytes(&api.download(*id).await, &s.reference);
         assert_runs_never_overlap(&s.runs(*id).await);
     }
+}
+
+/// A fleet on several hosts: 2 `exportd api` and 3 `exportd worker` processes, each in a
+/// network namespace of its own with its own address (no shared loopback, no shared disk for
+/// exports), reaching PostgreSQL and a Garage node (the export files) over a bridge. Exports
+/// are submitted across both API hosts while workers are killed and restarted at random and
+/// one worker host's link is cut for a while, again each time it has come back until the storm
+/// ends (its connections hang, its heartbeat stops, its exports are taken over; when it comes
+/// back, its stale runs are fenced out). Every export
+/// completes exactly once, byte-identical to COPY, downloadable from either API host.
+async fn fleet(exports: usize, storm: Duration, cut_for: Duration) {
+    assert!(is_root(), "the fleet needs root for its network namespaces (CI runs as root)");
+    let net = Net::create(5);
+    let gateway = net.gateway();
+    let cluster = Cluster::start_on(&format!("127.0.0.1,{gateway}"));
+    let admin = sqlx::PgPool::connect(&cluster.url("postgres")).await.unwrap();
+    sqlx::query("create database exportd").execute(&admin).await.unwrap();
+    admin.close().await;
+    let pool = sqlx::PgPool::connect(&cluster.url("exportd")).await.unwrap();
+    exportd::db::migrate(&pool).await.unwrap();
+    seed_nasty(&pool, 30_000).await; // ~9 MB per export: a part or two of 5 MiB
+    let reference = copy_reference(&pool).await;
+    let garage = Garage::start_on(&gateway);
+    let bucket = garage.storage("exportd", exportd::storage::MIN_PART_SIZE);
+
+    let logs = tempfile::tempdir().unwrap();
+    let unused = tempfile::tempdir().unwrap(); // no host writes here: files go to the bucket
+    let db_url = format!("postgres://postgres@{gateway}:{}/exportd", cluster.port);
+    let mut env = chaos_env(&db_url, unused.path());
+    env.extend(garage.env.iter().cloned());
+    env.extend([("EXPORTD_S3_PART_SIZE", "5MiB"), ("EXPORTD_DB_IO_TIMEOUT", "5s")].map(|(k, v)| (k.into(), v.into())));
+    let mut apis = Vec::new();
+    for (i, host) in net.hosts[..2].iter().enumerate() {
+        apis.push(Exportd::api_on(host, env.clone(), &logs.path().join(format!("api-{i}.log"))).await);
+    }
+    let mut worker_env = env.clone();
+    worker_env.push(("EXPORTD_WORKER_CONCURRENCY".into(), "2".into()));
+    let mut workers = Vec::new();
+    for (i, host) in net.hosts[2..].iter().enumerate() {
+        workers.push(Exportd::worker_on(host, worker_env.clone(), &logs.path().join(format!("worker-{i}.log"))).await);
+    }
+    let clients: Vec<_> = apis.iter().map(Exportd::api).collect();
+    let mut ids = Vec::new();
+    for i in 0..exports {
+        let body = json!({"chunkSize": 1000, "maxRowsPerSecond": 15000}); // ~2 s each
+        ids.push(clients[i % 2].create_export(Some(body)).await);
+    }
+
+    let mut rng = Rng::new();
+    let started = Instant::now();
+    let cut_host = 2 + (rng.millis(0, 3).as_millis() as usize);
+    let (cut_at, mut cut) = (storm / 4, None);
+    while started.elapsed() < storm || cut.is_some() {
+        tokio::time::sleep(rng.millis(300, 1500)).await;
+        match cut {
+            None if started.elapsed() >= cut_at && started.elapsed() < storm => {
+                eprintln!("cutting host {cut_host}'s link for {cut_for:?}");
+                net.cut(cut_host);
+                cut = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() >= cut_for => {
+                net.restore(cut_host);
+                cut = None;
+            }
+            _ => {}
+        }
+        if started.elapsed() < storm {
+            let victim = rng.millis(0, 3).as_millis() as usize;
+            workers[victim].kill9();
+            workers[victim].start().await;
+        }
+    }
+
+    let mut all_runs = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let done = clients[i % 2].wait_finished(*id, Duration::from_secs(240)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        for client in &clients {
+            assert_same_bytes(&client.download(*id).await, &reference);
+        }
+        let runs = list_runs(&pool, *id).await.unwrap();
+        all_runs += runs.len();
+        assert_runs_never_overlap(&runs);
+        let completed = runs.iter().filter(|r| r.outcome.as_deref() == Some("completed")).count();
+        assert_eq!(completed, 1, "completed exactly once: {runs:?}");
+        let file: String =
+            sqlx::query_scalar("select file_name from exports where id = $1").bind(id).fetch_one(&pool).await.unwrap();
+        let left: Vec<String> = bucket.run_files(*id).await.unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(left, vec![file], "only the completed object is left");
+    }
+    assert!(all_runs > ids.len(), "the storm interrupted runs: {all_runs} runs for {} exports", ids.len());
+    drop((apis, workers));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_in_network_namespaces_with_object_storage_short() {
+    fleet(6, Duration::from_secs(6), Duration::from_secs(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: run by make chaos"]
+async fn a_fleet_of_2_api_and_3_worker_hosts_20_exports_kills_and_a_cut_link() {
+    fleet(20, Duration::from_secs(30), Duration::from_secs(8)).await;
 }

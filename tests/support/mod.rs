@@ -7,5 +7,6 @@
 
 pub mod client;
 pub mod helpers;
+pub mod netns;
 pub mod process;
 pub mod s3;

@@ -18,6 +18,8 @@ pub struct Exportd {
     key_dir: Option<tempfile::TempDir>,
     /// Where its stderr (the logs) goes (None: the test's own stderr).
     log: Option<PathBuf>,
+    /// The network namespace it runs in (None: this one).
+    netns: Option<String>,
 }
 
 /// The settings of a process on `db_url` writing to `storage`, plus `extra`.
@@ -56,9 +58,39 @@ impl Exportd {
 
     /// `exportd worker`, its logs appended to `log`.
     pub async fn worker_logged(env: Vec<(String, String)>, log: &Path) -> Self {
-        let mut p = Self { child: None, command: "worker", env, base: None, key_dir: None, log: Some(log.to_owned()) };
+        Self::worker_in(None, env, Some(log)).await
+    }
+
+    /// `exportd worker` in network namespace `netns` (None: this one).
+    async fn worker_in(netns: Option<String>, env: Vec<(String, String)>, log: Option<&Path>) -> Self {
+        let log = log.map(Path::to_owned);
+        let mut p = Self { child: None, command: "worker", env, base: None, key_dir: None, log, netns };
         p.start().await;
         p
+    }
+
+    /// `exportd api` (HTTP only) on `host` (a network namespace), port 8080 of its address.
+    pub async fn api_on(host: &super::netns::Host, env: Vec<(String, String)>, log: &Path) -> Self {
+        let mut env = env;
+        env.push(("EXPORTD_LISTEN".into(), format!("{}:8080", host.ip)));
+        let key_dir = tempfile::tempdir().expect("tempdir");
+        env.push(("EXPORTD_DEV_KEY_FILE".into(), key_dir.path().join("dev-key").display().to_string()));
+        let mut p = Self {
+            child: None,
+            command: "api",
+            env,
+            base: Some(format!("http://{}:8080", host.ip)),
+            key_dir: Some(key_dir),
+            log: Some(log.to_owned()),
+            netns: Some(host.ns.clone()),
+        };
+        p.start().await;
+        p
+    }
+
+    /// `exportd worker` on `host` (a network namespace).
+    pub async fn worker_on(host: &super::netns::Host, env: Vec<(String, String)>, log: &Path) -> Self {
+        Self::worker_in(Some(host.ns.clone()), env, Some(log)).await
     }
 
     /// `command` (`serve` or `api`) on a free port, once `/healthz` answers.
@@ -71,7 +103,7 @@ impl Exportd {
         env.push(("EXPORTD_DEV_KEY_FILE".into(), key_dir.path().join("dev-key").display().to_string()));
         let base = Some(format!("http://127.0.0.1:{port}"));
         let log = log.map(Path::to_owned);
-        let mut p = Self { child: None, command, env, base, key_dir: Some(key_dir), log };
+        let mut p = Self { child: None, command, env, base, key_dir: Some(key_dir), log, netns: None };
         p.start().await;
         p
     }
@@ -83,15 +115,23 @@ impl Exportd {
 
     /// `exportd worker`.
     pub async fn worker(env: Vec<(String, String)>) -> Self {
-        let mut p = Self { child: None, command: "worker", env, base: None, key_dir: None, log: None };
-        p.start().await;
-        p
+        Self::worker_in(None, env, None).await
     }
 
     /// (Re)starts the process with its settings.
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(env!("CARGO_BIN_EXE_exportd"))
+        let exe = env!("CARGO_BIN_EXE_exportd");
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the program: the child's pid is exportd's own.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, exe]);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let child = command
             .arg(self.command)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())

@@ -24,12 +24,18 @@ fn free_ports() -> u16 {
 }
 
 impl Garage {
-    /// Starts a node (installing Garage first if this machine has none: CI does it beforehand).
+    /// Starts a node on the loopback interface (installing Garage first if this machine has
+    /// none: CI does it beforehand).
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Starts a node listening on `addr` (e.g. a bridge address test hosts reach).
+    pub fn start_on(addr: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/s3.sh");
         let out = Command::new(&script)
-            .args(["start", dir.path().to_str().unwrap()])
+            .args(["start", dir.path().to_str().unwrap(), addr])
             .env("EXPORTD_S3_PORT", free_ports().to_string())
             .output()
             .expect("scripts/s3.sh runs");
