@@ -51,7 +51,7 @@ impl App {
         let pool = connect_and_migrate(&args.db).await?;
         crate::telemetry::metrics::start(args.worker.metrics_listen, &pool, args.db.db_io_timeout, &shutdown).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
-        let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone())?;
+        let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone()).await?;
         let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let port = listener.local_addr().context("listener has no address")?.port();
         // Descriptors kept for the rest of the service: the pool, files written and read, logs.
@@ -103,6 +103,7 @@ impl App {
             role,
             listen = %url,
             database = %db::describe_url(&args.db.database_url),
+            chunk_reads = %describe_reads(&args.worker),
             storage = %describe_storage(&args.worker),
             worker_slots = args.worker.slots(),
             "exportd {role}: HTTP API{} on {url}: Swagger UI at {url}/docs, API at {url}/api",
@@ -162,11 +163,12 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
     tracing::info!(
         role = "worker",
         database = %db::describe_url(&db_args.database_url),
+        chunk_reads = %describe_reads(settings),
         storage = %describe_storage(settings),
         worker_slots = settings.slots(),
         "exportd worker: export workers only (no HTTP API)"
     );
-    Workers::new(&pool, datasets, db_args, settings, shutdown)?.run().await
+    Workers::new(&pool, datasets, db_args, settings, shutdown).await?.run().await
 }
 
 /// Reads the datasets config and checks it against the catalog (start-up fails if it is wrong).
@@ -192,6 +194,14 @@ fn open_storage(settings: &WorkerSettings) -> anyhow::Result<SharedStorage> {
     let dir = &settings.storage_dir;
     let storage = LocalDir::new(dir).with_context(|| format!("creating storage directory {}", dir.display()))?;
     Ok(Arc::new(storage))
+}
+
+/// Where chunks are read, for the start-up line.
+fn describe_reads(settings: &WorkerSettings) -> String {
+    match settings.read_database_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => format!("read replica {}", db::describe_url(url)),
+        None => "the database".to_owned(),
+    }
 }
 
 /// Where files go, for the start-up line.
@@ -235,14 +245,14 @@ struct Workers {
 }
 
 impl Workers {
-    fn new(
+    async fn new(
         pool: &PgPool,
         datasets: Arc<Datasets>,
         db: &DbArgs,
         settings: &WorkerSettings,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             pool.clone(),
             open_storage(settings)?,
             datasets,
@@ -256,6 +266,12 @@ impl Workers {
             },
             shutdown.clone(),
         );
+        if let Some(url) = settings.read_database_url.as_deref().filter(|u| !u.is_empty()) {
+            // One reader connection per slot, and a spare: nothing else is read there.
+            let args = DbArgs { database_url: url.to_owned(), db_pool_size: Some(settings.slots() + 1), ..db.clone() };
+            let reads = db::connect(&args).await.context("EXPORTD_READ_DATABASE_URL")?;
+            engine = engine.with_read_replica(reads);
+        }
         let webhooks = crate::export::webhook::Webhooks::new(
             pool.clone(),
             webhook_allow(settings)?,

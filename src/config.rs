@@ -215,6 +215,12 @@ pub struct WorkerSettings {
     #[arg(long, env = "EXPORTD_STORAGE_DIR", default_value = "exports")]
     pub storage_dir: PathBuf,
 
+    /// A hot standby to read the chunks from (the queue, checkpoints and everything else stay
+    /// on DATABASE_URL). Each run first waits until the standby has replayed the primary's WAL
+    /// up to the export's creation, so the replica's lag never costs a row.
+    #[arg(long, env = "EXPORTD_READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+
     /// Where export files live when not in `storage-dir`: `s3://bucket/prefix`, an S3-compatible
     /// bucket (endpoint, region and credentials from the usual AWS_* variables:
     /// AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).

@@ -80,6 +80,12 @@ pub fn session_setup() -> &'static str {
      (select count(set_config('exportd.p' || n, v, false)) from unnest($2::text[]) with ordinality as u(v, n))"
 }
 
+/// Whether the server has replayed WAL past `$1` (a `pg_lsn` as text): a standby's replay
+/// position; a server not in recovery (a primary given as the read database) always has.
+pub fn replayed_past() -> &'static str {
+    "select case when pg_is_in_recovery() then coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false) else true end"
+}
+
 fn setting_param(n: usize) -> String {
     format!("current_setting('exportd.p{n}')")
 }

@@ -96,6 +96,10 @@ pub struct Engine {
     pub(super) faults: Arc<Faults>,
     pub(super) buffers: BufferPool,
     pub(super) datasets: Arc<Datasets>,
+    /// Where chunks are read: the primary's pool, or a read replica's (`replica`: wait for it
+    /// to replay up to the export's creation first).
+    pub(super) reads: PgPool,
+    pub(super) replica: bool,
 }
 
 impl Engine {
@@ -107,7 +111,23 @@ impl Engine {
         settings: EngineSettings,
         shutdown: Shutdown,
     ) -> Self {
-        Self { pool, storage, settings, shutdown, faults: Arc::default(), buffers: BufferPool::default(), datasets }
+        Self {
+            reads: pool.clone(),
+            replica: false,
+            pool,
+            storage,
+            settings,
+            shutdown,
+            faults: Arc::default(),
+            buffers: BufferPool::default(),
+            datasets,
+        }
+    }
+
+    /// The same engine reading chunks from a read replica's pool.
+    pub fn with_read_replica(mut self, reads: PgPool) -> Self {
+        (self.reads, self.replica) = (reads, true);
+        self
     }
 
     /// The same engine with fault points armed (tests).

@@ -39,7 +39,7 @@ impl Engine {
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Option<Outcome>> {
         let spec = export.spec.get()?;
-        let mut reader = ChunkReader::open(self, ds, spec, fresh, tx).await?;
+        let mut reader = ChunkReader::open(self, ds, spec, fresh, export.created_lsn.as_deref(), tx).await?;
         let rate = spec.max_rows_per_second.filter(|r| *r > 0);
         let started = Instant::now();
         let mut rows_this_run = 0u64;
@@ -68,6 +68,27 @@ impl Engine {
         tracing::debug!(export_id = %export.id, total = ?started.elapsed(), start = ?reader.t_start, stream = ?reader.t_stream, blocked_on_writer = ?reader.t_send, "producer timings");
         reader.finish().await?;
         Ok(None)
+    }
+}
+
+/// Waits until the read replica on `conn` has replayed the primary's WAL up to `lsn` (the
+/// export's creation), so every row the export must hold is visible there; fails after
+/// `limit` (the run is retried from its checkpoint). A server not in recovery is caught up.
+async fn wait_for_replay(conn: &mut PoolConnection<Postgres>, lsn: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let caught_up = db::within(limit, "asking the read replica how far it has replayed", async {
+            Ok(sqlx::query_scalar::<_, bool>(db::dataset::replayed_past()).bind(lsn).fetch_one(&mut **conn).await?)
+        })
+        .await?;
+        if caught_up {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the read replica has not replayed the primary's WAL up to the export's creation ({lsn}) within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -103,6 +124,7 @@ impl<'a> ChunkReader<'a> {
         ds: &'a Dataset,
         spec: &'a ExportSpec,
         fresh: bool,
+        created_lsn: Option<&str>,
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Self> {
         let format = &spec.format;
@@ -119,12 +141,17 @@ impl<'a> ChunkReader<'a> {
             Some(r) => spec.chunk_size.min(r),
             None => spec.chunk_size,
         });
-        let mut conn = db::acquire(&engine.pool).await?;
+        let mut conn = db::acquire(&engine.reads).await?;
         conn.close_on_drop();
         let values: Vec<&str> = db::dataset::filter_values(spec);
         let setup = sqlx::query(db::dataset::session_setup()).bind(&format.time_zone).bind(values);
         let wait = engine.settings.db_statement_wait;
         db::within(wait, "setting up the run's session", async { Ok(setup.execute(&mut *conn).await?) }).await?;
+        if engine.replica
+            && let Some(lsn) = created_lsn
+        {
+            wait_for_replay(&mut conn, lsn, engine.settings.db_io_timeout).await?;
+        }
         let mut buf = engine.buffers.take();
         if fresh && format.bom {
             buf.extend_from_slice(b"\xEF\xBB\xBF");

@@ -123,6 +123,9 @@ pub struct ExportRecord {
     /// Rows the owning run has appended, checkpointed or not (object storage checkpoints a part
     /// at a time); what progress shows when it is ahead of `rows_written`.
     pub rows_read: Option<i64>,
+    /// The primary's WAL position when the export was created (`pg_lsn` as text): a read
+    /// replica must have replayed this far before a run reads chunks from it.
+    pub created_lsn: Option<String>,
 }
 
 impl ExportRecord {

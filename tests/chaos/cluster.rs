@@ -100,6 +100,39 @@ impl Cluster {
         assert!(status.success(), "pg_ctl stop -m {mode}");
     }
 
+    /// A hot standby of this cluster (`pg_basebackup -R`: streaming replication from it),
+    /// started on a port of its own.
+    pub fn replica(&self) -> Self {
+        let dir = tempfile::Builder::new().prefix("exportd-chaos-replica-").tempdir_in("/tmp").unwrap();
+        if crate::support::process::is_root() {
+            let ok = Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap().success();
+            assert!(ok, "chown postgres {}", dir.path().display());
+        }
+        let status = as_postgres(self.bin.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-D",
+            ])
+            .arg(dir.path().join("data"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_basebackup");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let replica = Self { dir, bin: self.bin.clone(), port, listen: "127.0.0.1".into() };
+        replica.start_server();
+        replica
+    }
+
     /// URL of database `db`.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)

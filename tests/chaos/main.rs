@@ -476,3 +476,86 @@ async fn a_fleet_in_network_namespaces_with_object_storage_short() {
 async fn a_fleet_of_2_api_and_3_worker_hosts_20_exports_kills_and_a_cut_link() {
     fleet(20, Duration::from_secs(30), Duration::from_secs(8)).await;
 }
+
+/// Rows and scans of `orders` the server has counted (a standby counts its own reads).
+async fn orders_reads(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "select (coalesce(sum(seq_tup_read), 0) + coalesce(sum(idx_tup_fetch), 0))::int8 \
+         from pg_stat_user_tables where relname = 'orders'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Chunks read from a streaming replica (`EXPORTD_READ_DATABASE_URL`): with the replica's
+/// replay paused (the forced lag) rows added on the primary just before the export are not
+/// there yet; the run waits until the replica has replayed up to the export's creation and the
+/// file has them all. Then a replica restart mid-export: the run is retried from its
+/// checkpoint and the file is still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_read_from_a_streaming_replica_wait_for_its_lag_and_survive_its_restart() {
+    let s = setup(30_000).await;
+    let replica = s.cluster.replica();
+    let replica_url = replica.url("exportd");
+    let replica_pool = PgPool::connect(&replica_url).await.unwrap();
+    let serve = Exportd::serve(s.env(&[
+        ("EXPORTD_READ_DATABASE_URL", replica_url.as_str()),
+        ("EXPORTD_WORKER_CONCURRENCY", "1"),
+        ("EXPORTD_RETRY_BACKOFF", "500ms"),
+    ]))
+    .await;
+    let api = serve.api();
+
+    // Lag, forced: replay paused, then 500 rows added on the primary, then the export.
+    sqlx::query("select pg_wal_replay_pause()").execute(&replica_pool).await.unwrap();
+    let mut tx = s.pool.begin().await.unwrap();
+    for sql in [
+        "create temp table extra on commit drop as select * from orders where id <= 500",
+        "update extra set id = id + 10000000",
+        "insert into orders select * from extra",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let reference = copy_reference(&s.pool).await;
+    assert!(reference.len() > s.reference.len());
+    let reads_before = orders_reads(&replica_pool).await;
+    let id = api.create_export(Some(json!({"chunkSize": 2000}))).await;
+    // The run is in its wait for the replay (the last statement of its replica connection).
+    s.wait_for("the run waiting for the replica", Duration::from_secs(30), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where application_name = 'exportd' \
+             and query like '%pg_last_wal_replay_lsn%'",
+        )
+        .fetch_one(&replica_pool)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    assert_eq!(s.rows_written(id).await, 0, "nothing is read while the replica lags");
+    assert_eq!(api.status(id).await["status"], "running");
+    sqlx::query("select pg_wal_replay_resume()").execute(&replica_pool).await.unwrap();
+    let done = api.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_same_bytes(&api.download(id).await, &reference);
+    // The rows were read on the replica.
+    s.wait_for("the replica's read counters", Duration::from_secs(15), || async {
+        orders_reads(&replica_pool).await - reads_before >= 30_508
+    })
+    .await;
+
+    // A replica restart mid-export: the run fails on its connection, is retried from its
+    // checkpoint once the replica is back, and the file is exact.
+    let id = api.create_export(Some(json!({"chunkSize": 1000, "maxRowsPerSecond": 8000}))).await;
+    s.wait_for("progress", Duration::from_secs(30), || async { s.rows_written(id).await >= 5_000 }).await;
+    replica_pool.close().await;
+    replica.stop_server("fast");
+    replica.start_server();
+    let done = api.wait_finished(id, Duration::from_secs(90)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(s.runs(id).await.len() >= 2, "the restart failed a run");
+    assert_same_bytes(&api.download(id).await, &reference);
+    drop(serve);
+}
