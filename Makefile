@@ -10,7 +10,7 @@ BIN := target/release/exportd
 # The database: DATABASE_URL when set, else the private cluster (started on demand).
 DB = $${DATABASE_URL:-$$(scripts/pg.sh start)}
 
-.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench chaos abuse
+.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench bench-scale chaos abuse
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -57,6 +57,11 @@ clean: ## remove build output and exported files
 bench: ## psql \copy vs exportd end to end, memory, download, API latency (ROWS=, ROUNDS=)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	db=$(DB) && DATABASE_URL=$$db ROWS=$(ROWS) $(CARGO) bench --locked --bench export
+	$(MAKE) bench-scale
+
+bench-scale: ## one 20M-row export vs 1M (per-row cost, memory), S3 vs local, 20 concurrent exports with 1-3 workers (SCALE_ROWS=, BASE_ROWS=)
+	scripts/s3.sh install
+	db=$(DB) && DATABASE_URL=$$db $(CARGO) bench --locked --bench scale
 
 chaos: ## the whole fault-injection suite (kills, pauses, database restarts, full disk)
 	mkdir -p target && $(CARGO) test --release --locked --test chaos -- --include-ignored --test-threads 1 2>&1 | tee target/chaos.log; \

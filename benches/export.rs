@@ -22,20 +22,10 @@ use serde_json::json;
 mod support;
 
 use support::{
+    bench::{dataset, env_or, median},
     client::Api,
-    helpers::with_database,
     process::{Exportd, exportd_env, peak_rss_kib, reset_peak_rss},
 };
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 }
-}
 
 /// Waits for the export to complete (an error if it ends otherwise).
 async fn wait_completed(api: &Api, id: uuid::Uuid) -> anyhow::Result<()> {
@@ -133,27 +123,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&storage)?;
 
     // The dataset, seeded once per row count and reused by later runs.
-    let name = format!("exportd_bench_{rows}");
-    let admin_pool = sqlx::PgPool::connect(&admin).await?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&admin_pool)
-        .await?;
-    if !exists {
-        sqlx::query(sqlx::AssertSqlSafe(format!("create database \"{name}\""))).execute(&admin_pool).await?;
-    }
-    let db_url = with_database(&admin, &name);
+    let db_url = dataset(&admin, rows).await?;
     let mut args = DbArgs::parse_defaults();
     args.database_url = db_url.clone();
     let pool = db::connect(&args).await?;
-    db::migrate(&pool).await?;
-    if db::seed::orders_count(&pool).await? != Some(rows) {
-        db::seed::seed_orders(&pool, rows, db::seed::print_progress(rows)).await?;
-        sqlx::query("vacuum analyze orders").execute(&pool).await?;
-    }
-    // Earlier runs' exports and jobs go with TRUNCATE, not DELETE: a delete leaves dead rows
-    // that autovacuum would clean up in the middle of this run's measurements.
-    sqlx::raw_sql("truncate apalis.jobs, exports cascade").execute(&pool).await?;
 
     // One owner (the development key) makes every export here: its queued quota is lifted so
     // the POST load measures creation, not 429s.

@@ -5,6 +5,7 @@
 //! Included with `#[path = "../support/mod.rs"] mod support;`; not every binary uses every helper.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod client;
 pub mod helpers;
 pub mod netns;
