@@ -125,7 +125,7 @@ fn describe() {
     // Counters of rare events start at 0, so a rate over them exists before the first one.
     counter!(RETRIES).absolute(0);
     counter!(TAKEOVERS).absolute(0);
-    for write in ["checkpoint", "complete", "release", "fail"] {
+    for write in ["checkpoint", "progress", "complete", "release", "fail"] {
         counter!(FENCED_REFUSED, "write" => write).absolute(0);
     }
     gauge!(RUNNING).set(0.0);
