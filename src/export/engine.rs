@@ -211,20 +211,7 @@ impl Engine {
                     return Outcome::Failed;
                 }
                 Ok(end @ (Outcome::Crashed | Outcome::AlreadyFinished)) => return end,
-                Ok(Outcome::Lost) => {
-                    let _ = engine_db!(self, "recording a lost run", |c| { db::runs::mark_run_lost(c, token) }).await;
-                    let now =
-                        engine_db!(self, "reading the export", |c| { db::exports::find_export(c, export_id) }).await;
-                    if let Ok(Some(e)) = &now
-                        && matches!(e.status, ExportStatus::Cancelled | ExportStatus::Expired)
-                    {
-                        tracing::info!(%export_id, %token, "export cancelled; this run stopped and its files are removed");
-                        self.storage.remove_export(export_id).await;
-                    } else {
-                        tracing::warn!(%export_id, %token, "export lost: another run took it over (or it was deleted); this run stopped");
-                    }
-                    return Outcome::Lost;
-                }
+                Ok(Outcome::Lost) => return self.lost(&export, token).await,
                 Ok(Outcome::Released) => {
                     match engine_db!(self, "releasing the export", |c| {
                         db::runs::release_export(c, Fence { export_id, token }, None, true)
@@ -253,10 +240,7 @@ impl Engine {
                         // Another run owns it now (its takeover may be what failed this one: an
                         // object store upload sealed under it): stop, never claim it back.
                         metrics::fenced_refused("release");
-                        let _ =
-                            engine_db!(self, "recording a lost run", |c| { db::runs::mark_run_lost(c, token) }).await;
-                        tracing::warn!(%export_id, %token, "export lost: another run took it over; this run stopped");
-                        return Outcome::Lost;
+                        return self.lost(&export, token).await;
                     }
                     let wait = self.backoff(export.stalled_attempts.max(1) as u32);
                     if !self.pause(wait).await {
@@ -265,6 +249,35 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A run that found another run (or a cancel) owns the export: recorded as lost, and what it
+    /// wrote removed: all the export's files if it was cancelled, else this run's own file
+    /// unless the checkpoint now refers to it (the new owner may still be copying from it). A
+    /// stale run can create its file after the export completed and its other files were
+    /// removed (it claimed, then was cut off before creating it): nothing else would remove it
+    /// before the sweeper.
+    async fn lost(&self, export: &ExportRecord, token: Uuid) -> Outcome {
+        let export_id = export.id;
+        let _ = engine_db!(self, "recording a lost run", |c| { db::runs::mark_run_lost(c, token) }).await;
+        let now = engine_db!(self, "reading the export", |c| { db::exports::find_export(c, export_id) }).await;
+        match now {
+            Ok(Some(e)) if matches!(e.status, ExportStatus::Cancelled | ExportStatus::Expired) => {
+                tracing::info!(%export_id, %token, "export cancelled; this run stopped and its files are removed");
+                self.storage.remove_export(export_id).await;
+            }
+            Ok(now) => {
+                tracing::warn!(%export_id, %token, "export lost: another run took it over (or it was deleted); this run stopped");
+                if let Ok(spec) = export.spec.get() {
+                    let own = RunId { export_id, token, extension: spec.compression.extension() }.file_name();
+                    if now.and_then(|e| e.file_name).as_deref() != Some(own.as_str()) {
+                        self.storage.remove_file(&own).await;
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        Outcome::Lost
     }
 
     fn backoff(&self, failures: u32) -> Duration {
