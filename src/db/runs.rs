@@ -184,13 +184,21 @@ pub async fn save_checkpoint(db: &mut PgConnection, run: Fence, cp: &Checkpoint)
 
 /// Records the rows a run has appended past its checkpoint (bytes not yet durable), fenced by
 /// the run's token: false when the run no longer owns the export (cancelled, taken over).
+/// Rows beyond any run's before count as progress (the stalled-run count restarts), so runs
+/// interrupted before an object store's part is full still finish an export as long as each
+/// gets further; runs that keep dying at the same point still stall it. Progress shown never
+/// goes back.
 pub async fn note_progress(db: impl PgExecutor<'_>, run: Fence, rows: i64) -> Result<bool> {
-    let done = sqlx::query("update exports set rows_read = $3 where id = $1 and owner = $2 and status = 'running'")
-        .bind(run.export_id)
-        .bind(run.token)
-        .bind(rows)
-        .execute(db)
-        .await?;
+    let done = sqlx::query(
+        "update exports set rows_read = greatest(rows_read, $3), \
+         stalled_attempts = case when $3 > coalesce(rows_read, rows_written) then 0 else stalled_attempts end \
+         where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(run.export_id)
+    .bind(run.token)
+    .bind(rows)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
