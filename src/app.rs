@@ -183,7 +183,7 @@ async fn load_datasets(pool: &PgPool, settings: &WorkerSettings) -> anyhow::Resu
 
 /// The storage the settings name: the object store of `EXPORTD_STORAGE`, else the directory.
 fn open_storage(settings: &WorkerSettings) -> anyhow::Result<SharedStorage> {
-    if let Some(url) = settings.storage.as_deref().filter(|u| !u.is_empty()) {
+    if let Some(url) = settings.object_storage_url() {
         let s3 = S3Settings {
             url: url.to_owned(),
             part_size: settings.s3_part_size,
@@ -198,7 +198,7 @@ fn open_storage(settings: &WorkerSettings) -> anyhow::Result<SharedStorage> {
 
 /// Where chunks are read, for the start-up line.
 fn describe_reads(settings: &WorkerSettings) -> String {
-    match settings.read_database_url.as_deref().filter(|u| !u.is_empty()) {
+    match settings.read_replica_url() {
         Some(url) => format!("read replica {}", db::describe_url(url)),
         None => "the database".to_owned(),
     }
@@ -206,7 +206,7 @@ fn describe_reads(settings: &WorkerSettings) -> String {
 
 /// Where files go, for the start-up line.
 fn describe_storage(settings: &WorkerSettings) -> String {
-    match settings.storage.as_deref().filter(|u| !u.is_empty()) {
+    match settings.object_storage_url() {
         Some(url) => format!("{url} (parts of {} MiB)", settings.s3_part_size >> 20),
         None => settings.storage_dir.display().to_string(),
     }
@@ -266,7 +266,7 @@ impl Workers {
             },
             shutdown.clone(),
         );
-        if let Some(url) = settings.read_database_url.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(url) = settings.read_replica_url() {
             // One reader connection per slot, and a spare: nothing else is read there.
             let args = DbArgs { database_url: url.to_owned(), db_pool_size: Some(settings.slots() + 1), ..db.clone() };
             let reads = db::connect(&args).await.context("EXPORTD_READ_DATABASE_URL")?;

@@ -317,6 +317,16 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// `EXPORTD_STORAGE` when it names something (set but empty: the directory).
+    pub fn object_storage_url(&self) -> Option<&str> {
+        self.storage.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// `EXPORTD_READ_DATABASE_URL` when it names something (set but empty: the primary).
+    pub fn read_replica_url(&self) -> Option<&str> {
+        self.read_database_url.as_deref().filter(|u| !u.is_empty())
+    }
+
     /// Worker slots of this process: both export lanes and the webhook slot (0 for an
     /// API-only process).
     pub fn slots(&self) -> u32 {

@@ -200,14 +200,9 @@ impl ObjectStorage {
                 header(&format!("bytes={}-{}", range.0, range.1 - 1))?,
             );
         let url = self.store.signed_url_opts(Method::PUT, to, OWN_REQUEST_TTL, &options).await?;
-        let resp = self
-            .http
-            .put(url.as_str())
-            .header("x-amz-copy-source", &source)
-            .header("x-amz-copy-source-range", format!("bytes={}-{}", range.0, range.1 - 1))
-            .send()
-            .await
-            .map_err(io::Error::other)?;
+        // The request carries exactly the headers the URL's signature binds.
+        let resp =
+            self.http.put(url.as_str()).headers(options.signed_headers).send().await.map_err(io::Error::other)?;
         let status = resp.status();
         let body = resp.text().await.map_err(io::Error::other)?;
         if !status.is_success() {

@@ -70,8 +70,8 @@ impl Garage {
 
     /// The bucket under `prefix`, with parts of `part_size` bytes.
     pub fn storage(&self, prefix: &str, part_size: u64) -> ObjectStorage {
-        let url = format!("s3://exports/{prefix}");
-        ObjectStorage::new(&S3Settings { url, part_size, options: self.options() }).expect("object storage")
+        let settings = self.for_app(prefix, part_size).expect("settings");
+        ObjectStorage::new(&settings).expect("object storage")
     }
 }
 
