@@ -20,7 +20,7 @@ use crate::{
     },
     error::Error,
     export::fault::PauseAt,
-    model::{ExportRecord, ExportStatus, spec::Compression},
+    model::{ExportRecord, ExportStatus, spec},
     storage::StoredFile,
 };
 
@@ -52,8 +52,10 @@ impl ResponseContent for ExportFile {
         // openapi-python-client) then hand the file over as bytes, gzip or not.
         vec![
             MetaMediaType { content_type: OCTET_STREAM, schema: binary() },
-            MetaMediaType { content_type: Compression::None.content_type(), schema: binary() },
-            MetaMediaType { content_type: Compression::Gzip.content_type(), schema: binary() },
+            MetaMediaType { content_type: spec::CSV_CONTENT_TYPE, schema: binary() },
+            MetaMediaType { content_type: spec::GZIP_CONTENT_TYPE, schema: binary() },
+            MetaMediaType { content_type: spec::JSONL_CONTENT_TYPE, schema: binary() },
+            MetaMediaType { content_type: spec::PARQUET_CONTENT_TYPE, schema: binary() },
         ]
     }
 }
@@ -208,7 +210,7 @@ impl DownloadApi {
             return Ok(DownloadResponse::NotModified(etag));
         }
         let spec = record.spec.get()?;
-        let file_name = format!("{}-{}.{}", record.dataset, record.id, spec.compression.extension());
+        let file_name = format!("{}-{}.{}", record.dataset, record.id, spec.extension());
         if let (Some(ttl), true) = (self.state.download_redirect, with_body)
             && let Some(url) = self.state.storage.download_url(name, &file_name, ttl).await?
         {
@@ -231,7 +233,7 @@ impl DownloadApi {
         // A Range is honoured only if If-Range (when sent) names the current version.
         let range = range.filter(|_| if_range.as_deref().is_none_or(|v| if_range_holds(v, &etag)));
         let disposition = format!("attachment; filename=\"{file_name}\"");
-        let content_type = negotiate(accept, spec.compression.content_type());
+        let content_type = negotiate(accept, spec.content_type());
         let accept = "bytes".to_owned();
         match range.as_deref().map(|r| parse_range(r, len)) {
             Some(Some(Err(()))) => Ok(DownloadResponse::RangeNotSatisfiable(

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::model::{
     ExportSpec,
-    spec::{Compression, FilterOp, LineEnding},
+    spec::{Compression, Decimals, FileType, FilterOp, LineEnding, ParquetCodec},
 };
 
 /// What to export and how. Every field is optional: `{}` (or no body) exports every column of
@@ -107,10 +107,24 @@ impl Example for FilterOps {
     }
 }
 
-/// The CSV dialect. `lineEnding` is `lf` (default) or `crlf`.
+/// The file type and its options. `type`: `csv` (default; PostgreSQL's own CSV in the dialect
+/// below), `jsonl` (JSON Lines: one object per row, keys in column order, `null` for NULL,
+/// json/jsonb nested, timestamps RFC 3339 in `timeZone`, integers and floats as numbers,
+/// `numeric` as strings unless `decimals` is `number`) or `parquet` (typed columns, one row
+/// group per chunk, pages compressed with `codec`: `zstd` default, `snappy`, `none`).
+/// `lineEnding` is `lf` (default) or `crlf`. The CSV options (delimiter to formulaGuard)
+/// apply to `csv` only, `decimals` to `jsonl` only, `codec` to `parquet` only.
 #[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase", deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct FormatRequest {
+    // Described on the struct (see `CreateExportRequest::format`).
+    #[allow(missing_docs)]
+    #[oai(rename = "type")]
+    pub kind: Option<FileTypeName>,
+    #[allow(missing_docs)]
+    pub codec: Option<CodecName>,
+    #[allow(missing_docs)]
+    pub decimals: Option<DecimalsName>,
     /// Field delimiter: `,` (default), `;`, `|`, or a tab (`"\t"` or `"tab"`).
     pub delimiter: Option<String>,
     /// Write a header line (default true).
@@ -137,6 +151,9 @@ pub struct FormatRequest {
 impl Example for FormatRequest {
     fn example() -> Self {
         Self {
+            kind: Some(FileTypeName::Csv),
+            codec: None,
+            decimals: None,
             delimiter: Some(";".into()),
             header: Some(true),
             quote_all: Some(false),
@@ -147,6 +164,40 @@ impl Example for FormatRequest {
             formula_guard: Some(true),
         }
     }
+}
+
+/// File type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum FileTypeName {
+    /// PostgreSQL's own CSV, in the requested dialect.
+    Csv,
+    /// JSON Lines: one JSON object per line.
+    Jsonl,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// Parquet page compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum CodecName {
+    /// Zstandard (default).
+    Zstd,
+    /// Snappy.
+    Snappy,
+    /// No compression.
+    None,
+}
+
+/// How JSON Lines writes `numeric` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum DecimalsName {
+    /// As strings, exact whatever the reader (default).
+    String,
+    /// As JSON numbers.
+    Number,
 }
 
 /// Line ending.
@@ -167,6 +218,40 @@ pub enum CompressionName {
     None,
     /// A `.csv.gz` file (one gzip member per chunk; decoders read them as one stream).
     Gzip,
+}
+
+impl FormatRequest {
+    /// The request's `format` for a stored one: the type and the options that apply to it.
+    fn from_format(f: &crate::model::spec::FileFormat) -> Self {
+        let csv = f.kind == FileType::Csv;
+        Self {
+            kind: Some(match f.kind {
+                FileType::Csv => FileTypeName::Csv,
+                FileType::Jsonl => FileTypeName::Jsonl,
+                FileType::Parquet => FileTypeName::Parquet,
+            }),
+            codec: (f.kind == FileType::Parquet).then_some(match f.codec {
+                ParquetCodec::Zstd => CodecName::Zstd,
+                ParquetCodec::Snappy => CodecName::Snappy,
+                ParquetCodec::None => CodecName::None,
+            }),
+            decimals: (f.kind == FileType::Jsonl).then_some(match f.decimals {
+                Decimals::String => DecimalsName::String,
+                Decimals::Number => DecimalsName::Number,
+            }),
+            delimiter: csv.then(|| if f.delimiter == '\t' { "\t".to_owned() } else { f.delimiter.to_string() }),
+            header: csv.then_some(f.header),
+            quote_all: csv.then_some(f.quote_all),
+            null: csv.then(|| f.null.clone()),
+            line_ending: csv.then_some(match f.line_ending {
+                LineEnding::Lf => LineEndingName::Lf,
+                LineEnding::Crlf => LineEndingName::Crlf,
+            }),
+            bom: csv.then_some(f.bom),
+            time_zone: (f.kind != FileType::Parquet).then(|| f.time_zone.clone()),
+            formula_guard: csv.then_some(f.formula_guard),
+        }
+    }
 }
 
 impl CreateExportRequest {
@@ -211,19 +296,7 @@ impl CreateExportRequest {
             columns: (!spec.columns.is_empty()).then(|| spec.columns.iter().map(|c| c.name.clone()).collect()),
             headers: (!renamed.is_empty()).then_some(renamed),
             filters: (!filters.is_empty()).then_some(filters),
-            format: Some(FormatRequest {
-                delimiter: Some(if f.delimiter == '\t' { "\t".to_owned() } else { f.delimiter.to_string() }),
-                header: Some(f.header),
-                quote_all: Some(f.quote_all),
-                null: Some(f.null.clone()),
-                line_ending: Some(match f.line_ending {
-                    LineEnding::Lf => LineEndingName::Lf,
-                    LineEnding::Crlf => LineEndingName::Crlf,
-                }),
-                bom: Some(f.bom),
-                time_zone: Some(f.time_zone.clone()),
-                formula_guard: Some(f.formula_guard),
-            }),
+            format: Some(FormatRequest::from_format(f)),
             compression: Some(match spec.compression {
                 Compression::None => CompressionName::None,
                 Compression::Gzip => CompressionName::Gzip,

@@ -8,13 +8,16 @@ use serde_json::Value;
 use crate::{
     api::{
         AppState,
-        request::{CompressionName, CreateExportRequest, FilterOps, FormatRequest, LineEndingName},
+        request::{
+            CodecName, CompressionName, CreateExportRequest, DecimalsName, FileTypeName, FilterOps, FormatRequest,
+            LineEndingName,
+        },
     },
     db,
     error::Error,
     model::{
         ApiKey, Dataset, ExportSpec,
-        spec::{Compression, CsvFormat, Filter, FilterOp, LineEnding, OutputColumn},
+        spec::{Compression, Decimals, FileFormat, FileType, Filter, FilterOp, LineEnding, OutputColumn, ParquetCodec},
     },
 };
 
@@ -88,6 +91,13 @@ impl CreateExportRequest {
             Some(CompressionName::Gzip) => Compression::Gzip,
             _ => Compression::None,
         };
+        if spec.format.kind == FileType::Parquet && spec.compression == Compression::Gzip {
+            return Err(bad(
+                "compression: gzip does not apply to parquet, which compresses its pages itself (format.codec: \
+                 zstd, snappy or none)"
+                    .into(),
+            ));
+        }
         let stored = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?.len();
         if stored > MAX_SPEC_BYTES {
             return Err(bad(format!(
@@ -154,10 +164,49 @@ fn columns(
     Ok(out)
 }
 
-/// The CSV dialect, checked.
-fn format(req: Option<FormatRequest>) -> Result<CsvFormat, Error> {
-    let mut f = CsvFormat::default();
+/// The file format, checked: options given for another type than the one asked are refused
+/// (naming the option), rather than silently ignored.
+fn format(req: Option<FormatRequest>) -> Result<FileFormat, Error> {
+    let mut f = FileFormat::default();
     let Some(req) = req else { return Ok(f) };
+    f.kind = match req.kind {
+        Some(FileTypeName::Jsonl) => FileType::Jsonl,
+        Some(FileTypeName::Parquet) => FileType::Parquet,
+        _ => FileType::Csv,
+    };
+    let csv_only = [
+        ("delimiter", req.delimiter.is_some()),
+        ("header", req.header.is_some()),
+        ("quoteAll", req.quote_all.is_some()),
+        ("null", req.null.is_some()),
+        ("lineEnding", req.line_ending.is_some()),
+        ("bom", req.bom.is_some()),
+        ("formulaGuard", req.formula_guard.is_some()),
+    ];
+    let only = |field: &str, given: bool, kind: FileType| {
+        if given && f.kind != kind {
+            return Err(bad(format!(
+                "format.{field}: applies to format.type {} only, not {}",
+                kind.name(),
+                f.kind.name()
+            )));
+        }
+        Ok(())
+    };
+    for (field, given) in csv_only {
+        only(field, given, FileType::Csv)?;
+    }
+    only("codec", req.codec.is_some(), FileType::Parquet)?;
+    only("decimals", req.decimals.is_some(), FileType::Jsonl)?;
+    f.codec = match req.codec {
+        Some(CodecName::Snappy) => ParquetCodec::Snappy,
+        Some(CodecName::None) => ParquetCodec::None,
+        _ => ParquetCodec::Zstd,
+    };
+    f.decimals = match req.decimals {
+        Some(DecimalsName::Number) => Decimals::Number,
+        _ => Decimals::String,
+    };
     if let Some(d) = req.delimiter {
         let mut chars = d.chars();
         f.delimiter = match (d.as_str(), chars.next(), chars.next()) {

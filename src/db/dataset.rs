@@ -10,7 +10,8 @@
 
 use crate::model::{
     Dataset,
-    spec::{ExportSpec, Filter, FilterOp, OutputColumn},
+    parquet::Kind,
+    spec::{Decimals, ExportSpec, FileType, Filter, FilterOp, OutputColumn},
 };
 
 /// Double-quotes an SQL identifier.
@@ -94,25 +95,61 @@ fn setting_param(n: usize) -> String {
 /// first chunk), in key order, at most `limit`. The key is qualified in `ORDER BY` (an output
 /// column of the same name must not be what sorts).
 pub fn chunk_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64) -> String {
-    let key = format!("t.{}", ident(&ds.key));
     let columns = spec.output_columns(ds);
-    let mut cols: Vec<String> =
-        columns.iter().map(|c| format!("t.{} as {}", ident(&c.name), ident(&c.header))).collect();
+    let kinds = (spec.format.kind == FileType::Parquet)
+        .then(|| columns.iter().map(|c| ds.column(&c.name).map(|d| Kind::of(&d.sql_type))).collect::<Vec<_>>());
+    let mut cols: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            // Parquet: types it has no place for come as PostgreSQL's text.
+            let cast = kinds.as_ref().is_some_and(|k| k[i].is_none_or(Kind::cast_to_text));
+            format!("t.{}{} as {}", ident(&c.name), if cast { "::text" } else { "" }, ident(&c.header))
+        })
+        .collect();
+    let key = format!("t.{}", ident(&ds.key));
     if key_position(ds, &columns).1 {
-        cols.push(key.clone());
+        cols.push(key);
     }
+    format!("select {} {}", cols.join(", "), keyset(ds, spec, "", after, upper, limit))
+}
+
+/// `from ... where ... order by key limit n` of a chunk, `join` after the table.
+fn keyset(ds: &Dataset, spec: &ExportSpec, join: &str, after: Option<i64>, upper: i64, limit: i64) -> String {
+    let key = format!("t.{}", ident(&ds.key));
     let mut conds = predicates(ds, &spec.filters, setting_param);
     if let Some(a) = after {
         conds.push(format!("{key} > {a}"));
     }
     conds.push(format!("{key} <= {upper}"));
-    format!(
-        "select {cols} from {table} as t where {conds} order by {key} limit {limit}",
-        cols = cols.join(", "),
-        table = ds.table_sql,
-        conds = conds.join(" and "),
-    )
+    format!("from {} as t{join} where {} order by {key} limit {limit}", ds.table_sql, conds.join(" and "))
 }
+
+/// The JSON Lines chunk query: each row as PostgreSQL's own JSON (`row_to_json`: keys in
+/// column order, NULL as null, json/jsonb nested, timestamps ISO 8601 in the session's time
+/// zone) and the key after it. `numeric` goes as text (a JSON string) unless the export asks
+/// for numbers.
+pub fn chunk_jsonl_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64) -> String {
+    let columns = spec.output_columns(ds);
+    let as_text = spec.format.decimals == Decimals::String;
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let numeric = as_text && ds.column(&c.name).is_some_and(|d| d.sql_type.starts_with("numeric"));
+            format!("t.{}{} as {}", ident(&c.name), if numeric { "::text" } else { "" }, ident(&c.header))
+        })
+        .collect();
+    // A lateral subquery names the object's keys; the planner folds it into the scan.
+    let join = format!(" cross join lateral (select {}) as r", cols.join(", "));
+    format!("select row_to_json(r), t.{} {}", ident(&ds.key), keyset(ds, spec, &join, after, upper, limit))
+}
+
+/// The JSON Lines chunk's COPY: CSV with a delimiter and a quote that JSON text never holds
+/// raw (control characters), so each row arrives as `json \x02 key \n`, untouched; only a
+/// `json` value with line breaks in its whitespace arrives quoted (`\x01...\x01`).
+pub const JSONL_DELIMITER: u8 = 0x02;
+/// See [`JSONL_DELIMITER`].
+pub const JSONL_QUOTE: u8 = 0x01;
 
 /// `COPY`'s options for the export's dialect (delimiter, NULL text, quoting, header). CRLF,
 /// the byte order mark and the formula guard are not COPY's business: the engine adds them.
@@ -134,11 +171,25 @@ pub fn copy_options(spec: &ExportSpec, header: bool) -> String {
     opts
 }
 
-/// The chunk as PostgreSQL's own CSV (`COPY ... TO STDOUT`): the server formats every value
-/// and applies the CSV quoting, so the bytes are COPY's by construction. With `header`, the
-/// first CopyData message is the header line. The server sends one CopyData message per row.
+/// The chunk as PostgreSQL writes it (`COPY ... TO STDOUT`), one CopyData message per row:
+/// CSV in the export's dialect (the server formats every value and applies the quoting, so
+/// the bytes are COPY's by construction; with `header`, the first message is the header
+/// line), JSON Lines (see [`chunk_jsonl_select`]) or, for Parquet, the binary format.
 pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64, header: bool) -> String {
-    format!("copy ({}) to stdout with ({})", chunk_select(ds, spec, after, upper, limit), copy_options(spec, header))
+    match spec.format.kind {
+        FileType::Csv => format!(
+            "copy ({}) to stdout with ({})",
+            chunk_select(ds, spec, after, upper, limit),
+            copy_options(spec, header)
+        ),
+        FileType::Jsonl => format!(
+            "copy ({}) to stdout with (format csv, delimiter E'\\x02', quote E'\\x01')",
+            chunk_jsonl_select(ds, spec, after, upper, limit)
+        ),
+        FileType::Parquet => {
+            format!("copy ({}) to stdout with (format binary)", chunk_select(ds, spec, after, upper, limit))
+        }
+    }
 }
 
 /// SQL expressions for the largest key now (the high-water mark an export created now will

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     error::Result,
-    model::{Checkpoint, ExportRecord, ExportStatus, StoredSpec},
+    model::{Checkpoint, ExportRecord, ExportStatus, StoredSpec, parquet::SavedRowGroup},
 };
 
 /// A run's hold on an export: the export and the run's owner token. Every write a run makes
@@ -164,7 +164,13 @@ pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_s
 /// still in the file (and anything after it is cut off), so durability is not needed here,
 /// and skipping a flush per chunk keeps the disk free for commits that need it (new exports).
 /// Visibility, and so the fencing, is unaffected.
-pub async fn save_checkpoint(db: &mut PgConnection, run: Fence, cp: &Checkpoint) -> Result<bool> {
+pub async fn save_checkpoint(
+    db: &mut PgConnection,
+    run: Fence,
+    cp: &Checkpoint,
+    first_row_group: usize,
+    row_groups: &[SavedRowGroup],
+) -> Result<bool> {
     let mut tx = db.begin().await?;
     sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
     let done = bind_checkpoint(
@@ -178,8 +184,43 @@ pub async fn save_checkpoint(db: &mut PgConnection, run: Fence, cp: &Checkpoint)
     )
     .execute(&mut *tx)
     .await?;
+    if done.rows_affected() == 1 && !row_groups.is_empty() {
+        // Parquet: the row groups the checkpoint covers since the last one, in the same
+        // transaction (so the table never holds one a checkpoint does not cover). Any left from
+        // a run whose checkpoint was reset are replaced.
+        sqlx::query("delete from export_row_groups where export_id = $1 and position >= $2")
+            .bind(run.export_id)
+            .bind(first_row_group as i32)
+            .execute(&mut *tx)
+            .await?;
+        let positions: Vec<i32> = (first_row_group..first_row_group + row_groups.len()).map(|p| p as i32).collect();
+        let bases: Vec<i64> = row_groups.iter().map(|g| g.base).collect();
+        let footers: Vec<&[u8]> = row_groups.iter().map(|g| g.footer.as_slice()).collect();
+        sqlx::query(
+            "insert into export_row_groups (export_id, position, base, footer) \
+             select $1, * from unnest($2::int4[], $3::int8[], $4::bytea[])",
+        )
+        .bind(run.export_id)
+        .bind(positions)
+        .bind(bases)
+        .bind(footers)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A Parquet export's row groups within its first `bytes` (the checkpoint's), in file order.
+pub async fn row_groups(db: impl PgExecutor<'_>, export_id: Uuid, bytes: i64) -> Result<Vec<SavedRowGroup>> {
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "select base, footer from export_row_groups where export_id = $1 and base < $2 order by position",
+    )
+    .bind(export_id)
+    .bind(bytes)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(base, footer)| SavedRowGroup { base, footer }).collect())
 }
 
 /// Records the rows a run has appended past its checkpoint (bytes not yet durable), fenced by

@@ -269,7 +269,7 @@ impl Engine {
             Ok(now) => {
                 tracing::warn!(%export_id, %token, "export lost: another run took it over (or it was deleted); this run stopped");
                 if let Ok(spec) = export.spec.get() {
-                    let own = RunId { export_id, token, extension: spec.compression.extension() }.file_name();
+                    let own = RunId { export_id, token, extension: spec.extension() }.file_name();
                     if now.and_then(|e| e.file_name).as_deref() != Some(own.as_str()) {
                         self.storage.remove_file(&own).await;
                     }
@@ -296,7 +296,7 @@ impl Engine {
     /// One run of an export this run owns (`token`), from its checkpoint to the end.
     pub async fn run(&self, export: &ExportRecord, token: Uuid, adopt: bool) -> anyhow::Result<Outcome> {
         let ds = self.dataset(export)?;
-        let extension = export.spec.get()?.compression.extension();
+        let extension = export.spec.get()?.extension();
         let mut cp = Checkpoint {
             last_id: export.last_processed_id,
             rows: export.rows_written,
@@ -393,7 +393,7 @@ impl Engine {
     }
 
     /// The export's dataset.
-    fn dataset(&self, export: &ExportRecord) -> anyhow::Result<Arc<Dataset>> {
+    pub(super) fn dataset(&self, export: &ExportRecord) -> anyhow::Result<Arc<Dataset>> {
         self.datasets
             .find(&export.dataset)
             .cloned()

@@ -14,6 +14,7 @@ pub mod csv;
 pub mod engine;
 pub mod fault;
 mod output;
+pub mod parquet;
 pub mod queue;
 mod reader;
 pub mod sweep;

@@ -1,8 +1,9 @@
-//! The chunk reader: keyset chunks (`WHERE key > last ORDER BY key LIMIT n`) read as
-//! PostgreSQL's own CSV (`COPY (...) TO STDOUT`) on one connection per run, shaped (CRLF, the
-//! formula guard) and handed to the writer in pieces, each wait on the socket with a deadline.
+//! The chunk reader: keyset chunks (`WHERE key > last ORDER BY key LIMIT n`) read with
+//! PostgreSQL's own `COPY (...) TO STDOUT` on one connection per run — CSV or JSON Lines text
+//! shaped (CRLF, the formula guard) and handed to the writer in pieces, or binary rows encoded
+//! as one Parquet row group per chunk — each wait on the socket with a deadline.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{Postgres, pool::PoolConnection};
 use tokio::{sync::mpsc, time::Instant};
@@ -14,15 +15,26 @@ use crate::{
         buffers::PIECE_BYTES,
         csv::{self, RowShaper},
         engine::{Engine, Outcome},
+        parquet::{self, EncodedRowGroup, Layout, RowGroup},
     },
-    model::{Dataset, ExportRecord, ExportSpec, spec::LineEnding},
+    model::{
+        Dataset, ExportRecord, ExportSpec,
+        spec::{FileType, LineEnding},
+    },
     telemetry,
 };
 
 /// What the reader hands the writer: encoded rows, or the end of a chunk (its last key and rows).
 pub(super) enum Piece {
     Data(Vec<u8>),
-    ChunkEnd { last_id: i64, rows: u64 },
+    /// Parquet: the chunk's data was its row group, the last `len` bytes written; `footer` its metadata.
+    ChunkEnd { last_id: i64, rows: u64, row_group: Option<RowGroupEnd> },
+}
+
+/// A Parquet chunk's row group, as the writer records it.
+pub(super) struct RowGroupEnd {
+    pub len: usize,
+    pub footer: Vec<u8>,
 }
 
 impl Engine {
@@ -49,8 +61,10 @@ impl Engine {
                 return Ok(Some(Outcome::Released));
             }
             let span = tracing::info_span!("chunk", export_id = %export.id, after = ?last);
-            let Some((rows, last_id)) = reader.read_chunk(last, upper).instrument(span).await? else { break };
-            send(&reader.tx, Piece::ChunkEnd { last_id, rows }).await?;
+            let Some((rows, last_id, row_group)) = reader.read_chunk(last, upper).instrument(span).await? else {
+                break;
+            };
+            send(&reader.tx, Piece::ChunkEnd { last_id, rows, row_group }).await?;
             last = Some(last_id);
             rows_this_run += rows;
             if let Some(rate) = rate {
@@ -102,9 +116,12 @@ struct ChunkReader<'a> {
     /// by an early return never reaches another user of the pool.
     conn: PoolConnection<Postgres>,
     shaper: RowShaper,
+    /// Parquet: the file's layout; the chunk's rows go into a row group instead of text.
+    parquet: Option<Arc<Layout>>,
     /// Where the key is in a row, to read the chunk's last key back.
     key_index: usize,
     delimiter: u8,
+    quote: u8,
     /// Rows per chunk.
     limit: i64,
     /// The header line is still to be written (asked of the next COPY).
@@ -129,13 +146,24 @@ impl<'a> ChunkReader<'a> {
     ) -> anyhow::Result<Self> {
         let format = &spec.format;
         let columns = spec.output_columns(ds);
-        let (key_index, key_appended) = db::dataset::key_position(ds, &columns);
-        let delimiter = format.delimiter as u8;
+        let (mut key_index, key_appended) = db::dataset::key_position(ds, &columns);
+        let (mut delimiter, mut quote) = (format.delimiter as u8, b'"');
         let guard = format
             .formula_guard
             .then(|| columns.iter().map(|c| ds.column(&c.name).is_none_or(|d| d.textual)).collect());
-        let shaper =
+        let mut shaper =
             RowShaper::new(delimiter, key_appended, format.line_ending == LineEnding::Crlf, guard, &format.null);
+        let mut parquet = None;
+        match format.kind {
+            FileType::Csv => {}
+            FileType::Jsonl => {
+                // `json \x02 key`: the key is the second field, always cut off.
+                (key_index, delimiter, quote) = (1, db::dataset::JSONL_DELIMITER, db::dataset::JSONL_QUOTE);
+                shaper = RowShaper::json_lines();
+            }
+            FileType::Parquet => parquet = Some(Arc::new(Layout::new(ds, spec)?)),
+        }
+        let csv = format.kind == FileType::Csv;
         // With a throttle, a chunk is at most one second of rows, so pacing stays smooth.
         let limit = i64::from(match spec.max_rows_per_second.filter(|r| *r > 0) {
             Some(r) => spec.chunk_size.min(r),
@@ -153,8 +181,11 @@ impl<'a> ChunkReader<'a> {
             wait_for_replay(&mut conn, lsn, engine.settings.db_io_timeout).await?;
         }
         let mut buf = engine.buffers.take();
-        if fresh && format.bom {
+        if fresh && csv && format.bom {
             buf.extend_from_slice(b"\xEF\xBB\xBF");
+        }
+        if fresh && parquet.is_some() {
+            buf.extend_from_slice(parquet::MAGIC);
         }
         Ok(Self {
             engine,
@@ -162,10 +193,12 @@ impl<'a> ChunkReader<'a> {
             spec,
             conn,
             shaper,
+            parquet,
             key_index,
             delimiter,
+            quote,
             limit,
-            header: fresh && format.header,
+            header: fresh && csv && format.header,
             buf,
             tx,
             t_start: Duration::ZERO,
@@ -174,9 +207,13 @@ impl<'a> ChunkReader<'a> {
         })
     }
 
-    /// Reads the chunk after `last` up to `upper` into pieces; returns its rows and last key,
-    /// or None when it is empty.
-    async fn read_chunk(&mut self, last: Option<i64>, upper: i64) -> anyhow::Result<Option<(u64, i64)>> {
+    /// Reads the chunk after `last` up to `upper` into pieces; returns its rows, its last key
+    /// and (Parquet) its row group, or None when it is empty.
+    async fn read_chunk(
+        &mut self,
+        last: Option<i64>,
+        upper: i64,
+    ) -> anyhow::Result<Option<(u64, i64, Option<RowGroupEnd>)>> {
         let (first_wait, next_wait) = (self.engine.settings.db_statement_wait, self.engine.settings.db_io_timeout);
         let sql = db::dataset::chunk_copy(self.ds, self.spec, last, upper, self.limit, self.header);
         let t = Instant::now();
@@ -188,6 +225,7 @@ impl<'a> ChunkReader<'a> {
         let streaming = Instant::now();
         let mut count = 0u64;
         let mut last_row = None;
+        let mut group = self.parquet.clone().map(RowGroup::new);
         // Every message of the chunk has a deadline: the first one the statement's, the next
         // ones `db_io_timeout` each. A connection that goes silent (half-open, a stuck proxy,
         // a frozen server) fails the run, and the run's connection is closed, never pooled.
@@ -197,6 +235,12 @@ impl<'a> ChunkReader<'a> {
             // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
             // in whenever the task's cooperative budget runs out.
             tokio::task::consume_budget().await;
+            if let Some(group) = group.as_mut() {
+                if group.push(&message)? {
+                    count += 1;
+                }
+                continue;
+            }
             // PostgreSQL sends one CopyData message per row (the first one is the header
             // line when asked for).
             let is_header = std::mem::take(&mut self.header);
@@ -224,15 +268,31 @@ impl<'a> ChunkReader<'a> {
         if count == 0 {
             return Ok(None);
         }
+        if let Some(group) = group {
+            let last_id = group.last_key.expect("a row was read");
+            // Encoding and compressing is CPU work: off the async threads.
+            let EncodedRowGroup { bytes, footer } = tokio::task::spawn_blocking(move || group.encode()).await??;
+            let len = bytes.len();
+            let piece = if self.buf.is_empty() {
+                bytes
+            } else {
+                // The magic of a new file goes first.
+                let mut piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
+                piece.extend_from_slice(&bytes);
+                piece
+            };
+            send(&self.tx, Piece::Data(piece)).await?;
+            return Ok(Some((count, last_id, Some(RowGroupEnd { len, footer }))));
+        }
         let row = last_row.expect("a row was read");
-        let last_id = csv::key(&row, self.key_index, self.delimiter).ok_or_else(|| {
+        let last_id = csv::key(&row, self.key_index, self.delimiter, self.quote).ok_or_else(|| {
             anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
         })?;
         if !self.buf.is_empty() {
             let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
             send(&self.tx, Piece::Data(piece)).await?;
         }
-        Ok(Some((count, last_id)))
+        Ok(Some((count, last_id, None)))
     }
 
     /// Ends the reading: a header still owed (nothing at all to export) is asked of COPY

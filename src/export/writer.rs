@@ -15,9 +15,13 @@ use crate::{
         engine::{Engine, Outcome},
         fault::PauseAt,
         output::Output,
+        parquet::{Layout, SavedRowGroup},
         reader::Piece,
     },
-    model::{Checkpoint, ExportRecord, spec::Compression},
+    model::{
+        Checkpoint, ExportRecord,
+        spec::{Compression, FileType},
+    },
     storage::RunWriter,
     telemetry::metrics,
 };
@@ -35,7 +39,21 @@ impl Engine {
         token: Uuid,
     ) -> anyhow::Result<(Checkpoint, Option<Outcome>)> {
         let export_id = export.id;
-        let compression = export.spec.get()?.compression;
+        let spec = export.spec.get()?;
+        let compression = spec.compression;
+        // Parquet: the row groups up to the checkpoint (saved with it) and those written since.
+        let layout = match spec.format.kind {
+            FileType::Parquet => Some(Layout::new(&*self.dataset(export)?, spec)?),
+            _ => None,
+        };
+        let mut saved: Vec<SavedRowGroup> = match layout {
+            Some(_) if cp.bytes > 0 => {
+                engine_db!(self, "reading the checkpoint's row groups", |c| db::runs::row_groups(c, export_id, cp.bytes))
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        let mut pending: Vec<SavedRowGroup> = Vec::new();
         // The gzip output buffer comes from the pool, allocated here rather than in the
         // blocking threads that compress (each of which would grow a malloc arena of its own).
         let spare = if compression == Compression::Gzip { self.buffers.take() } else { Vec::new() };
@@ -61,8 +79,11 @@ impl Engine {
                     t_write += t.elapsed();
                     self.buffers.give(bytes);
                 }
-                Piece::ChunkEnd { last_id, rows } => {
+                Piece::ChunkEnd { last_id, rows, row_group } => {
                     chunk_started = false;
+                    if let Some(g) = row_group {
+                        pending.push(SavedRowGroup { base: out.written - g.len as i64, footer: g.footer });
+                    }
                     let t = Instant::now();
                     out.end_member().await?;
                     let synced = out.sync().await?;
@@ -93,8 +114,9 @@ impl Engine {
                         file_state: durable.state,
                     };
                     let t = Instant::now();
+                    let first = saved.len();
                     if !engine_db!(self, "saving a checkpoint", |c| {
-                        db::runs::save_checkpoint(c, db::runs::Fence { export_id, token }, &next)
+                        db::runs::save_checkpoint(c, db::runs::Fence { export_id, token }, &next, first, &pending)
                     })
                     .await?
                     {
@@ -109,6 +131,7 @@ impl Engine {
                         (next.bytes - cp.bytes) as u64,
                     );
                     cp = next;
+                    saved.append(&mut pending);
                     if self.faults.crash_after_checkpoint(chunks) {
                         return Ok((cp, Some(Outcome::Crashed)));
                     }
@@ -120,7 +143,13 @@ impl Engine {
         }
         // Producer done: whatever follows the last checkpoint (the header of an export without
         // rows; chunks not yet durable in an object store) is made durable, the file whole, and
-        // it all becomes the final checkpoint.
+        // it all becomes the final checkpoint. A Parquet file ends with the footer over every
+        // row group.
+        if let Some(layout) = &layout {
+            saved.append(&mut pending);
+            let footer = layout.footer(&saved)?;
+            out.write(footer).await?;
+        }
         out.finish().await?;
         let durable = out.finish_file().await?;
         if read_rows > cp.rows {

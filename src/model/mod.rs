@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod export;
 pub mod key;
 pub mod link;
+pub mod parquet;
 pub mod spec;
 pub mod webhook;
 

@@ -1,4 +1,4 @@
-//! The options an export was created with (columns, filters, CSV dialect, compression, pace),
+//! The options an export was created with (columns, filters, file format, compression, pace),
 //! validated once at creation and stored with the export so every run uses the same ones.
 
 use serde::{Deserialize, Serialize};
@@ -23,8 +23,8 @@ pub struct ExportSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
     #[serde(default)]
-    /// The CSV dialect.
-    pub format: CsvFormat,
+    /// The file format (CSV, JSON Lines or Parquet) and its options.
+    pub format: FileFormat,
     #[serde(default)]
     /// Plain or gzip.
     pub compression: Compression,
@@ -42,8 +42,29 @@ impl ExportSpec {
             max_rows_per_second: None,
             columns: Vec::new(),
             filters: Vec::new(),
-            format: CsvFormat::default(),
+            format: FileFormat::default(),
             compression: Compression::None,
+        }
+    }
+
+    /// The download's file name extension (`csv`, `jsonl.gz`, `parquet`, ...).
+    pub fn extension(&self) -> &'static str {
+        match (self.format.kind, self.compression) {
+            (FileType::Csv, Compression::None) => "csv",
+            (FileType::Csv, Compression::Gzip) => "csv.gz",
+            (FileType::Jsonl, Compression::None) => "jsonl",
+            (FileType::Jsonl, Compression::Gzip) => "jsonl.gz",
+            (FileType::Parquet, _) => "parquet",
+        }
+    }
+
+    /// The download's content type.
+    pub fn content_type(&self) -> &'static str {
+        match (self.format.kind, self.compression) {
+            (FileType::Parquet, _) => PARQUET_CONTENT_TYPE,
+            (_, Compression::Gzip) => GZIP_CONTENT_TYPE,
+            (FileType::Csv, Compression::None) => CSV_CONTENT_TYPE,
+            (FileType::Jsonl, Compression::None) => JSONL_CONTENT_TYPE,
         }
     }
 
@@ -116,11 +137,29 @@ impl FilterOp {
     }
 }
 
-/// The CSV dialect. The default is PostgreSQL's `COPY ... (FORMAT csv, HEADER)`: comma, LF,
-/// header line, quotes only where needed, NULL as an empty unquoted field, UTC timestamps.
+/// Content types of the files served.
+pub const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
+/// JSON Lines (the registered `application/jsonl` is newer than most clients).
+pub const JSONL_CONTENT_TYPE: &str = "application/x-ndjson";
+/// Any gzip-compressed file.
+pub const GZIP_CONTENT_TYPE: &str = "application/gzip";
+/// Apache Parquet (IANA-registered in 2024).
+pub const PARQUET_CONTENT_TYPE: &str = "application/vnd.apache.parquet";
+
+/// The file format and its options. The default is PostgreSQL's `COPY ... (FORMAT csv,
+/// HEADER)`: comma, LF, header line, quotes only where needed, NULL as an empty unquoted
+/// field, UTC timestamps. The CSV-only options (delimiter to formula guard) are kept at their
+/// defaults for the other types.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct CsvFormat {
+pub struct FileFormat {
+    /// CSV, JSON Lines or Parquet.
+    #[serde(rename = "type")]
+    pub kind: FileType,
+    /// Parquet's compression codec (Parquet only).
+    pub codec: ParquetCodec,
+    /// How JSON Lines writes `numeric` values (JSON Lines only).
+    pub decimals: Decimals,
     /// One of `,` `;` `\t` `|`.
     pub delimiter: char,
     /// Write a header line first.
@@ -140,9 +179,12 @@ pub struct CsvFormat {
     pub formula_guard: bool,
 }
 
-impl Default for CsvFormat {
+impl Default for FileFormat {
     fn default() -> Self {
         Self {
+            kind: FileType::Csv,
+            codec: ParquetCodec::Zstd,
+            decimals: Decimals::String,
             delimiter: ',',
             header: true,
             quote_all: false,
@@ -160,7 +202,7 @@ pub const DELIMITERS: [char; 4] = [',', ';', '\t', '|'];
 /// Longest NULL text.
 pub const MAX_NULL_TEXT: usize = 32;
 
-impl CsvFormat {
+impl FileFormat {
     /// Checks what PostgreSQL's `COPY` and a reader of the file both need; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         if !DELIMITERS.contains(&self.delimiter) {
@@ -191,6 +233,55 @@ impl CsvFormat {
     }
 }
 
+/// The type of file an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FileType {
+    #[default]
+    /// PostgreSQL's own CSV (`COPY ... (FORMAT csv)`), in the requested dialect.
+    Csv,
+    /// JSON Lines: one JSON object per row, keys in column order.
+    Jsonl,
+    /// Apache Parquet: typed columns, one row group per chunk.
+    Parquet,
+}
+
+impl FileType {
+    /// The API name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileType::Csv => "csv",
+            FileType::Jsonl => "jsonl",
+            FileType::Parquet => "parquet",
+        }
+    }
+}
+
+/// Parquet's page compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ParquetCodec {
+    #[default]
+    /// Zstandard (level 1): small files, fast to read.
+    Zstd,
+    /// Snappy: what older readers expect.
+    Snappy,
+    /// Uncompressed pages.
+    None,
+}
+
+/// How JSON Lines writes `numeric` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Decimals {
+    #[default]
+    /// As strings (`"12.50"`): exact whatever the reader (most JSON parsers read numbers as
+    /// 64-bit floats, which round `numeric` values and drop trailing zeros).
+    String,
+    /// As JSON numbers (`12.50`), for readers that keep decimals exact.
+    Number,
+}
+
 /// Line ending of every record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -209,24 +300,7 @@ pub enum Compression {
     #[default]
     /// A plain file.
     None,
-    /// `.csv.gz`: one gzip member per chunk (decoders read concatenated members as one stream).
+    /// `.csv.gz` or `.jsonl.gz`: one gzip member per chunk (decoders read concatenated members as one stream).
     Gzip,
 }
 
-impl Compression {
-    /// File name extension.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Compression::None => "csv",
-            Compression::Gzip => "csv.gz",
-        }
-    }
-
-    /// Content type of the download.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Compression::None => "text/csv; charset=utf-8",
-            Compression::Gzip => "application/gzip",
-        }
-    }
-}

@@ -75,10 +75,10 @@ async fn fenced_checkpoint_rejects_a_stale_token() {
         file_name: "x".into(),
         file_state: None,
     };
-    assert!(save_checkpoint(c, Fence { export_id: id, token: a }, &cp(5)).await.unwrap());
+    assert!(save_checkpoint(c, Fence { export_id: id, token: a }, &cp(5), 0, &[]).await.unwrap());
     claim_export(c, Fence { export_id: id, token: b }, "B", 5).await.unwrap();
     assert!(
-        !save_checkpoint(c, Fence { export_id: id, token: a }, &cp(9)).await.unwrap(),
+        !save_checkpoint(c, Fence { export_id: id, token: a }, &cp(9), 0, &[]).await.unwrap(),
         "stale token cannot checkpoint"
     );
     assert!(
