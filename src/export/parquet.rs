@@ -15,8 +15,8 @@ use bytes::Bytes;
 use parquet::{
     basic::{Compression as Codec, LogicalType, Repetition, TimeUnit, Type as Physical, ZstdLevel},
     data_type::{
-        BoolType, ByteArray, ByteArrayType, DoubleType, FixedLenByteArray, FixedLenByteArrayType, FloatType,
-        Int32Type, Int64Type,
+        BoolType, ByteArray, ByteArrayType, DoubleType, FixedLenByteArray, FixedLenByteArrayType, FloatType, Int32Type,
+        Int64Type,
     },
     file::{
         metadata::{ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter, RowGroupMetaData, SortingColumn},
@@ -48,9 +48,10 @@ fn field(kind: Kind, name: &str) -> anyhow::Result<TypePtr> {
         Kind::F64 => (Physical::DOUBLE, None, None),
         Kind::Decimal { precision, scale } => {
             let logical = Some(LogicalType::decimal(i32::from(scale), i32::from(precision)));
-            let ty = Type::primitive_type_builder(name, if precision <= 18 { Physical::INT64 } else {
-                Physical::FIXED_LEN_BYTE_ARRAY
-            })
+            let ty = Type::primitive_type_builder(
+                name,
+                if precision <= 18 { Physical::INT64 } else { Physical::FIXED_LEN_BYTE_ARRAY },
+            )
             .with_repetition(Repetition::OPTIONAL)
             .with_logical_type(logical)
             .with_precision(i32::from(precision))
@@ -107,11 +108,8 @@ impl Layout {
             ParquetCodec::Snappy => Codec::SNAPPY,
             ParquetCodec::None => Codec::UNCOMPRESSED,
         };
-        let sorting = (!key_appended).then(|| vec![SortingColumn {
-            column_idx: key_index as i32,
-            descending: false,
-            nulls_first: false,
-        }]);
+        let sorting = (!key_appended)
+            .then(|| vec![SortingColumn { column_idx: key_index as i32, descending: false, nulls_first: false }]);
         // Statistics per column chunk, no page indexes: those sit between the last row group
         // and the footer, where a file that grows row group by row group has no room for them.
         let props = WriterProperties::builder()
@@ -374,20 +372,21 @@ fn numeric(v: &[u8], scale: u8) -> anyhow::Result<i128> {
         0xC000 => bail!("NaN has no DECIMAL value"),
         _ => bail!("infinity has no DECIMAL value"),
     }
-    let mut acc: i128 = 0;
+    // Digit i counts 10000^(weight - i); the result counts 10^-scale. Digits below the scale
+    // must be zeros (PostgreSQL rounds to the column's scale, so they are).
+    let mut value: i128 = 0;
     for i in 0..ndigits {
         let digit = i128::from(word(4 + i)?);
-        acc = acc.checked_mul(10_000).and_then(|a| a.checked_add(digit)).context("too many digits")?;
+        let exp = 4 * (weight - i as i32) + i32::from(scale);
+        let part = if exp >= 0 {
+            10i128.checked_pow(exp as u32).and_then(|p| digit.checked_mul(p)).context("too many digits")?
+        } else {
+            let p = 10i128.checked_pow((-exp) as u32).unwrap_or(i128::MAX);
+            anyhow::ensure!(digit % p == 0, "more decimal places than the scale");
+            digit / p
+        };
+        value = value.checked_add(part).context("too many digits")?;
     }
-    // The last digit counts 10000^(weight - ndigits + 1); the result counts 10^-scale.
-    let exp = 4 * (weight - ndigits as i32 + 1) + i32::from(scale);
-    let value = if exp >= 0 {
-        10i128.checked_pow(exp as u32).and_then(|p| acc.checked_mul(p)).context("too many digits")?
-    } else {
-        let p = 10i128.checked_pow((-exp) as u32).unwrap_or(i128::MAX);
-        anyhow::ensure!(acc % p == 0, "more decimal places than the scale");
-        acc / p
-    };
     Ok(if sign == 0x4000 { -value } else { value })
 }
 
@@ -432,6 +431,12 @@ mod tests {
         assert_eq!(numeric(&numeric_bytes(3, 1, 0x4000, 1, &[1234, 5678, 9000]), 3).unwrap(), -12_345_678_900);
         // 0
         assert_eq!(numeric(&numeric_bytes(0, 0, 0, 2, &[]), 2).unwrap(), 0);
+        // 38 digits: 28 before the point, 10 after (10 base-10000 digits, the last one padded)
+        let digits = [1234, 5678, 9012, 3456, 7890, 1234, 5678, 123, 4567, 8900];
+        assert_eq!(
+            numeric(&numeric_bytes(10, 6, 0, 10, &digits), 10).unwrap(),
+            12_345_678_901_234_567_890_123_456_780_123_456_789
+        );
         // 20000 (weight 1, one digit 2)
         assert_eq!(numeric(&numeric_bytes(1, 1, 0, 0, &[2]), 0).unwrap(), 20_000);
         assert!(numeric(&numeric_bytes(0, 0, 0xC000, 0, &[]), 2).is_err());

@@ -28,7 +28,11 @@ use crate::{
 pub(super) enum Piece {
     Data(Vec<u8>),
     /// Parquet: the chunk's data was its row group, the last `len` bytes written; `footer` its metadata.
-    ChunkEnd { last_id: i64, rows: u64, row_group: Option<RowGroupEnd> },
+    ChunkEnd {
+        last_id: i64,
+        rows: u64,
+        row_group: Option<RowGroupEnd>,
+    },
 }
 
 /// A Parquet chunk's row group, as the writer records it.

@@ -48,8 +48,10 @@ impl Engine {
         };
         let mut saved: Vec<SavedRowGroup> = match layout {
             Some(_) if cp.bytes > 0 => {
-                engine_db!(self, "reading the checkpoint's row groups", |c| db::runs::row_groups(c, export_id, cp.bytes))
-                    .await?
+                engine_db!(self, "reading the checkpoint's row groups", |c| db::runs::row_groups(
+                    c, export_id, cp.bytes
+                ))
+                .await?
             }
             _ => Vec::new(),
         };

@@ -90,7 +90,6 @@ fn decimal(sql_type: &str) -> Option<Kind> {
         .then(|| Kind::Decimal { precision, scale: scale as u8 })
 }
 
-
 /// A row group in the run's file: where its bytes start and its metadata, as encoded alone
 /// (offsets counted from that small file's start). Saved with the checkpoint that covers it.
 #[derive(Debug, Clone)]
@@ -100,7 +99,6 @@ pub struct SavedRowGroup {
     /// The one-row-group footer's metadata (Thrift).
     pub footer: Vec<u8>,
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -303,4 +303,3 @@ pub enum Compression {
     /// `.csv.gz` or `.jsonl.gz`: one gzip member per chunk (decoders read concatenated members as one stream).
     Gzip,
 }
-

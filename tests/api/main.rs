@@ -8,6 +8,7 @@ mod downloads;
 mod enqueue;
 mod exactness;
 mod fencing;
+mod formats;
 mod keys;
 mod lifecycle;
 mod limits;
