@@ -87,7 +87,7 @@ fn decimal(sql_type: &str) -> Option<Kind> {
     let (precision, scale): (u8, i32) = (p.trim().parse().ok()?, s.trim().parse().ok()?);
     // PostgreSQL 15 allows a negative scale or one above the precision; Parquet does not.
     (precision <= 38 && (0..=i32::from(precision)).contains(&scale))
-        .then(|| Kind::Decimal { precision, scale: scale as u8 })
+        .then_some(Kind::Decimal { precision, scale: scale as u8 })
 }
 
 /// A row group in the run's file: where its bytes start and its metadata, as encoded alone
