@@ -22,7 +22,7 @@ use serde_json::json;
 mod support;
 
 use support::{
-    bench::{dataset, env_or, median},
+    bench::{dataset, env_or, median, psql_copy_query},
     client::Api,
     process::{Exportd, exportd_env, peak_rss_kib, reset_peak_rss},
 };
@@ -36,18 +36,8 @@ async fn wait_completed(api: &Api, id: uuid::Uuid) -> anyhow::Result<()> {
 
 fn psql_copy(db_url: &str, target: &Path) -> anyhow::Result<f64> {
     let cols = default_config_columns("orders").expect("orders is in the built-in config");
-    let command = format!(
-        "\\copy (select {} from orders order by id) to '{}' with (format csv, header)",
-        cols.join(", "),
-        target.display()
-    );
-    let started = Instant::now();
-    let status =
-        Command::new("psql").arg(db_url).args(["-q", "-c", &command]).env("PGOPTIONS", "-c TimeZone=UTC").status()?;
-    if !status.success() {
-        bail!("psql \\copy failed");
-    }
-    Ok(started.elapsed().as_secs_f64())
+    let select = format!("select {} from orders order by id", cols.join(", "));
+    psql_copy_query(db_url, &select, target, "format csv, header")
 }
 
 /// Whether the gzip file `gz` decodes (all members) to exactly the file `plain`.

@@ -153,12 +153,16 @@ pub const PARQUET_CONTENT_TYPE: &str = "application/vnd.apache.parquet";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct FileFormat {
+    // The three are stored only when not their defaults: a CSV spec stays what it was before
+    // they existed (and what `exportd.enqueue_export` stores).
     /// CSV, JSON Lines or Parquet.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "is_default")]
     pub kind: FileType,
     /// Parquet's compression codec (Parquet only).
+    #[serde(skip_serializing_if = "is_default")]
     pub codec: ParquetCodec,
     /// How JSON Lines writes `numeric` values (JSON Lines only).
+    #[serde(skip_serializing_if = "is_default")]
     pub decimals: Decimals,
     /// One of `,` `;` `\t` `|`.
     pub delimiter: char,
@@ -195,6 +199,10 @@ impl Default for FileFormat {
             formula_guard: false,
         }
     }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Allowed delimiters.

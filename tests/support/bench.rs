@@ -1,6 +1,8 @@
 //! Shared by the benches: settings from the environment, medians, and the demo dataset of a
 //! given size in a database of its own, seeded once and reused by later runs.
 
+use std::{path::Path, process::Command, time::Instant};
+
 use exportd::{config::DbArgs, db};
 
 use super::helpers::with_database;
@@ -42,4 +44,14 @@ pub async fn dataset(admin: &str, rows: i64) -> anyhow::Result<String> {
     // that autovacuum would clean up in the middle of this run's measurements.
     sqlx::raw_sql("truncate apalis.jobs, exports cascade").execute(&pool).await?;
     Ok(url)
+}
+
+/// Times `psql \copy (select) to 'target' with (options)` (TimeZone UTC), in seconds.
+pub fn psql_copy_query(db_url: &str, select: &str, target: &Path, options: &str) -> anyhow::Result<f64> {
+    let command = format!("\\copy ({select}) to '{}' with ({options})", target.display());
+    let started = Instant::now();
+    let status =
+        Command::new("psql").arg(db_url).args(["-q", "-c", &command]).env("PGOPTIONS", "-c TimeZone=UTC").status()?;
+    anyhow::ensure!(status.success(), "psql \\copy failed: {command}");
+    Ok(started.elapsed().as_secs_f64())
 }
