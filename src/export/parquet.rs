@@ -32,6 +32,10 @@ use crate::model::{Dataset, ExportSpec, spec::ParquetCodec};
 /// The first (and last) four bytes of every Parquet file.
 pub const MAGIC: &[u8; 4] = b"PAR1";
 
+/// A chunk whose values take more than this in memory is cut into several row groups, so
+/// memory stays flat whatever the chunk size and row width.
+pub const ROW_GROUP_BYTES: usize = 16 << 20;
+
 /// Days from 1970-01-01 (Parquet's epoch) to 2000-01-01 (PostgreSQL's).
 const PG_EPOCH_DAYS: i32 = 10_957;
 /// Microseconds from 1970-01-01 to 2000-01-01.
@@ -305,6 +309,12 @@ impl RowGroup {
     pub fn encode(mut self) -> anyhow::Result<EncodedRowGroup> {
         let (bytes, footer) = self.layout.encode_file(&mut self.columns)?;
         Ok(EncodedRowGroup { bytes, footer })
+    }
+
+    /// About how many bytes the values pushed take (variable-length ones by their size, the
+    /// others at 8 bytes plus a level each).
+    pub fn held_bytes(&self) -> usize {
+        self.columns.iter().map(|c| c.bytes + c.defs.len() * 10).sum()
     }
 
     /// Whether the key is a column of the file (or only sent to be checkpointed).

@@ -27,15 +27,15 @@ use crate::{
 /// What the reader hands the writer: encoded rows, or the end of a chunk (its last key and rows).
 pub(super) enum Piece {
     Data(Vec<u8>),
-    /// Parquet: the chunk's data was its row group, the last `len` bytes written; `footer` its metadata.
+    /// Parquet: the chunk's data was these row groups, in order, the last bytes written.
     ChunkEnd {
         last_id: i64,
         rows: u64,
-        row_group: Option<RowGroupEnd>,
+        row_groups: Vec<RowGroupEnd>,
     },
 }
 
-/// A Parquet chunk's row group, as the writer records it.
+/// A Parquet chunk's row group, as the writer records it: its length and its metadata.
 pub(super) struct RowGroupEnd {
     pub len: usize,
     pub footer: Vec<u8>,
@@ -65,10 +65,10 @@ impl Engine {
                 return Ok(Some(Outcome::Released));
             }
             let span = tracing::info_span!("chunk", export_id = %export.id, after = ?last);
-            let Some((rows, last_id, row_group)) = reader.read_chunk(last, upper).instrument(span).await? else {
+            let Some((rows, last_id, row_groups)) = reader.read_chunk(last, upper).instrument(span).await? else {
                 break;
             };
-            send(&reader.tx, Piece::ChunkEnd { last_id, rows, row_group }).await?;
+            send(&reader.tx, Piece::ChunkEnd { last_id, rows, row_groups }).await?;
             last = Some(last_id);
             rows_this_run += rows;
             if let Some(rate) = rate {
@@ -217,7 +217,7 @@ impl<'a> ChunkReader<'a> {
         &mut self,
         last: Option<i64>,
         upper: i64,
-    ) -> anyhow::Result<Option<(u64, i64, Option<RowGroupEnd>)>> {
+    ) -> anyhow::Result<Option<(u64, i64, Vec<RowGroupEnd>)>> {
         let (first_wait, next_wait) = (self.engine.settings.db_statement_wait, self.engine.settings.db_io_timeout);
         let sql = db::dataset::chunk_copy(self.ds, self.spec, last, upper, self.limit, self.header);
         let t = Instant::now();
@@ -230,6 +230,7 @@ impl<'a> ChunkReader<'a> {
         let mut count = 0u64;
         let mut last_row = None;
         let mut group = self.parquet.clone().map(RowGroup::new);
+        let (mut groups, mut last_key) = (Vec::new(), None);
         // Every message of the chunk has a deadline: the first one the statement's, the next
         // ones `db_io_timeout` each. A connection that goes silent (half-open, a stuck proxy,
         // a frozen server) fails the run, and the run's connection is closed, never pooled.
@@ -239,9 +240,16 @@ impl<'a> ChunkReader<'a> {
             // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
             // in whenever the task's cooperative budget runs out.
             tokio::task::consume_budget().await;
-            if let Some(group) = group.as_mut() {
-                if group.push(&message)? {
+            if let Some(g) = group.as_mut() {
+                if g.push(&message)? {
                     count += 1;
+                }
+                // A chunk too big to hold is cut into several row groups (one checkpoint still).
+                if g.held_bytes() >= parquet::ROW_GROUP_BYTES {
+                    let layout = self.parquet.clone().expect("a Parquet export");
+                    let full = std::mem::replace(g, RowGroup::new(layout));
+                    last_key = full.last_key;
+                    groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, full).await?);
                 }
                 continue;
             }
@@ -273,20 +281,11 @@ impl<'a> ChunkReader<'a> {
             return Ok(None);
         }
         if let Some(group) = group {
-            let last_id = group.last_key.expect("a row was read");
-            // Encoding and compressing is CPU work: off the async threads.
-            let EncodedRowGroup { bytes, footer } = tokio::task::spawn_blocking(move || group.encode()).await??;
-            let len = bytes.len();
-            let piece = if self.buf.is_empty() {
-                bytes
-            } else {
-                // The magic of a new file goes first.
-                let mut piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
-                piece.extend_from_slice(&bytes);
-                piece
-            };
-            send(&self.tx, Piece::Data(piece)).await?;
-            return Ok(Some((count, last_id, Some(RowGroupEnd { len, footer }))));
+            if group.last_key.is_some() {
+                last_key = group.last_key;
+                groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, group).await?);
+            }
+            return Ok(Some((count, last_key.expect("a row was read"), groups)));
         }
         let row = last_row.expect("a row was read");
         let last_id = csv::key(&row, self.key_index, self.delimiter, self.quote).ok_or_else(|| {
@@ -296,7 +295,7 @@ impl<'a> ChunkReader<'a> {
             let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
             send(&self.tx, Piece::Data(piece)).await?;
         }
-        Ok(Some((count, last_id, None)))
+        Ok(Some((count, last_id, Vec::new())))
     }
 
     /// Ends the reading: a header still owed (nothing at all to export) is asked of COPY
@@ -320,6 +319,27 @@ impl<'a> ChunkReader<'a> {
             send(&self.tx, Piece::Data(buf)).await
         }
     }
+}
+
+/// Encodes a Parquet row group (CPU work: off the async threads) and hands its bytes to the
+/// writer, after what `buf` holds (the magic, when the file is new).
+async fn send_row_group(
+    tx: &mpsc::Sender<Piece>,
+    buf: &mut Vec<u8>,
+    engine: &Engine,
+    group: RowGroup,
+) -> anyhow::Result<RowGroupEnd> {
+    let EncodedRowGroup { bytes, footer } = tokio::task::spawn_blocking(move || group.encode()).await??;
+    let len = bytes.len();
+    let piece = if buf.is_empty() {
+        bytes
+    } else {
+        let mut piece = std::mem::replace(buf, engine.buffers.take());
+        piece.extend_from_slice(&bytes);
+        piece
+    };
+    send(tx, Piece::Data(piece)).await?;
+    Ok(RowGroupEnd { len, footer })
 }
 
 /// Hands a piece to the writer.

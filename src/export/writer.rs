@@ -81,10 +81,13 @@ impl Engine {
                     t_write += t.elapsed();
                     self.buffers.give(bytes);
                 }
-                Piece::ChunkEnd { last_id, rows, row_group } => {
+                Piece::ChunkEnd { last_id, rows, row_groups } => {
                     chunk_started = false;
-                    if let Some(g) = row_group {
-                        pending.push(SavedRowGroup { base: out.written - g.len as i64, footer: g.footer });
+                    // The chunk's row groups are the last bytes written, in order.
+                    let mut base = out.written - row_groups.iter().map(|g| g.len as i64).sum::<i64>();
+                    for g in row_groups {
+                        pending.push(SavedRowGroup { base, footer: g.footer });
+                        base += g.len as i64;
                     }
                     let t = Instant::now();
                     out.end_member().await?;

@@ -323,3 +323,27 @@ async fn kill_9_at_random_moments_leaves_a_valid_parquet_file_with_copys_values(
     check("parquet", &api.download(id).await, "parquet", &reference, &types, "string");
     p.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_bigger_than_a_row_group_is_cut_into_several_and_resumes() {
+    // 100,000-row chunks of the demo rows hold ~25 MB of values: more than one row group's
+    // worth (16 MiB), so each full chunk becomes two row groups under one checkpoint.
+    let db = test_db().await;
+    seed_nasty(&db.pool, 130_000).await;
+    let types = sql_types(&db.pool, "orders", &ORDERS).await;
+    let reference = reference(&db.pool, "orders", &ORDERS).await;
+    let app = spawn_app(db, AppOptions { workers: 0, ..Default::default() }).await;
+    let id = app.create_export(Some(json!({"format": {"type": "parquet"}, "chunkSize": 100000}))).await;
+    let crash = Faults { crash_after_checkpoint: Some(1), ..Default::default() };
+    assert_eq!((*app.engine).clone().with_faults(crash).execute(id, "w1").await, Outcome::Crashed);
+    let saved: Vec<i64> =
+        sqlx::query_scalar("select base from export_row_groups where export_id = $1 order by position")
+            .bind(id)
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(saved.len(), 2, "the first chunk's two row groups saved with its checkpoint");
+    assert_eq!(saved[0], 4, "the first starts after the magic");
+    assert_eq!(app.engine.execute(id, "w2").await, Outcome::Completed);
+    check("parquet", &app.download(id).await, "parquet", &reference, &types, "string");
+}

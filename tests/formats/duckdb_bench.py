@@ -9,7 +9,9 @@
 
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 
 import duckdb
@@ -17,9 +19,14 @@ import duckdb_extension_postgres
 
 
 def extension_path():
+    """The packaged extension under the file name DuckDB derives its entry point from."""
     root = os.path.join(os.path.dirname(duckdb_extension_postgres.__file__), "extensions")
     version = os.listdir(root)[0]
-    return os.path.join(root, version, "postgres.duckdb_extension")
+    target = os.path.join(tempfile.gettempdir(), f"duckdb-extensions-{version}", "postgres_scanner.duckdb_extension")
+    if not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy(os.path.join(root, version, "postgres.duckdb_extension"), target)
+    return target
 
 
 def main():
