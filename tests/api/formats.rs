@@ -92,7 +92,7 @@ async fn reference(pool: &sqlx::PgPool, table: &str, columns: &[&str]) -> Vec<u8
 
 /// Runs check.py on `file` (named with `extension`) against the reference; panics with its
 /// report unless every value matches.
-fn check(kind: &str, file: &[u8], extension: &str, reference: &[u8], types: &[String], decimals: &str) -> String {
+pub fn check(kind: &str, file: &[u8], extension: &str, reference: &[u8], types: &[String], decimals: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
     std::fs::write(path(&format!("file.{extension}")), file).unwrap();

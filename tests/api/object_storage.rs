@@ -241,3 +241,60 @@ async fn gzip_and_cancel_with_object_storage() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_export_to_object_storage_resumes_after_kill_9_at_its_checkpointed_part() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 150_000).await; // uncompressed Parquet: a few parts of 5 MiB
+    let garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let part = PART.to_string();
+    let mut env = exportd_env(
+        &db.url,
+        dir.path(),
+        &[("EXPORTD_WORKER_CONCURRENCY", "1"), ("EXPORTD_S3_PART_SIZE", &part), ("RUST_LOG", "warn")],
+    );
+    env.extend(garage.env.iter().cloned());
+    let mut worker = Exportd::serve(env.clone()).await;
+    let api = worker.api();
+    let body = json!({"format": {"type": "parquet", "codec": "none"}, "chunkSize": 2000, "maxRowsPerSecond": 30000});
+    let id = api.create_export(Some(body)).await;
+    // kill -9 once the checkpoint has passed a part, at a random moment after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while (export_row(&db.pool, id).await.bytes_written as u64) < PART {
+        assert!(tokio::time::Instant::now() < deadline, "no checkpoint past a part");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(rand_below(400))).await;
+    worker.kill9();
+    let at_kill = export_row(&db.pool, id).await;
+    // Saved row groups: exactly those within the checkpointed (uploaded) parts.
+    let bases: Vec<i64> =
+        sqlx::query_scalar("select base from export_row_groups where export_id = $1 order by position")
+            .bind(id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(bases[0], 4);
+    assert!(bases.iter().all(|b| *b < at_kill.bytes_written), "{bases:?} {at_kill:?}");
+    assert_eq!(bases.len() as i64, at_kill.rows_written / 2000, "a row group per checkpointed chunk");
+    worker.start().await;
+    let s = api.wait_finished(id, Duration::from_secs(90)).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    let file = api.download(id).await;
+    let types: Vec<String> = sqlx::query_scalar(
+        "select format_type(atttypid, atttypmod) from pg_attribute where attrelid = 'orders'::regclass and attnum > 0 \
+         and not attisdropped order by attnum",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let reference = copy_out(
+        &db.pool,
+        "UTC",
+        "copy (select * from orders order by id) to stdout with (format csv, header, null 'NULL-7f3a')",
+    )
+    .await;
+    crate::formats::check("parquet", &file, "parquet", &reference, &types, "string");
+    worker.terminate();
+}
