@@ -10,8 +10,8 @@
 
 use crate::model::{
     Dataset,
-    parquet::Kind,
-    spec::{Decimals, ExportSpec, FileType, Filter, FilterOp, OutputColumn},
+    spec::{ExportSpec, FileType, Filter, FilterOp, OutputColumn},
+    types::{JsonKind, Kind},
 };
 
 /// Double-quotes an SQL identifier.
@@ -111,45 +111,37 @@ pub fn chunk_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: 
     if key_position(ds, &columns).1 {
         cols.push(key);
     }
-    format!("select {} {}", cols.join(", "), keyset(ds, spec, "", after, upper, limit))
+    format!("select {} {}", cols.join(", "), keyset(ds, spec, after, upper, limit))
 }
 
-/// `from ... where ... order by key limit n` of a chunk, `join` after the table.
-fn keyset(ds: &Dataset, spec: &ExportSpec, join: &str, after: Option<i64>, upper: i64, limit: i64) -> String {
+/// `from ... where ... order by key limit n` of a chunk.
+fn keyset(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64) -> String {
     let key = format!("t.{}", ident(&ds.key));
     let mut conds = predicates(ds, &spec.filters, setting_param);
     if let Some(a) = after {
         conds.push(format!("{key} > {a}"));
     }
     conds.push(format!("{key} <= {upper}"));
-    format!("from {} as t{join} where {} order by {key} limit {limit}", ds.table_sql, conds.join(" and "))
+    format!("from {} as t where {} order by {key} limit {limit}", ds.table_sql, conds.join(" and "))
 }
 
-/// The JSON Lines chunk query: each row as PostgreSQL's own JSON (`row_to_json`: keys in
-/// column order, NULL as null, json/jsonb nested, timestamps ISO 8601 in the session's time
-/// zone) and the key after it. `numeric` goes as text (a JSON string) unless the export asks
-/// for numbers.
+/// The JSON Lines chunk query: each value in binary, as exportd writes it, or as PostgreSQL's
+/// own JSON text of it (see [`JsonKind`]); the key appended when not exported.
 pub fn chunk_jsonl_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64) -> String {
     let columns = spec.output_columns(ds);
-    let as_text = spec.format.decimals == Decimals::String;
-    let cols: Vec<String> = columns
+    let mut cols: Vec<String> = columns
         .iter()
         .map(|c| {
-            let numeric = as_text && ds.column(&c.name).is_some_and(|d| d.sql_type.starts_with("numeric"));
-            format!("t.{}{} as {}", ident(&c.name), if numeric { "::text" } else { "" }, ident(&c.header))
+            let column = format!("t.{}", ident(&c.name));
+            let ty = ds.column(&c.name).map_or("text", |d| d.sql_type.as_str());
+            JsonKind::of(ty, spec.format.decimals).select(&column, ty)
         })
         .collect();
-    // A lateral subquery names the object's keys; the planner folds it into the scan.
-    let join = format!(" cross join lateral (select {}) as r", cols.join(", "));
-    format!("select row_to_json(r), t.{} {}", ident(&ds.key), keyset(ds, spec, &join, after, upper, limit))
+    if key_position(ds, &columns).1 {
+        cols.push(format!("t.{}", ident(&ds.key)));
+    }
+    format!("select {} {}", cols.join(", "), keyset(ds, spec, after, upper, limit))
 }
-
-/// The JSON Lines chunk's COPY: CSV with a delimiter and a quote that JSON text never holds
-/// raw (control characters), so each row arrives as `json \x02 key \n`, untouched; only a
-/// `json` value with line breaks in its whitespace arrives quoted (`\x01...\x01`).
-pub const JSONL_DELIMITER: u8 = 0x02;
-/// See [`JSONL_DELIMITER`].
-pub const JSONL_QUOTE: u8 = 0x01;
 
 /// `COPY`'s options for the export's dialect (delimiter, NULL text, quoting, header). CRLF,
 /// the byte order mark and the formula guard are not COPY's business: the engine adds them.
@@ -174,7 +166,7 @@ pub fn copy_options(spec: &ExportSpec, header: bool) -> String {
 /// The chunk as PostgreSQL writes it (`COPY ... TO STDOUT`), one CopyData message per row:
 /// CSV in the export's dialect (the server formats every value and applies the quoting, so
 /// the bytes are COPY's by construction; with `header`, the first message is the header
-/// line), JSON Lines (see [`chunk_jsonl_select`]) or, for Parquet, the binary format.
+/// line); for JSON Lines (see [`chunk_jsonl_select`]) and Parquet, the binary format.
 pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64, header: bool) -> String {
     match spec.format.kind {
         FileType::Csv => format!(
@@ -182,10 +174,9 @@ pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i6
             chunk_select(ds, spec, after, upper, limit),
             copy_options(spec, header)
         ),
-        FileType::Jsonl => format!(
-            "copy ({}) to stdout with (format csv, delimiter E'\\x02', quote E'\\x01')",
-            chunk_jsonl_select(ds, spec, after, upper, limit)
-        ),
+        FileType::Jsonl => {
+            format!("copy ({}) to stdout with (format binary)", chunk_jsonl_select(ds, spec, after, upper, limit))
+        }
         FileType::Parquet => {
             format!("copy ({}) to stdout with (format binary)", chunk_select(ds, spec, after, upper, limit))
         }

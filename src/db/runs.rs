@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     error::Result,
-    model::{Checkpoint, ExportRecord, ExportStatus, StoredSpec, parquet::SavedRowGroup},
+    model::{Checkpoint, ExportRecord, ExportStatus, StoredSpec, types::SavedRowGroup},
 };
 
 /// A run's hold on an export: the export and the run's owner token. Every write a run makes

@@ -45,8 +45,8 @@ fn unquote(raw: &[u8], quote: u8) -> Cow<'_, [u8]> {
 }
 
 /// The key (an integer) in the `index`-th field of a row.
-pub fn key(row: &[u8], index: usize, delimiter: u8, quote: u8) -> Option<i64> {
-    let f = field(row, index, delimiter, quote)?;
+pub fn key(row: &[u8], index: usize, delimiter: u8) -> Option<i64> {
+    let f = field(row, index, delimiter, b'"')?;
     std::str::from_utf8(&f).ok()?.trim().parse().ok()
 }
 
@@ -64,21 +64,12 @@ pub struct RowShaper {
     guard: Option<Vec<bool>>,
     /// How NULL is written: an unquoted field equal to it is a NULL, never guarded.
     null: Vec<u8>,
-    /// JSON Lines (see [`RowShaper::json_lines`]).
-    json: bool,
 }
 
 impl RowShaper {
     /// A shaper for rows with this delimiter; `cut_key` drops an appended key column, `crlf` ends lines with CR LF, `guard` marks the columns the formula guard applies to, `null` is the NULL text.
     pub fn new(delimiter: u8, cut_key: bool, crlf: bool, guard: Option<Vec<bool>>, null: &str) -> Self {
-        Self { delimiter, cut_key, crlf, guard, null: null.as_bytes().to_vec(), json: false }
-    }
-
-    /// The shaper of JSON Lines rows (`json \x02 key`, the JSON `\x01`-quoted when it holds
-    /// a line break): the key cut off, the quotes removed and line breaks (only ever JSON
-    /// whitespace: JSON strings escape them) made spaces, so each object stays on one line.
-    pub fn json_lines() -> Self {
-        Self { delimiter: 0x02, cut_key: true, crlf: false, guard: None, null: Vec::new(), json: true }
+        Self { delimiter, cut_key, crlf, guard, null: null.as_bytes().to_vec() }
     }
 
     /// Whether rows go to the file exactly as COPY wrote them.
@@ -92,13 +83,6 @@ impl RowShaper {
         let mut body = row.strip_suffix(b"\n").unwrap_or(row);
         if self.cut_key {
             body = &body[..body.iter().rposition(|b| *b == self.delimiter).unwrap_or(body.len())];
-        }
-        if self.json
-            && let Some(inner) = body.strip_prefix(&[0x01]).and_then(|b| b.strip_suffix(&[0x01]))
-        {
-            out.extend(inner.iter().map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { *b }));
-            out.push(b'\n');
-            return;
         }
         match &self.guard {
             None => out.extend_from_slice(body),
@@ -179,14 +163,11 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(key(b"9000009,x\n", 0, b',', b'"'), Some(9_000_009));
-        assert_eq!(key(b"\"a,\"\"b\",-7\n", 1, b',', b'"'), Some(-7));
-        assert_eq!(key(b"\"17\"\n", 0, b',', b'"'), Some(17));
-        assert_eq!(key(b"x,y\n", 0, b',', b'"'), None);
-        assert_eq!(key(b"x;\"3\"\n", 1, b';', b'"'), Some(3));
-        // JSON Lines rows: quotes inside the JSON are not CSV's.
-        assert_eq!(key(b"{\"a\":\"x\\\"y\"}\x0242\n", 1, 0x02, 0x01), Some(42));
-        assert_eq!(key(b"\x01{\"a\":\n1}\x01\x0243\n", 1, 0x02, 0x01), Some(43));
+        assert_eq!(key(b"9000009,x\n", 0, b','), Some(9_000_009));
+        assert_eq!(key(b"\"a,\"\"b\",-7\n", 1, b','), Some(-7));
+        assert_eq!(key(b"\"17\"\n", 0, b','), Some(17));
+        assert_eq!(key(b"x,y\n", 0, b','), None);
+        assert_eq!(key(b"x;\"3\"\n", 1, b';'), Some(3));
     }
 
     fn shaped(shaper: &RowShaper, row: &str, header: bool) -> String {
@@ -201,9 +182,6 @@ mod tests {
         assert_eq!(shaped(&s, "=1+2,\"-a,b\",-5,-,\"-\"\n", false), "'=1+2,\"'-a,b\",-5,-,\"'-\"\r\n");
         assert_eq!(shaped(&s, "@x,\"\"\"q\",+1,,\n", false), "'@x,\"\"\"q\",+1,,\r\n");
         assert_eq!(shaped(&s, "a,=b,c\n", true), "a,'=b,c\r\n");
-        let json = RowShaper::json_lines();
-        assert_eq!(shaped(&json, "{\"a\":\"x,\\\"\"}\x0242\n", false), "{\"a\":\"x,\\\"\"}\n");
-        assert_eq!(shaped(&json, "\x01{\"a\":\r\n 1}\x01\x0243\n", false), "{\"a\":   1}\n");
         let cut = RowShaper::new(b'\t', true, false, None, "");
         assert_eq!(shaped(&cut, "a\t\"b\tc\"\t42\n", false), "a\t\"b\tc\"\n");
     }

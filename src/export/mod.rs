@@ -9,10 +9,12 @@ macro_rules! engine_db {
     };
 }
 
+mod binary;
 mod buffers;
 pub mod csv;
 pub mod engine;
 pub mod fault;
+pub mod jsonl;
 mod output;
 pub mod parquet;
 pub mod queue;

@@ -26,8 +26,11 @@ use parquet::{
     schema::types::{Type, TypePtr},
 };
 
-pub use crate::model::parquet::{Kind, SavedRowGroup};
-use crate::model::{Dataset, ExportSpec, spec::ParquetCodec};
+pub use crate::model::types::{Kind, SavedRowGroup};
+use crate::{
+    export::binary,
+    model::{Dataset, ExportSpec, spec::ParquetCodec},
+};
 
 /// The first (and last) four bytes of every Parquet file.
 pub const MAGIC: &[u8; 4] = b"PAR1";
@@ -258,10 +261,6 @@ pub struct RowGroup {
     pub last_key: Option<i64>,
 }
 
-/// The signature starting COPY's binary output (then 4 bytes of flags and 4 of extension length).
-const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
-const HEADER_LEN: usize = 19;
-
 impl RowGroup {
     /// An empty row group of `layout`.
     pub fn new(layout: Arc<Layout>) -> Self {
@@ -272,34 +271,14 @@ impl RowGroup {
     /// Takes one CopyData message of `COPY ... (FORMAT binary)`: one row, possibly after the
     /// header (first message) or the trailer alone (last). Returns whether it held a row.
     pub fn push(&mut self, message: &Bytes) -> anyhow::Result<bool> {
-        let mut at = 0;
-        if message.starts_with(SIGNATURE) {
-            at = HEADER_LEN;
-        }
-        let rest = &message[at..];
-        if rest.is_empty() || rest == [0xff, 0xff] {
-            return Ok(false);
-        }
-        let mut r = Reader { buf: message, at };
-        let fields = r.i16()? as usize;
-        if fields != self.layout.kinds.len() {
-            bail!("COPY sent {fields} fields, {} expected", self.layout.kinds.len());
-        }
-        for i in 0..fields {
-            let len = r.i32()?;
-            let kind = self.layout.kinds[i];
-            let value = if len < 0 { None } else { Some(r.take(len as usize)?) };
+        let Some(mut fields) = binary::row(message, self.layout.kinds.len())? else { return Ok(false) };
+        for (i, kind) in self.layout.kinds.iter().enumerate() {
+            let value = fields.next_field()?;
             if i == self.layout.key_index {
-                let v = value.as_ref().context("the key is NULL")?;
-                self.last_key = Some(match v.len() {
-                    2 => i64::from(i16::from_be_bytes(v[..].try_into()?)),
-                    4 => i64::from(i32::from_be_bytes(v[..].try_into()?)),
-                    8 => i64::from_be_bytes(v[..].try_into()?),
-                    n => bail!("a key of {n} bytes"),
-                });
+                self.last_key = Some(binary::key(value.as_ref())?);
             }
             if let Some(col) = self.columns.get_mut(i) {
-                push_value(col, kind, value).with_context(|| format!("column {:?}", self.layout.names[i]))?;
+                push_value(col, *kind, value).with_context(|| format!("column {:?}", self.layout.names[i]))?;
             }
         }
         Ok(true)
@@ -398,27 +377,6 @@ fn numeric(v: &[u8], scale: u8) -> anyhow::Result<i128> {
         value = value.checked_add(part).context("too many digits")?;
     }
     Ok(if sign == 0x4000 { -value } else { value })
-}
-
-/// Reads COPY's binary fields.
-struct Reader<'a> {
-    buf: &'a Bytes,
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> anyhow::Result<Bytes> {
-        anyhow::ensure!(self.at + n <= self.buf.len(), "a truncated row");
-        let b = self.buf.slice(self.at..self.at + n);
-        self.at += n;
-        Ok(b)
-    }
-    fn i16(&mut self) -> anyhow::Result<i16> {
-        Ok(i16::from_be_bytes(self.take(2)?[..].try_into()?))
-    }
-    fn i32(&mut self) -> anyhow::Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?[..].try_into()?))
-    }
 }
 
 #[cfg(test)]

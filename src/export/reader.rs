@@ -1,7 +1,7 @@
 //! The chunk reader: keyset chunks (`WHERE key > last ORDER BY key LIMIT n`) read with
-//! PostgreSQL's own `COPY (...) TO STDOUT` on one connection per run — CSV or JSON Lines text
-//! shaped (CRLF, the formula guard) and handed to the writer in pieces, or binary rows encoded
-//! as one Parquet row group per chunk — each wait on the socket with a deadline.
+//! PostgreSQL's own `COPY (...) TO STDOUT` on one connection per run — CSV shaped (CRLF, the
+//! formula guard), or binary rows written as JSON Lines, handed to the writer in pieces, or
+//! binary rows encoded as Parquet row groups — each wait on the socket with a deadline.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,6 +15,7 @@ use crate::{
         buffers::PIECE_BYTES,
         csv::{self, RowShaper},
         engine::{Engine, Outcome},
+        jsonl::JsonLines,
         parquet::{self, EncodedRowGroup, Layout, RowGroup},
     },
     model::{
@@ -122,10 +123,11 @@ struct ChunkReader<'a> {
     shaper: RowShaper,
     /// Parquet: the file's layout; the chunk's rows go into a row group instead of text.
     parquet: Option<Arc<Layout>>,
+    /// JSON Lines: the rows are written from binary COPY rows.
+    jsonl: Option<JsonLines>,
     /// Where the key is in a row, to read the chunk's last key back.
     key_index: usize,
     delimiter: u8,
-    quote: u8,
     /// Rows per chunk.
     limit: i64,
     /// The header line is still to be written (asked of the next COPY).
@@ -150,21 +152,17 @@ impl<'a> ChunkReader<'a> {
     ) -> anyhow::Result<Self> {
         let format = &spec.format;
         let columns = spec.output_columns(ds);
-        let (mut key_index, key_appended) = db::dataset::key_position(ds, &columns);
-        let (mut delimiter, mut quote) = (format.delimiter as u8, b'"');
+        let (key_index, key_appended) = db::dataset::key_position(ds, &columns);
+        let delimiter = format.delimiter as u8;
         let guard = format
             .formula_guard
             .then(|| columns.iter().map(|c| ds.column(&c.name).is_none_or(|d| d.textual)).collect());
-        let mut shaper =
+        let shaper =
             RowShaper::new(delimiter, key_appended, format.line_ending == LineEnding::Crlf, guard, &format.null);
-        let mut parquet = None;
+        let (mut parquet, mut jsonl) = (None, None);
         match format.kind {
             FileType::Csv => {}
-            FileType::Jsonl => {
-                // `json \x02 key`: the key is the second field, always cut off.
-                (key_index, delimiter, quote) = (1, db::dataset::JSONL_DELIMITER, db::dataset::JSONL_QUOTE);
-                shaper = RowShaper::json_lines();
-            }
+            FileType::Jsonl => jsonl = Some(JsonLines::new(ds, spec)),
             FileType::Parquet => parquet = Some(Arc::new(Layout::new(ds, spec)?)),
         }
         let csv = format.kind == FileType::Csv;
@@ -198,9 +196,9 @@ impl<'a> ChunkReader<'a> {
             conn,
             shaper,
             parquet,
+            jsonl,
             key_index,
             delimiter,
-            quote,
             limit,
             header: fresh && csv && format.header,
             buf,
@@ -240,6 +238,18 @@ impl<'a> ChunkReader<'a> {
             // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
             // in whenever the task's cooperative budget runs out.
             tokio::task::consume_budget().await;
+            if let Some(jsonl) = &self.jsonl {
+                if let Some(key) = jsonl.push(&message, &mut self.buf)? {
+                    (count, last_key) = (count + 1, Some(key));
+                }
+                if self.buf.len() >= PIECE_BYTES {
+                    let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
+                    let t = Instant::now();
+                    send(&self.tx, Piece::Data(piece)).await?;
+                    self.t_send += t.elapsed();
+                }
+                continue;
+            }
             if let Some(g) = group.as_mut() {
                 if g.push(&message)? {
                     count += 1;
@@ -287,10 +297,15 @@ impl<'a> ChunkReader<'a> {
             }
             return Ok(Some((count, last_key.expect("a row was read"), groups)));
         }
-        let row = last_row.expect("a row was read");
-        let last_id = csv::key(&row, self.key_index, self.delimiter, self.quote).ok_or_else(|| {
-            anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
-        })?;
+        let last_id = match (last_key, last_row) {
+            (Some(key), _) => key,
+            (None, row) => {
+                let row = row.expect("a row was read");
+                csv::key(&row, self.key_index, self.delimiter).ok_or_else(|| {
+                    anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
+                })?
+            }
+        };
         if !self.buf.is_empty() {
             let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
             send(&self.tx, Piece::Data(piece)).await?;

@@ -5,8 +5,8 @@ pub mod dataset;
 pub mod export;
 pub mod key;
 pub mod link;
-pub mod parquet;
 pub mod spec;
+pub mod types;
 pub mod webhook;
 
 pub use dataset::{Column, Dataset, Datasets};

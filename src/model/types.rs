@@ -1,5 +1,8 @@
-//! Parquet's view of an export: how each PostgreSQL column type is stored, and the row groups
-//! a checkpoint covers (saved with it). The encoding itself is `export::parquet`'s.
+//! How each PostgreSQL column type is written in the typed formats: a Parquet type ([`Kind`]),
+//! a JSON Lines value ([`JsonKind`]), and the Parquet row groups a checkpoint covers (saved
+//! with it). The encoding itself is `export::parquet`'s and `export::jsonl`'s.
+
+use super::spec::Decimals;
 
 /// How one column is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,52 @@ pub struct SavedRowGroup {
     pub base: i64,
     /// The one-row-group footer's metadata (Thrift).
     pub footer: Vec<u8>,
+}
+
+/// How a column's value is written in JSON Lines: the simple types from their binary form, by
+/// exportd; every other value as PostgreSQL's own JSON of it (`to_json(value)::text`:
+/// timestamps RFC 3339 in the session's time zone, floats with `NaN` as a string, arrays,
+/// dates, intervals, ...), so no rendering rule of PostgreSQL's has to be copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonKind {
+    /// `smallint`, `integer`, `bigint`: a number.
+    Int,
+    /// `boolean`.
+    Bool,
+    /// Text types (and `numeric` as text under `decimals: string`): a JSON string.
+    Text,
+    /// `json`: nested as it is (its line breaks, whitespace, made spaces).
+    Json,
+    /// `jsonb`: nested (its binary form is a version byte before the text).
+    Jsonb,
+    /// PostgreSQL's JSON text of the value, written as it is.
+    Raw,
+}
+
+impl JsonKind {
+    /// The kind for a column of this SQL type.
+    pub fn of(sql_type: &str, decimals: Decimals) -> JsonKind {
+        if sql_type.starts_with("numeric") {
+            return if decimals == Decimals::String { JsonKind::Text } else { JsonKind::Raw };
+        }
+        match Kind::of(sql_type) {
+            Kind::I16 | Kind::I32 | Kind::I64 => JsonKind::Int,
+            Kind::Bool => JsonKind::Bool,
+            Kind::Text => JsonKind::Text,
+            Kind::Json => JsonKind::Json,
+            Kind::Jsonb => JsonKind::Jsonb,
+            _ => JsonKind::Raw,
+        }
+    }
+
+    /// The chunk query's expression for `column` (an SQL expression such as `t."amount"`).
+    pub fn select(self, column: &str, sql_type: &str) -> String {
+        match self {
+            JsonKind::Text if !Kind::of(sql_type).eq(&Kind::Text) => format!("{column}::text"),
+            JsonKind::Raw => format!("to_json({column})::text"),
+            _ => column.to_owned(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,61 @@
+//! PostgreSQL's binary COPY rows (`COPY ... TO STDOUT (FORMAT binary)`), one CopyData message
+//! each: the signature and header before the first row, a trailer after the last.
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+
+/// The signature starting COPY's binary output (then 4 bytes of flags and 4 of extension length).
+const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+const HEADER_LEN: usize = 19;
+
+/// The fields of the row in `message` (None: the header alone or the trailer, no row), each
+/// None for NULL; fails unless the row has `expected` fields.
+pub fn row(message: &Bytes, expected: usize) -> anyhow::Result<Option<Fields<'_>>> {
+    let at = if message.starts_with(SIGNATURE) { HEADER_LEN } else { 0 };
+    let rest = &message[at..];
+    if rest.is_empty() || rest == [0xff, 0xff] {
+        return Ok(None);
+    }
+    let mut fields = Fields { buf: message, at, left: 0 };
+    let n = fields.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))?;
+    if n as usize != expected {
+        bail!("COPY sent {n} fields, {expected} expected");
+    }
+    fields.left = expected;
+    Ok(Some(fields))
+}
+
+/// A row's fields, in order.
+pub struct Fields<'a> {
+    buf: &'a Bytes,
+    at: usize,
+    left: usize,
+}
+
+impl Fields<'_> {
+    fn take(&mut self, n: usize) -> anyhow::Result<Bytes> {
+        anyhow::ensure!(self.at + n <= self.buf.len(), "a truncated row");
+        let b = self.buf.slice(self.at..self.at + n);
+        self.at += n;
+        Ok(b)
+    }
+
+    /// The next field (None: NULL).
+    pub fn next_field(&mut self) -> anyhow::Result<Option<Bytes>> {
+        anyhow::ensure!(self.left > 0, "no field left in the row");
+        self.left -= 1;
+        let len = self.take(4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+        if len < 0 { Ok(None) } else { self.take(len as usize).map(Some) }
+    }
+}
+
+/// An integer key (smallint, integer or bigint) in its binary form.
+pub fn key(v: Option<&Bytes>) -> anyhow::Result<i64> {
+    let v = v.context("the key is NULL")?;
+    Ok(match v.len() {
+        2 => i64::from(i16::from_be_bytes([v[0], v[1]])),
+        4 => i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]])),
+        8 => i64::from_be_bytes(v[..].try_into()?),
+        n => bail!("a key of {n} bytes"),
+    })
+}
