@@ -22,6 +22,18 @@ use crate::{
 /// 5 MiB, the smallest part S3 takes: several parts even for a test-sized export.
 const PART: u64 = exportd::storage::MIN_PART_SIZE;
 
+/// A process's settings with one worker slot, 5 MiB parts, files in the `garage` bucket.
+fn one_slot_env(db: &TestDb, dir: &std::path::Path, garage: &Garage) -> Vec<(String, String)> {
+    let part = PART.to_string();
+    let mut env = exportd_env(
+        &db.url,
+        dir,
+        &[("EXPORTD_WORKER_CONCURRENCY", "1"), ("EXPORTD_S3_PART_SIZE", &part), ("RUST_LOG", "warn")],
+    );
+    env.extend(garage.env.iter().cloned());
+    env
+}
+
 /// The export's objects and uploads in the bucket, by name.
 async fn stored(storage: &dyn Storage, id: uuid::Uuid) -> Vec<String> {
     let mut names: Vec<String> = storage.run_files(id).await.unwrap().into_iter().map(|(n, _)| n).collect();
@@ -36,13 +48,7 @@ async fn an_export_to_object_storage_resumes_exactly_after_kill_9_and_downloads_
     let reference = copy_reference(&db.pool).await;
     let garage = Garage::start();
     let dir = tempfile::tempdir().unwrap(); // given, and never written: files go to the bucket
-    let part = PART.to_string();
-    let mut env = exportd_env(
-        &db.url,
-        dir.path(),
-        &[("EXPORTD_WORKER_CONCURRENCY", "1"), ("EXPORTD_S3_PART_SIZE", &part), ("RUST_LOG", "warn")],
-    );
-    env.extend(garage.env.iter().cloned());
+    let env = one_slot_env(&db, dir.path(), &garage);
     let mut worker = Exportd::serve(env.clone()).await;
     let api = worker.api();
     // ~6 s at 20 000 rows/s, chunks of 2 000 rows (~600 kB: a part every ~9 chunks).
@@ -248,14 +254,7 @@ async fn a_parquet_export_to_object_storage_resumes_after_kill_9_at_its_checkpoi
     seed_nasty(&db.pool, 150_000).await; // uncompressed Parquet: a few parts of 5 MiB
     let garage = Garage::start();
     let dir = tempfile::tempdir().unwrap();
-    let part = PART.to_string();
-    let mut env = exportd_env(
-        &db.url,
-        dir.path(),
-        &[("EXPORTD_WORKER_CONCURRENCY", "1"), ("EXPORTD_S3_PART_SIZE", &part), ("RUST_LOG", "warn")],
-    );
-    env.extend(garage.env.iter().cloned());
-    let mut worker = Exportd::serve(env.clone()).await;
+    let mut worker = Exportd::serve(one_slot_env(&db, dir.path(), &garage)).await;
     let api = worker.api();
     let body = json!({"format": {"type": "parquet", "codec": "none"}, "chunkSize": 2000, "maxRowsPerSecond": 30000});
     let id = api.create_export(Some(body)).await;
