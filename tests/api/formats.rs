@@ -3,7 +3,7 @@
 //! text for the same rows — for the demo dataset and a table of every common type with NULLs,
 //! extremes and infinities — also after crashes at fault points and kill -9 at random moments.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
 use exportd::export::engine::{Faults, Outcome};
 use serde_json::{Value, json};
@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use crate::{
     helpers::*,
-    support::process::{Exportd, exportd_env},
+    support::{
+        formats::{check, reference, sql_types},
+        process::{Exportd, exportd_env},
+    },
 };
-
-/// The NULL text of the reference CSV (check.py's `NULL`), absent from the data.
-const NULL: &str = "NULL-7f3a";
 
 /// Every common PostgreSQL type, with NULLs, empty strings, unicode, extremes and infinities.
 const ALL_TYPES: &str = r#"
@@ -62,54 +62,6 @@ table = "all_types"
 key = "id"
 columns = ["id", "b", "i2", "i4", "i8", "f4", "f8", "n", "n38", "nfree", "t", "vc", "c", "j", "jb", "u", "d", "ts", "tstz", "by", "iv", "arr"]
 "#;
-
-/// The columns' SQL types, as the catalog names them.
-async fn sql_types(pool: &sqlx::PgPool, table: &str, columns: &[&str]) -> Vec<String> {
-    let mut out = Vec::new();
-    for c in columns {
-        let ty: String = sqlx::query_scalar(
-            "select format_type(atttypid, atttypmod) from pg_attribute where attrelid = $1::regclass and attname = $2",
-        )
-        .bind(table)
-        .bind(c)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        out.push(ty);
-    }
-    out
-}
-
-/// PostgreSQL's CSV of `columns` of `table` in key order (NULL as [`NULL`]), in UTC.
-async fn reference(pool: &sqlx::PgPool, table: &str, columns: &[&str]) -> Vec<u8> {
-    let cols: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
-    let copy = format!(
-        "copy (select {} from {table} order by id) to stdout with (format csv, header, null '{NULL}')",
-        cols.join(", ")
-    );
-    copy_out(pool, "UTC", &copy).await
-}
-
-/// Runs check.py on `file` (named with `extension`) against the reference; panics with its
-/// report unless every value matches.
-pub fn check(kind: &str, file: &[u8], extension: &str, reference: &[u8], types: &[String], decimals: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name);
-    std::fs::write(path(&format!("file.{extension}")), file).unwrap();
-    std::fs::write(path("reference.csv"), reference).unwrap();
-    std::fs::write(path("types.json"), serde_json::to_vec(types).unwrap()).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/formats");
-    let out = Command::new(root.join("readers.sh"))
-        .arg("python")
-        .arg(root.join("check.py"))
-        .args([kind, path(&format!("file.{extension}")).to_str().unwrap()])
-        .args([path("reference.csv").to_str().unwrap(), path("types.json").to_str().unwrap(), decimals])
-        .output()
-        .expect("tests/formats/readers.sh runs");
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{kind} file differs from PostgreSQL's values: {report}");
-    report
-}
 
 const ORDERS: [&str; 12] = [
     "id",

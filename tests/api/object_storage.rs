@@ -294,6 +294,6 @@ async fn a_parquet_export_to_object_storage_resumes_after_kill_9_at_its_checkpoi
         "copy (select * from orders order by id) to stdout with (format csv, header, null 'NULL-7f3a')",
     )
     .await;
-    crate::formats::check("parquet", &file, "parquet", &reference, &types, "string");
+    crate::support::formats::check("parquet", &file, "parquet", &reference, &types, "string");
     worker.terminate();
 }

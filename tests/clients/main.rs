@@ -73,6 +73,18 @@ async fn round_trip(language: &str) {
     assert!(reference.len() > 1000, "the filter keeps rows: {} bytes", reference.len());
     assert_same_bytes(&csv, &reference);
 
+    // The Python client also made a Parquet and a JSON Lines export of those columns, through
+    // the generated enums: every value reads back as PostgreSQL wrote it.
+    if language == "python" {
+        let columns = ["id", "created_at", "customer_email", "amount", "status"];
+        let types = support::formats::sql_types(&app.db.pool, "orders", &columns).await;
+        let reference = support::formats::reference(&app.db.pool, "orders", &columns).await;
+        for (kind, decimals) in [("parquet", "string"), ("jsonl", "number")] {
+            let typed = std::fs::read(format!("{}.{kind}", file.display())).unwrap();
+            support::formats::check(kind, &typed, kind, &reference, &types, decimals);
+        }
+    }
+
     // And the server agrees with what the client saw.
     let id = |k: &str| ids[k].as_str().and_then(|s| s.parse::<Uuid>().ok()).expect("an id");
     assert_eq!(export_row(&app.db.pool, id("completed")).await.status.as_str(), "completed");

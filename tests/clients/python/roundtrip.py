@@ -22,14 +22,17 @@ from exportd_client.api.exports import (
     list_exports,
 )
 from exportd_client.models import (
+    CodecName,
     CompressionName,
     CreateExportRequest,
     CreateExportRequestFilters,
     CreateExportRequestHeaders,
+    DecimalsName,
     ErrorBody,
     ExportCreated,
     ExportList,
     ExportStatusView,
+    FileTypeName,
     FormatRequest,
     LineEndingName,
     StatusName,
@@ -98,6 +101,27 @@ assert isinstance(page, ExportList), page
 ids = [e.job_id for e in page.items]
 assert created.job_id in ids and slow.job_id in ids, ids
 assert page.next_cursor is None  # two exports, one page
+
+# The other file types, through the generated enums: Parquet (snappy pages) and JSON Lines
+# (numeric values as numbers), each saved beside OUT_FILE as OUT_FILE.parquet / .jsonl.
+for suffix, fmt in [
+    ("parquet", FormatRequest(type_=FileTypeName.PARQUET, codec=CodecName.SNAPPY)),
+    ("jsonl", FormatRequest(type_=FileTypeName.JSONL, decimals=DecimalsName.NUMBER, time_zone="UTC")),
+]:
+    made = create_export.sync(client=client, body=CreateExportRequest(columns=request["columns"], format_=fmt))
+    assert isinstance(made, ExportCreated), made
+    deadline = time.monotonic() + 60
+    while True:
+        done = get_export_status.sync(made.job_id, client=client)
+        if done.status not in (StatusName.QUEUED, StatusName.RUNNING):
+            break
+        assert time.monotonic() < deadline, f"the {suffix} export did not finish within 60 s"
+        time.sleep(0.05)
+    assert done.status == StatusName.COMPLETED and done.options.format_.type_ == fmt.type_, done
+    typed = download_export.sync(made.job_id, client=client)
+    assert isinstance(typed, File), typed
+    with open(f"{out}.{suffix}", "wb") as w:
+        w.write(typed.payload.read())
 
 # Errors arrive as the declared ErrorBody.
 bad = create_export.sync_detailed(client=client, body=CreateExportRequest(columns=["id", "no_such_column"]))
