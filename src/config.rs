@@ -87,6 +87,10 @@ pub struct ExportArgs {
     #[arg(long)]
     pub time_zone: Option<String>,
 
+    /// File type: csv (default), jsonl (JSON Lines) or parquet.
+    #[arg(long = "type", value_name = "TYPE", value_parser = ["csv", "jsonl", "parquet"])]
+    pub file_type: Option<String>,
+
     /// The file to write (an existing one is replaced once the download is complete).
     #[arg(short = 'o', long)]
     pub output: PathBuf,

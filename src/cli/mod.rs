@@ -136,8 +136,15 @@ fn request_body(args: &ExportArgs) -> anyhow::Result<Value> {
     if let Some(n) = args.max_rows_per_second {
         body.insert("maxRowsPerSecond".into(), json!(n));
     }
+    let mut format = Map::new();
     if let Some(tz) = &args.time_zone {
-        body.insert("format".into(), json!({ "timeZone": tz }));
+        format.insert("timeZone".into(), json!(tz));
+    }
+    if let Some(t) = &args.file_type {
+        format.insert("type".into(), json!(t));
+    }
+    if !format.is_empty() {
+        body.insert("format".into(), Value::Object(format));
     }
     Ok(Value::Object(body))
 }

@@ -299,3 +299,24 @@ async fn a_chunk_bigger_than_a_row_group_is_cut_into_several_and_resumes() {
     assert_eq!(app.engine.execute(id, "w2").await, Outcome::Completed);
     check("parquet", &app.download(id).await, "parquet", &reference, &types, "string");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_exports_parquet_and_json_lines() {
+    let app = all_types_app(2).await;
+    let types = sql_types(&app.db.pool, "all_types", &ALL).await;
+    let reference = reference(&app.db.pool, "all_types", &ALL).await;
+    let out = tempfile::tempdir().unwrap();
+    for kind in ["parquet", "jsonl"] {
+        let file = out.path().join(format!("all.{kind}"));
+        let run = crate::operability::cli(&app.base, &app.key)
+            .args(["export", "--dataset", "all_types", "--type", kind, "-o"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        check(kind, &std::fs::read(&file).unwrap(), kind, &reference, &types, "string");
+    }
+    let bad =
+        crate::operability::cli(&app.base, &app.key).args(["export", "--type", "xml", "-o", "x"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--type"));
+}

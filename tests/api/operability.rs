@@ -291,7 +291,7 @@ async fn json_logs_and_otlp_traces_name_the_export() {
 }
 
 /// `exportd export` / `exportd exports` as a person runs them.
-fn cli(base: &str, key: &str) -> std::process::Command {
+pub(crate) fn cli(base: &str, key: &str) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_exportd"));
     c.env("EXPORTD_SERVER", base).env("EXPORTD_KEY", key).env_remove("RUST_BACKTRACE");
     c
