@@ -35,6 +35,9 @@ try {
   await page.fill("#key", process.env.EXPORTD_KEY);
   await page.click("button[type=submit]");
   await page.locator("#exports").waitFor();
+  // The table is in the DOM before the signed-in page's load event: count loads only after
+  // it (a CI run counted that event as a reload while watching).
+  await page.waitForLoadState("load");
   result.otherOwnersVisible = await page.locator(`#export-${other}`).count();
   result.completedVisible = await page.locator(`#export-${completed}`).count();
   const bar = () => page.locator(`#export-${running} progress`).getAttribute("value").then(Number);
