@@ -88,8 +88,6 @@ pub struct Layout {
     kinds: Vec<Kind>,
     names: Vec<String>,
     key_index: usize,
-    /// The key is sent after the file's columns and not written.
-    key_appended: bool,
     schema: TypePtr,
     props: WriterPropertiesPtr,
 }
@@ -126,12 +124,7 @@ impl Layout {
             .set_sorting_columns(sorting)
             .set_created_by(format!("exportd {}", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(Self { kinds, names, key_index, key_appended, schema, props: Arc::new(props) })
-    }
-
-    /// Whether the chunk query must send column `i`'s text.
-    pub fn kinds(&self) -> &[Kind] {
-        &self.kinds
+        Ok(Self { kinds, names, key_index, schema, props: Arc::new(props) })
     }
 
     /// The footer of a file holding `groups` (in file order), `len` + `PAR1` included.
@@ -294,11 +287,6 @@ impl RowGroup {
     /// others at 8 bytes plus a level each).
     pub fn held_bytes(&self) -> usize {
         self.columns.iter().map(|c| c.bytes + c.defs.len() * 10).sum()
-    }
-
-    /// Whether the key is a column of the file (or only sent to be checkpointed).
-    pub fn key_appended(&self) -> bool {
-        self.layout.key_appended
     }
 }
 

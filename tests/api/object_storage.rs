@@ -281,19 +281,10 @@ async fn a_parquet_export_to_object_storage_resumes_after_kill_9_at_its_checkpoi
     let s = api.wait_finished(id, Duration::from_secs(90)).await;
     assert_eq!(s["status"], "completed", "{s}");
     let file = api.download(id).await;
-    let types: Vec<String> = sqlx::query_scalar(
-        "select format_type(atttypid, atttypmod) from pg_attribute where attrelid = 'orders'::regclass and attnum > 0 \
-         and not attisdropped order by attnum",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    let reference = copy_out(
-        &db.pool,
-        "UTC",
-        "copy (select * from orders order by id) to stdout with (format csv, header, null 'NULL-7f3a')",
-    )
-    .await;
+    let columns = exportd::datasets::default_config_columns("orders").unwrap();
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let types = crate::support::formats::sql_types(&db.pool, "orders", &columns).await;
+    let reference = crate::support::formats::reference(&db.pool, "orders", &columns).await;
     crate::support::formats::check("parquet", &file, "parquet", &reference, &types, "string");
     worker.terminate();
 }
