@@ -10,7 +10,7 @@ BIN := target/release/exportd
 # The database: DATABASE_URL when set, else the private cluster (started on demand).
 DB = $${DATABASE_URL:-$$(scripts/pg.sh start)}
 
-.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench bench-scale bench-formats chaos abuse
+.PHONY: help build run seed test lint fmt openapi verify pg-stop clean bench bench-scale bench-formats bench-peers chaos abuse
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -58,11 +58,17 @@ bench: ## psql \copy vs exportd end to end, memory, download, API latency (ROWS=
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	db=$(DB) && DATABASE_URL=$$db ROWS=$(ROWS) $(CARGO) bench --locked --bench export
 	$(MAKE) bench-formats
+	$(MAKE) bench-peers
 	$(MAKE) bench-scale
 
 bench-formats: ## JSON Lines and Parquet vs psql \copy CSV and DuckDB's Parquet, time and memory (ROWS=, ROUNDS=)
 	tests/formats/readers.sh setup
 	db=$(DB) && DATABASE_URL=$$db ROWS=$(ROWS) $(CARGO) bench --locked --bench formats
+
+bench-peers: ## exportd (parallelism 1, 2, 4) vs psql \copy (1 and N key ranges), DuckDB, ConnectorX: time, memory, CPU, output (ROWS=, ROUNDS=)
+	command -v /usr/bin/time >/dev/null || (apt-get update -qq && apt-get install -y -qq time)
+	REQUIREMENTS=benches/peers/requirements.txt tests/formats/readers.sh setup
+	db=$(DB) && DATABASE_URL=$$db ROWS=$(ROWS) $(CARGO) bench --locked --bench peers
 
 bench-scale: ## one 20M-row export vs 1M (per-row cost, memory), S3 vs local, 20 concurrent exports with 1-3 workers (SCALE_ROWS=, BASE_ROWS=)
 	scripts/s3.sh install

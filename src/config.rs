@@ -83,6 +83,10 @@ pub struct ExportArgs {
     #[arg(long)]
     pub max_rows_per_second: Option<u32>,
 
+    /// Key ranges to read at the same time (default: the server chooses from the export's size).
+    #[arg(long)]
+    pub parallelism: Option<u32>,
+
     /// Time zone of timestamps, e.g. `Europe/Berlin` (default UTC).
     #[arg(long)]
     pub time_zone: Option<String>,
@@ -262,6 +266,14 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u32).range(100..=100_000))]
     pub chunk_size: u32,
 
+    /// Key ranges one export may read at the same time, each on its own database connection
+    /// (`parallelism` in a request: 1 up to this). An export that does not ask gets one range per
+    /// 500,000 rows the planner estimates, up to this. 1 turns parallel exports off; with object
+    /// storage (`EXPORTD_STORAGE`) exports are serial whatever this says.
+    #[arg(long, env = "EXPORTD_MAX_PARALLELISM", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub max_parallelism: u32,
+
     /// Exports this process runs at the same time at full speed (0 = no workers, API only).
     #[arg(long, env = "EXPORTD_WORKER_CONCURRENCY", default_value_t = 2)]
     pub worker_concurrency: u32,
@@ -335,6 +347,12 @@ impl WorkerSettings {
     /// API-only process).
     pub fn slots(&self) -> u32 {
         if self.worker_concurrency == 0 { 0 } else { self.worker_concurrency + self.throttled_concurrency + 1 }
+    }
+
+    /// Key ranges an export of this process reads at once at most: `max-parallelism`, or 1 when
+    /// files go to object storage (its pieces cannot be joined yet).
+    pub fn parallelism(&self) -> u32 {
+        if self.object_storage_url().is_some() { 1 } else { self.max_parallelism.max(1) }
     }
 }
 

@@ -65,6 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 storage: Arc::new(LocalDir::at("exports")),
                 download_redirect: None,
                 default_chunk_size: 10_000,
+                max_parallelism: 4,
                 retention: std::time::Duration::ZERO,
                 min_free_disk: 0,
                 datasets: Arc::new(exportd::model::Datasets::none()),

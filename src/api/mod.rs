@@ -33,6 +33,8 @@ pub struct AppState {
     pub download_redirect: Option<std::time::Duration>,
     /// Chunk size of exports that do not ask for one.
     pub default_chunk_size: u32,
+    /// Key ranges an export may ask to read at once (`parallelism`), at most.
+    pub max_parallelism: u32,
     /// How long completed files are kept (shown as `expiresAt`).
     pub retention: std::time::Duration,
     /// Free storage below which new exports are refused (507); 0 = no floor.

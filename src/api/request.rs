@@ -43,6 +43,13 @@ pub struct CreateExportRequest {
     /// gentle on a busy database. Omit for full speed.
     #[oai(validator(minimum(value = "1"), maximum(value = "10000000")))]
     pub max_rows_per_second: Option<u32>,
+    /// Key ranges read at the same time, each on its own database connection (1 to the
+    /// server's maximum, `EXPORTD_MAX_PARALLELISM`, default 4). The file is the same whatever
+    /// it is: one file in key order, header once. Omit to let the server choose from the
+    /// export's size (one range per 500,000 rows, up to the maximum; 1 when throttled). CSV and
+    /// JSON Lines; Parquet is written by one range.
+    #[oai(validator(minimum(value = "1"), maximum(value = "64")))]
+    pub parallelism: Option<u32>,
     /// Where to announce the end of the export (completed, failed or cancelled): an http(s)
     /// URL that receives a POST signed per Standard Webhooks 1.0 with the owner's secret
     /// (`exportd keys create` prints it). Public addresses only (422 otherwise). Not part of
@@ -68,6 +75,7 @@ impl Example for CreateExportRequest {
             compression: Some(CompressionName::Gzip),
             chunk_size: Some(10_000),
             max_rows_per_second: None,
+            parallelism: None,
             callback_url: None,
         }
     }
@@ -266,6 +274,7 @@ impl CreateExportRequest {
             compression: None,
             chunk_size: None,
             max_rows_per_second: None,
+            parallelism: None,
             callback_url: None,
         }
     }
@@ -303,6 +312,7 @@ impl CreateExportRequest {
             }),
             chunk_size: Some(spec.chunk_size),
             max_rows_per_second: spec.max_rows_per_second,
+            parallelism: spec.parallelism,
             callback_url: None,
         }
     }

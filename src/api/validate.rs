@@ -84,6 +84,14 @@ impl CreateExportRequest {
         }
         let mut spec = ExportSpec::new(self.chunk_size.unwrap_or(state.default_chunk_size));
         spec.max_rows_per_second = self.max_rows_per_second;
+        spec.parallelism = self.parallelism;
+        if let Some(p) = self.parallelism.filter(|p| *p > state.max_parallelism) {
+            return Err(bad(format!(
+                "parallelism: {p} is more than this server reads at once (at most {}, EXPORTD_MAX_PARALLELISM{})",
+                state.max_parallelism,
+                if state.max_parallelism == 1 { "; files in object storage are written serially" } else { "" }
+            )));
+        }
         spec.format = format(self.format)?;
         spec.columns = columns(&ds, self.columns, self.headers, spec.format.formula_guard)?;
         spec.filters = filters(&ds, self.filters.unwrap_or_default())?;
@@ -91,6 +99,9 @@ impl CreateExportRequest {
             Some(CompressionName::Gzip) => Compression::Gzip,
             _ => Compression::None,
         };
+        if spec.format.kind == FileType::Parquet && spec.parallelism.is_some_and(|p| p > 1) {
+            return Err(bad("parallelism: parquet files are written by one range (omit parallelism or give 1)".into()));
+        }
         if spec.format.kind == FileType::Parquet && spec.compression == Compression::Gzip {
             return Err(bad(
                 "compression: gzip does not apply to parquet, which compresses its pages itself (format.codec: \

@@ -136,6 +136,9 @@ fn request_body(args: &ExportArgs) -> anyhow::Result<Value> {
     if let Some(n) = args.max_rows_per_second {
         body.insert("maxRowsPerSecond".into(), json!(n));
     }
+    if let Some(n) = args.parallelism {
+        body.insert("parallelism".into(), json!(n));
+    }
     let mut format = Map::new();
     if let Some(tz) = &args.time_zone {
         format.insert("timeZone".into(), json!(tz));

@@ -183,6 +183,27 @@ pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i6
     }
 }
 
+/// The keys that split the export's rows into ranges of similar size: the quantiles `$1` (a
+/// float8 array) of the filtered keys up to `upper`, over a sample of `percent` of the table's
+/// pages (`TABLESAMPLE SYSTEM`, seeded, so a run splits as the one before it would) or over every
+/// row (`None`). Null when the sample holds no row.
+pub fn split_points_query(ds: &Dataset, spec: &ExportSpec, percent: Option<f64>, upper: i64) -> String {
+    let key = format!("t.{}", ident(&ds.key));
+    let sample = percent.map(|p| format!(" tablesample system ({p}) repeatable (0)")).unwrap_or_default();
+    let mut conds = predicates(ds, &spec.filters, setting_param);
+    conds.push(format!("{key} <= {upper}"));
+    format!(
+        "select (percentile_disc($1::float8[]) within group (order by {key}))::int8[] from {} as t{sample} where {}",
+        ds.table_sql,
+        conds.join(" and ")
+    )
+}
+
+/// The planner's count of the table's rows (null when never analyzed), to size a sample.
+pub fn table_rows_query(ds: &Dataset) -> String {
+    format!("select {}", bounds_exprs(ds).1)
+}
+
 /// SQL expressions for the largest key now (the high-water mark an export created now will
 /// stop at) and the planner's estimate of the table's rows (null when never analyzed).
 pub fn bounds_exprs(ds: &Dataset) -> (String, String) {

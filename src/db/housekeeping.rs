@@ -115,14 +115,15 @@ pub async fn set_job(conn: &mut PgConnection, id: Uuid, old_job_id: Option<&str>
 }
 
 /// Which files an export with a directory in storage still needs: its checkpointed (or
-/// completed) file, and its current run's (named after the owner token). Only exports that
-/// can still be served or resumed are returned; the sweeper deletes the directories of the others.
+/// completed) file and its key ranges' checkpointed pieces, and its current run's (named after
+/// the owner token). Only exports that can still be served or resumed are returned; the
+/// sweeper deletes the directories of the others.
 #[derive(Debug, sqlx::FromRow)]
 pub struct FileRefs {
     /// The export.
     pub id: Uuid,
-    /// Its checkpointed (or completed) file.
-    pub file_name: Option<String>,
+    /// Its checkpointed (or completed) file and pieces.
+    pub files: Vec<String>,
     /// Its current run's token (that run's file is named after it).
     pub owner: Option<Uuid>,
 }
@@ -130,8 +131,10 @@ pub struct FileRefs {
 /// [`FileRefs`] of those of `ids` that are queued, running or completed.
 pub async fn file_refs(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<FileRefs>> {
     Ok(sqlx::query_as(
-        "select id, file_name, owner from exports \
-         where id = any($1) and status in ('queued', 'running', 'completed')",
+        "select e.id, array_remove(array_prepend(e.file_name, \
+           array(select r.file_name from export_ranges r where r.export_id = e.id and e.status <> 'completed')), \
+           null) as files, e.owner \
+         from exports e where e.id = any($1) and e.status in ('queued', 'running', 'completed')",
     )
     .bind(ids)
     .fetch_all(pool)

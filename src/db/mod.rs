@@ -17,6 +17,7 @@ pub mod housekeeping;
 pub mod keys;
 pub mod links;
 pub mod queue;
+pub mod ranges;
 pub mod runs;
 pub mod seed;
 pub mod stats;
@@ -67,7 +68,7 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
             ("idle_in_transaction_session_timeout", idle_ms.as_str()),
         ]);
     Ok(PgPoolOptions::new()
-        .max_connections(args.db_pool_size.unwrap_or(pool_size(None, 0)?))
+        .max_connections(args.db_pool_size.unwrap_or(pool_size(None, 0, 1)?))
         // A request waits at most this long for a connection: with the database down, the API
         // answers 503 quickly instead of hanging.
         .acquire_timeout(Duration::from_secs(3))
@@ -92,23 +93,28 @@ pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
 /// one for good), its run's chunk reader (one for the whole run), and one for its claims,
 /// checkpoints and queue heartbeats.
 pub const CONNECTIONS_PER_WORKER_SLOT: u32 = 3;
+/// Connections each further key range of a parallel export holds (its reader and its writer's).
+pub const CONNECTIONS_PER_RANGE: u32 = 2;
 /// Connections left for the API, housekeeping and the waker by default.
 const CONNECTIONS_FOR_THE_REST: u32 = 10;
 /// The fewest connections left for them when the pool size is set by hand.
 const CONNECTIONS_FOR_THE_REST_AT_LEAST: u32 = 4;
 
-/// The pool size for `worker_slots` slots: `requested` if it is enough, else an error with
-/// the numbers (a pool too small for its workers made exports fail their runs on "pool timed
-/// out" and retry, and starved the API); without a request, enough plus room for the API.
-pub fn pool_size(requested: Option<u32>, worker_slots: u32) -> anyhow::Result<u32> {
-    let held = CONNECTIONS_PER_WORKER_SLOT * worker_slots;
+/// The pool size for `worker_slots` slots whose exports read up to `parallelism` key ranges at
+/// once: `requested` if it is enough, else an error with the numbers (a pool too small for its
+/// workers made exports fail their runs on "pool timed out" and retry, and starved the API);
+/// without a request, enough plus room for the API.
+pub fn pool_size(requested: Option<u32>, worker_slots: u32, parallelism: u32) -> anyhow::Result<u32> {
+    let per_slot = CONNECTIONS_PER_WORKER_SLOT + CONNECTIONS_PER_RANGE * parallelism.saturating_sub(1);
+    let held = per_slot * worker_slots;
     let Some(requested) = requested else { return Ok(held + CONNECTIONS_FOR_THE_REST) };
     let least = held + CONNECTIONS_FOR_THE_REST_AT_LEAST;
     anyhow::ensure!(
         requested >= least,
         "EXPORTD_DB_POOL_SIZE={requested} is too small for {worker_slots} worker slots (EXPORTD_WORKER_CONCURRENCY \
          plus EXPORTD_THROTTLED_CONCURRENCY): each worker \
-         slot holds up to {CONNECTIONS_PER_WORKER_SLOT} connections ({held} in all) and the API and housekeeping need \
+         slot holds up to {per_slot} connections at parallelism {parallelism} ({held} in all) and the API and \
+         housekeeping need \
          at least {CONNECTIONS_FOR_THE_REST_AT_LEAST}; set it to {least} or more, or leave it unset for \
          {}",
         held + CONNECTIONS_FOR_THE_REST
@@ -242,10 +248,11 @@ mod tests {
 
     #[test]
     fn pool_size_follows_the_worker_slots() {
-        assert_eq!(pool_size(None, 2).unwrap(), 16);
-        assert_eq!(pool_size(None, 8).unwrap(), 34);
-        assert_eq!(pool_size(Some(28), 8).unwrap(), 28);
-        let e = pool_size(Some(16), 8).unwrap_err().to_string();
+        assert_eq!(pool_size(None, 2, 1).unwrap(), 16);
+        assert_eq!(pool_size(None, 8, 1).unwrap(), 34);
+        assert_eq!(pool_size(Some(28), 8, 1).unwrap(), 28);
+        assert_eq!(pool_size(None, 2, 4).unwrap(), 2 * 9 + 10, "3 ranges more, 2 connections each");
+        let e = pool_size(Some(16), 8, 1).unwrap_err().to_string();
         assert!(
             e.contains("EXPORTD_DB_POOL_SIZE=16") && e.contains("for 8 worker slots") && e.contains("28 or more"),
             "{e}"

@@ -39,6 +39,9 @@ pub enum Claim {
         adopt_file: bool,
         /// Whether a run still marked open (a dead or stalled worker's) was superseded.
         took_over: bool,
+        /// The run that released the export cleanly just before this claim, if one did: the
+        /// pieces it wrote (a parallel export's) may be continued in place.
+        released_by: Option<Uuid>,
     },
     /// Nothing to do: the export is finished (or was never there).
     Finished,
@@ -153,7 +156,8 @@ pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_s
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Claim::Owned { export: Box::new(export), adopt_file, took_over: superseded > 0 })
+    let released_by = current.released_by.filter(|_| current.owner.is_none());
+    Ok(Claim::Owned { export: Box::new(export), adopt_file, took_over: superseded > 0, released_by })
 }
 
 /// Saves a checkpoint, fenced by the run's token. Progress resets the stalled-run count.

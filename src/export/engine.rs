@@ -19,7 +19,11 @@ use crate::{
         self,
         runs::{Claim, Fence},
     },
-    export::buffers::BufferPool,
+    export::{
+        buffers::BufferPool,
+        reader::{Pace, ReadSpan},
+        writer::{Slot, Written},
+    },
     model::{Checkpoint, Dataset, Datasets, ExportRecord, ExportStatus},
     shutdown::Shutdown,
     storage::{PrepareError, Prepared, Resume, RunFile, RunId, SharedStorage},
@@ -27,7 +31,7 @@ use crate::{
 };
 
 /// Pieces in flight between producer and writer (the backpressure bound).
-const PIECES_IN_FLIGHT: usize = 4;
+pub(super) const PIECES_IN_FLIGHT: usize = 4;
 /// Longest wait between two runs of a failing export.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -48,6 +52,8 @@ pub struct EngineSettings {
     /// (the server cancels a statement itself at its timeout; silence after that means the
     /// connection is dead).
     pub db_statement_wait: Duration,
+    /// Key ranges an export reads at once at most (1: serial only).
+    pub max_parallelism: u32,
 }
 
 #[cfg(feature = "faults")]
@@ -84,6 +90,17 @@ impl Outcome {
             Self::Crashed => "crashed",
         }
     }
+}
+
+/// What a run may continue in place rather than copy: the export's checkpointed file (its
+/// writer released the export cleanly), and the pieces (of a parallel export's key ranges)
+/// written by `pieces_of`, the run that released it cleanly just before.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Adopt {
+    /// The export's checkpointed file may be continued in place.
+    pub file: bool,
+    /// The run whose pieces may be continued in place.
+    pub pieces_of: Option<Uuid>,
 }
 
 /// Runs exports. One per process, shared by its workers.
@@ -169,11 +186,11 @@ impl Engine {
             })
             .await;
             let (export, adopt) = match claim {
-                Ok(Claim::Owned { export, adopt_file, took_over }) => {
+                Ok(Claim::Owned { export, adopt_file, took_over, released_by }) => {
                     if took_over {
                         ::metrics::counter!(metrics::TAKEOVERS).increment(1);
                     }
-                    (export, adopt_file)
+                    (export, Adopt { file: adopt_file, pieces_of: released_by })
                 }
                 Ok(Claim::Finished) => return Outcome::AlreadyFinished,
                 Ok(Claim::Unreadable { reason, stalled }) => {
@@ -268,10 +285,15 @@ impl Engine {
             }
             Ok(now) => {
                 tracing::warn!(%export_id, %token, "export lost: another run took it over (or it was deleted); this run stopped");
-                if let Ok(spec) = export.spec.get() {
-                    let own = RunId { export_id, token, extension: spec.extension() }.file_name();
-                    if now.and_then(|e| e.file_name).as_deref() != Some(own.as_str()) {
-                        self.storage.remove_file(&own).await;
+                // This run's files (its file, or its pieces), unless a checkpoint refers to one.
+                let ranges =
+                    engine_db!(self, "reading the export's ranges", |c| db::ranges::ranges(c, export_id)).await;
+                let mut used: Vec<String> = now.and_then(|e| e.file_name).into_iter().collect();
+                used.extend(ranges.unwrap_or_default().into_iter().filter_map(|r| r.file_name));
+                let token = token.to_string();
+                for (name, _) in self.storage.run_files(export_id).await.unwrap_or_default() {
+                    if name.contains(&token) && !used.contains(&name) {
+                        self.storage.remove_file(&name).await;
                     }
                 }
             }
@@ -293,10 +315,18 @@ impl Engine {
         }
     }
 
-    /// One run of an export this run owns (`token`), from its checkpoint to the end.
-    pub async fn run(&self, export: &ExportRecord, token: Uuid, adopt: bool) -> anyhow::Result<Outcome> {
+    /// One run of an export this run owns (`token`), from its checkpoint to the end: its key
+    /// ranges in parallel when it has (or, new, gets) several, else one reader and writer.
+    pub async fn run(&self, export: &ExportRecord, token: Uuid, adopt: Adopt) -> anyhow::Result<Outcome> {
         let ds = self.dataset(export)?;
-        let extension = export.spec.get()?.extension();
+        let spec = export.spec.get()?;
+        let extension = spec.extension();
+        match self.key_ranges(&ds, export, token).await? {
+            None => return Ok(Outcome::Lost),
+            Some(ranges) if !ranges.is_empty() => return self.run_ranges(ds, export, token, ranges, adopt).await,
+            Some(_) => {}
+        }
+        let adopt = adopt.file;
         let mut cp = Checkpoint {
             last_id: export.last_processed_id,
             rows: export.rows_written,
@@ -318,7 +348,7 @@ impl Engine {
                     return Ok(Outcome::Lost);
                 }
                 cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new(), file_state: None };
-                self.storage.create_run(RunId { export_id: export.id, token, extension }).await?
+                self.storage.create_run(RunId { export_id: export.id, token, extension, piece: None }).await?
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
@@ -329,13 +359,14 @@ impl Engine {
         // The producer runs as its own task, so reading from PostgreSQL never waits for the
         // writer's turn on this one; it is aborted (closing its connection) if the writer stops.
         let producer = tokio::spawn({
-            let (engine, export, last, fresh) = (self.clone(), export.clone(), cp.last_id, cp.bytes == 0);
-            async move { engine.produce(&ds, &export, last, fresh, tx).await }
+            let span = ReadSpan { after: cp.last_id, upper: export.upper_bound_id, head: cp.bytes == 0 };
+            let (engine, export, pace) = (self.clone(), export.clone(), Pace::new(spec.max_rows_per_second));
+            async move { engine.produce(&ds, &export, span, pace, tx).await }
         });
-        let written = self.write(run_file.out, rx, cp, export, token).await;
+        let written = self.write(run_file.out, rx, cp, export, token, Slot::Export).await;
         let cp = match written {
-            Ok((cp, None)) => cp,
-            Ok((_, Some(end))) => {
+            Ok(Written { last, end: None, .. }) => last,
+            Ok(Written { end: Some(end), .. }) => {
                 producer.abort();
                 return Ok(end);
             }
@@ -374,13 +405,24 @@ impl Engine {
     ) -> Result<Option<RunFile>, PrepareError> {
         let resume =
             Resume { file: export.file_name.as_deref(), bytes, state: export.file_state.as_ref().map(|s| &s.0), adopt };
-        let mut copy = match self.storage.prepare_run(RunId { export_id: export.id, token, extension }, resume).await? {
+        self.prepare_file(RunId { export_id: export.id, token, extension, piece: None }, resume).await
+    }
+
+    /// A file for `run` holding exactly the checkpointed bytes of `resume` (see
+    /// [`Self::open_run_file`]); None when told to stop while copying.
+    pub(super) async fn prepare_file(
+        &self,
+        run: RunId<'_>,
+        resume: Resume<'_>,
+    ) -> Result<Option<RunFile>, PrepareError> {
+        let export_id = run.export_id;
+        let mut copy = match self.storage.prepare_run(run, resume).await? {
             Prepared::Ready(f) => return Ok(Some(f)),
             Prepared::Copy(copy) => copy,
         };
         for slice in 1u64.. {
             if self.shutdown.is_triggered() {
-                tracing::info!(export_id = %export.id, "stopping: prefix copy abandoned");
+                tracing::info!(%export_id, "stopping: prefix copy abandoned");
                 copy.abandon().await;
                 return Ok(None);
             }

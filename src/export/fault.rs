@@ -22,6 +22,10 @@ pub struct Faults {
     /// Die right after the n-th chunk's checkpoint is saved.
     pub crash_after_checkpoint: Option<u64>,
     #[cfg(feature = "faults")]
+    /// The crashes above strike in this key range's writer only (None: any writer's; a serial
+    /// export's is range 0).
+    pub crash_in_range: Option<i32>,
+    #[cfg(feature = "faults")]
     /// Hold the run at a point until the test lets it go on (see [`Pause`]).
     pub pause: Option<(PauseAt, Pause)>,
 }
@@ -101,14 +105,14 @@ impl Faults {
         }
     }
 
-    /// Whether the run dies after its `chunk`-th chunk is synced, before its checkpoint.
-    pub fn crash_before_checkpoint(&self, chunk: u64) -> bool {
-        self.crash_before_checkpoint == Some(chunk)
+    /// Whether the run dies after range `range`'s `chunk`-th chunk is synced, before its checkpoint.
+    pub fn crash_before_checkpoint(&self, range: i32, chunk: u64) -> bool {
+        self.crash_before_checkpoint == Some(chunk) && self.crash_in_range.is_none_or(|r| r == range)
     }
 
-    /// Whether the run dies right after its `chunk`-th checkpoint.
-    pub fn crash_after_checkpoint(&self, chunk: u64) -> bool {
-        self.crash_after_checkpoint == Some(chunk)
+    /// Whether the run dies right after range `range`'s `chunk`-th checkpoint.
+    pub fn crash_after_checkpoint(&self, range: i32, chunk: u64) -> bool {
+        self.crash_after_checkpoint == Some(chunk) && self.crash_in_range.is_none_or(|r| r == range)
     }
 }
 
@@ -121,13 +125,13 @@ impl Faults {
 
     /// Whether the run dies before its `chunk`-th checkpoint (never, in this build).
     #[inline(always)]
-    pub fn crash_before_checkpoint(&self, _chunk: u64) -> bool {
+    pub fn crash_before_checkpoint(&self, _range: i32, _chunk: u64) -> bool {
         false
     }
 
     /// Whether the run dies after its `chunk`-th checkpoint (never, in this build).
     #[inline(always)]
-    pub fn crash_after_checkpoint(&self, _chunk: u64) -> bool {
+    pub fn crash_after_checkpoint(&self, _range: i32, _chunk: u64) -> bool {
         false
     }
 }

@@ -18,6 +18,7 @@ pub mod jsonl;
 mod output;
 pub mod parquet;
 pub mod queue;
+mod ranges;
 mod reader;
 pub mod sweep;
 pub mod webhook;

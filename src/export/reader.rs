@@ -42,26 +42,56 @@ pub(super) struct RowGroupEnd {
     pub footer: Vec<u8>,
 }
 
+/// The keys a reader reads: those after `after` up to `upper` (None: none at all, the table was
+/// empty), and whether its bytes begin the file (`head`: the BOM and header, or Parquet's magic,
+/// go first).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReadSpan {
+    pub after: Option<i64>,
+    pub upper: Option<i64>,
+    pub head: bool,
+}
+
+/// The throttle (`maxRowsPerSecond`) of one run, shared by its readers (one per key range), so
+/// the export as a whole keeps the rate.
+#[derive(Debug)]
+pub(super) struct Pace {
+    rate: Option<u32>,
+    started: Instant,
+    rows: std::sync::atomic::AtomicU64,
+}
+
+impl Pace {
+    pub(super) fn new(rate: Option<u32>) -> Arc<Self> {
+        Arc::new(Self { rate: rate.filter(|r| *r > 0), started: Instant::now(), rows: Default::default() })
+    }
+
+    /// Counts `rows` read; the instant the run may read on at the rate (None: no throttle).
+    fn after(&self, rows: u64) -> Option<Instant> {
+        use std::sync::atomic::Ordering;
+        let total = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        self.rate.map(|rate| self.started + Duration::from_secs_f64(total as f64 / f64::from(rate)))
+    }
+}
+
 impl Engine {
-    /// Reads chunks from the checkpoint up to the export's upper bound, as PostgreSQL's own
-    /// CSV (`COPY (chunk query) TO STDOUT`), shapes the rows (CRLF, formula guard) and hands
-    /// them to the writer in pieces. `fresh`: the file is empty (BOM and header go first).
-    /// Returns None once every row is read, or `Released` when the process is stopping.
+    /// Reads chunks of `span`, as PostgreSQL's own CSV (`COPY (chunk query) TO STDOUT`), shapes
+    /// the rows (CRLF, formula guard) and hands them to the writer in pieces, keeping the run's
+    /// `pace`. Returns None once every row is read, or `Released` when the process is stopping.
     pub(super) async fn produce(
         &self,
         ds: &Dataset,
         export: &ExportRecord,
-        mut last: Option<i64>,
-        fresh: bool,
+        span: ReadSpan,
+        pace: Arc<Pace>,
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Option<Outcome>> {
         let spec = export.spec.get()?;
-        let mut reader = ChunkReader::open(self, ds, spec, fresh, export.created_lsn.as_deref(), tx).await?;
-        let rate = spec.max_rows_per_second.filter(|r| *r > 0);
+        let mut reader = ChunkReader::open(self, ds, spec, span.head, export.created_lsn.as_deref(), tx).await?;
+        let mut last = span.after;
         let started = Instant::now();
-        let mut rows_this_run = 0u64;
         // No upper bound: the table was empty when the export was created (header only).
-        while let Some(upper) = export.upper_bound_id.filter(|u| last.is_none_or(|l| l < *u)) {
+        while let Some(upper) = span.upper.filter(|u| last.is_none_or(|l| l < *u)) {
             if self.shutdown.is_triggered() {
                 return Ok(Some(Outcome::Released));
             }
@@ -71,10 +101,8 @@ impl Engine {
             };
             send(&reader.tx, Piece::ChunkEnd { last_id, rows, row_groups }).await?;
             last = Some(last_id);
-            rows_this_run += rows;
-            if let Some(rate) = rate {
-                // Pace after each chunk (the last one too), so the whole export keeps the rate.
-                let due = started + Duration::from_secs_f64(rows_this_run as f64 / f64::from(rate));
+            // Pace after each chunk (the last one too), so the whole export keeps the rate.
+            if let Some(due) = pace.after(rows) {
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => {}
                     _ = self.shutdown.wait() => return Ok(Some(Outcome::Released)),
@@ -88,6 +116,28 @@ impl Engine {
         reader.finish().await?;
         Ok(None)
     }
+}
+
+/// A connection for reading an export's rows (closed, never pooled, once dropped), its session
+/// set up: the time zone and the filter values bound once, and on a read replica, WAL replayed
+/// up to the export's creation (`created_lsn`).
+pub(super) async fn reading_session(
+    engine: &Engine,
+    spec: &ExportSpec,
+    created_lsn: Option<&str>,
+) -> anyhow::Result<PoolConnection<Postgres>> {
+    let mut conn = db::acquire(&engine.reads).await?;
+    conn.close_on_drop();
+    let values: Vec<&str> = db::dataset::filter_values(spec);
+    let setup = sqlx::query(db::dataset::session_setup()).bind(&spec.format.time_zone).bind(values);
+    let wait = engine.settings.db_statement_wait;
+    db::within(wait, "setting up the run's session", async { Ok(setup.execute(&mut *conn).await?) }).await?;
+    if engine.replica
+        && let Some(lsn) = created_lsn
+    {
+        wait_for_replay(&mut conn, lsn, engine.settings.db_io_timeout).await?;
+    }
+    Ok(conn)
 }
 
 /// Waits until the read replica on `conn` has replayed the primary's WAL up to `lsn` (the
@@ -142,11 +192,12 @@ struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     /// Takes the run's connection and binds the time zone and the filter values on it once.
+    /// `head`: the reader's bytes begin the file (BOM and header, or the magic, first).
     async fn open(
         engine: &'a Engine,
         ds: &'a Dataset,
         spec: &'a ExportSpec,
-        fresh: bool,
+        head: bool,
         created_lsn: Option<&str>,
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Self> {
@@ -171,22 +222,12 @@ impl<'a> ChunkReader<'a> {
             Some(r) => spec.chunk_size.min(r),
             None => spec.chunk_size,
         });
-        let mut conn = db::acquire(&engine.reads).await?;
-        conn.close_on_drop();
-        let values: Vec<&str> = db::dataset::filter_values(spec);
-        let setup = sqlx::query(db::dataset::session_setup()).bind(&format.time_zone).bind(values);
-        let wait = engine.settings.db_statement_wait;
-        db::within(wait, "setting up the run's session", async { Ok(setup.execute(&mut *conn).await?) }).await?;
-        if engine.replica
-            && let Some(lsn) = created_lsn
-        {
-            wait_for_replay(&mut conn, lsn, engine.settings.db_io_timeout).await?;
-        }
+        let conn = reading_session(engine, spec, created_lsn).await?;
         let mut buf = engine.buffers.take();
-        if fresh && csv && format.bom {
+        if head && csv && format.bom {
             buf.extend_from_slice(b"\xEF\xBB\xBF");
         }
-        if fresh && parquet.is_some() {
+        if head && parquet.is_some() {
             buf.extend_from_slice(parquet::MAGIC);
         }
         Ok(Self {
@@ -200,7 +241,7 @@ impl<'a> ChunkReader<'a> {
             key_index,
             delimiter,
             limit,
-            header: fresh && csv && format.header,
+            header: head && csv && format.header,
             buf,
             tx,
             t_start: Duration::ZERO,

@@ -65,7 +65,7 @@ pub async fn sweep(pool: &PgPool, storage: &dyn Storage, settings: &Sweep) -> Re
             swept.export_dirs += 1;
             continue;
         };
-        let keep: Vec<&str> = refs.file_name.iter().map(String::as_str).collect();
+        let keep: Vec<&str> = refs.files.iter().map(String::as_str).collect();
         let owner = refs.owner.map(|o| o.to_string());
         for (name, modified) in storage.run_files(id).await? {
             let of_current_run = owner.as_deref().is_some_and(|o| name.contains(o));

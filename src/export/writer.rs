@@ -26,10 +26,37 @@ use crate::{
     telemetry::metrics,
 };
 
+/// Whose checkpoint a writer saves: the export's (a serial export) or one of its key ranges'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Slot {
+    Export,
+    Range(i32),
+}
+
+impl Slot {
+    /// The range's position (0 for a serial export), as fault points count them.
+    fn position(self) -> i32 {
+        match self {
+            Slot::Export => 0,
+            Slot::Range(p) => p,
+        }
+    }
+}
+
+/// How a writer ended: its last saved checkpoint, and the end of every byte (synced), or why
+/// the run must end here.
+pub(super) struct Written {
+    /// The last checkpoint saved.
+    pub saved: Checkpoint,
+    /// Every byte written, synced and whole (when `end` is None).
+    pub last: Checkpoint,
+    pub end: Option<Outcome>,
+}
+
 impl Engine {
     /// Appends pieces (gzip-compressed, one member per chunk, when asked); at each chunk end
-    /// syncs the file, then saves the checkpoint (fenced). Returns the last checkpoint (with
-    /// every byte written and synced) and, when the run must end here, why.
+    /// syncs the file, then saves the checkpoint of `slot` (fenced). Returns the last checkpoint
+    /// saved, the file's end (every byte written and synced) and, when the run must end here, why.
     pub(super) async fn write(
         &self,
         file: Box<dyn RunWriter>,
@@ -37,7 +64,9 @@ impl Engine {
         mut cp: Checkpoint,
         export: &ExportRecord,
         token: Uuid,
-    ) -> anyhow::Result<(Checkpoint, Option<Outcome>)> {
+        slot: Slot,
+    ) -> anyhow::Result<Written> {
+        let stop = |cp: &Checkpoint, end| Ok(Written { saved: cp.clone(), last: cp.clone(), end: Some(end) });
         let export_id = export.id;
         let spec = export.spec.get()?;
         let compression = spec.compression;
@@ -95,8 +124,8 @@ impl Engine {
                     t_sync += t.elapsed();
                     chunks += 1;
                     (read_to, read_rows) = (Some(last_id), read_rows + rows as i64);
-                    if self.faults.crash_before_checkpoint(chunks) {
-                        return Ok((cp, Some(Outcome::Crashed)));
+                    if self.faults.crash_before_checkpoint(slot.position(), chunks) {
+                        return stop(&cp, Outcome::Crashed);
                     }
                     let Some(durable) = synced else {
                         // Not durable yet (bytes short of an object store's part): no checkpoint,
@@ -107,7 +136,7 @@ impl Engine {
                         .await?
                         {
                             metrics::fenced_refused("progress");
-                            return Ok((cp, Some(Outcome::Lost)));
+                            return stop(&cp, Outcome::Lost);
                         }
                         continue;
                     };
@@ -120,13 +149,24 @@ impl Engine {
                     };
                     let t = Instant::now();
                     let first = saved.len();
-                    if !engine_db!(self, "saving a checkpoint", |c| {
-                        db::runs::save_checkpoint(c, db::runs::Fence { export_id, token }, &next, first, &pending)
-                    })
-                    .await?
-                    {
+                    let fence = db::runs::Fence { export_id, token };
+                    let saved_it = match slot {
+                        Slot::Export => {
+                            engine_db!(self, "saving a checkpoint", |c| {
+                                db::runs::save_checkpoint(c, fence, &next, first, &pending)
+                            })
+                            .await?
+                        }
+                        Slot::Range(position) => {
+                            engine_db!(self, "saving a range's checkpoint", |c| {
+                                db::ranges::save_checkpoint(c, fence, position, &cp, &next, false)
+                            })
+                            .await?
+                        }
+                    };
+                    if !saved_it {
                         metrics::fenced_refused("checkpoint");
-                        return Ok((cp, Some(Outcome::Lost)));
+                        return stop(&cp, Outcome::Lost);
                     }
                     t_checkpoint += t.elapsed();
                     ::metrics::histogram!(metrics::CHECKPOINT).record(t.elapsed().as_secs_f64());
@@ -137,11 +177,11 @@ impl Engine {
                     );
                     cp = next;
                     saved.append(&mut pending);
-                    if self.faults.crash_after_checkpoint(chunks) {
-                        return Ok((cp, Some(Outcome::Crashed)));
+                    if self.faults.crash_after_checkpoint(slot.position(), chunks) {
+                        return stop(&cp, Outcome::Crashed);
                     }
                     if let Some(end) = self.below_floor(export_id, token).await? {
-                        return Ok((cp, Some(end)));
+                        return stop(&cp, end);
                     }
                 }
             }
@@ -160,12 +200,18 @@ impl Engine {
         if read_rows > cp.rows {
             metrics::chunk_written(&export.dataset, (read_rows - cp.rows) as u64, (out.written - cp.bytes) as u64);
         }
-        (cp.last_id, cp.rows, cp.bytes, cp.file_state) = (read_to, read_rows, out.written, durable.state);
+        let last = Checkpoint {
+            last_id: read_to,
+            rows: read_rows,
+            bytes: out.written,
+            file_name: cp.file_name.clone(),
+            file_state: durable.state,
+        };
         if let Some(buf) = out.take_buffer() {
             self.buffers.give(buf);
         }
         tracing::debug!(%export_id, chunks, total = ?started.elapsed(), idle = ?t_idle, write = ?t_write, sync = ?t_sync, checkpoint = ?t_checkpoint, "writer timings");
-        Ok((cp, None))
+        Ok(Written { saved: cp, last, end: None })
     }
 
     /// After a chunk: when the storage is below its free-space floor, the export fails now

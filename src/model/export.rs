@@ -211,3 +211,40 @@ pub struct Checkpoint {
     /// What else the storage needs to find the bytes again (an object store's upload and parts).
     pub file_state: Option<serde_json::Value>,
 }
+
+/// One key range of a parallel export (`export_ranges`): the keys in `(lower, upper]` and its
+/// own checkpoint, as an export's (see [`Checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyRange {
+    /// Its place in key order (from 0); its piece comes at this place in the file.
+    pub position: i32,
+    /// Keys above this (None: from the first key).
+    pub lower_id: Option<i64>,
+    /// Keys up to this.
+    pub upper_id: i64,
+    /// Key of the last row checkpointed (None: no row yet).
+    pub last_processed_id: Option<i64>,
+    /// Data rows checkpointed.
+    pub rows_written: i64,
+    /// Bytes of `file_name` checkpointed.
+    pub bytes_written: i64,
+    /// The range's piece file (None: nothing written yet).
+    pub file_name: Option<String>,
+    /// The run (token) that wrote the checkpointed bytes of `file_name`.
+    pub file_writer: Option<Uuid>,
+    /// Every row of the range is in `file_name`.
+    pub done: bool,
+}
+
+impl KeyRange {
+    /// The range's checkpoint, as the writer continues it.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            last_id: self.last_processed_id.or(self.lower_id),
+            rows: self.rows_written,
+            bytes: self.bytes_written,
+            file_name: self.file_name.clone().unwrap_or_default(),
+            file_state: None,
+        }
+    }
+}

@@ -10,6 +10,6 @@ pub mod types;
 pub mod webhook;
 
 pub use dataset::{Column, Dataset, Datasets};
-pub use export::{Checkpoint, ExportRecord, ExportStatus, RunRecord, StoredSpec};
+pub use export::{Checkpoint, ExportRecord, ExportStatus, KeyRange, RunRecord, StoredSpec};
 pub use key::ApiKey;
 pub use spec::ExportSpec;

@@ -16,6 +16,10 @@ pub struct ExportSpec {
     /// Throttle: at most this many rows per second (None = as fast as the database gives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows_per_second: Option<u32>,
+    /// Key ranges read at the same time, each on its own connection (None: chosen by the first
+    /// run from the export's size and the worker's maximum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
     /// The file's columns, in order (empty = every column of the dataset, as named there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<OutputColumn>,
@@ -40,6 +44,7 @@ impl ExportSpec {
         Self {
             chunk_size,
             max_rows_per_second: None,
+            parallelism: None,
             columns: Vec::new(),
             filters: Vec::new(),
             format: FileFormat::default(),

@@ -52,6 +52,26 @@ pub trait Storage: fmt::Debug + Send + Sync {
     /// Opens a finished file for reading.
     async fn open(&self, name: &str) -> io::Result<Box<dyn StoredFile>>;
 
+    /// Whether [`Storage::join`] works here (parallel exports need it).
+    fn joins_pieces(&self) -> bool {
+        false
+    }
+
+    /// Joins the pieces of a parallel export, in order, into one file and makes it durable:
+    /// appended to the first piece in place (`in_place`: the calling run wrote that piece itself),
+    /// or all copied into `run`'s own new file. Without reading them through user space where the
+    /// platform allows. Copies in slices, asking `stop` between them: None when told to stop
+    /// (a later run joins again). Returns the joined file's name.
+    async fn join(
+        &self,
+        _run: RunId<'_>,
+        _pieces: &[PieceFile],
+        _in_place: bool,
+        _stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<String>, PrepareError> {
+        Err(PrepareError::Io(io::Error::new(io::ErrorKind::Unsupported, "this storage cannot join pieces")))
+    }
+
     /// Deletes the files of an export's other runs (after completion; best effort).
     async fn remove_other_runs(&self, export_id: Uuid, keep: &str);
 
@@ -91,13 +111,28 @@ pub struct RunId<'a> {
     pub token: Uuid,
     /// The file's extension (`csv`, `csv.gz`).
     pub extension: &'a str,
+    /// The key range whose piece this is (a parallel export), or None: the export's own file.
+    pub piece: Option<i32>,
 }
 
 impl RunId<'_> {
-    /// The run file's name: `<export>/<token>.<extension>`.
+    /// The run file's name: `<export>/<token>.<extension>`, or for a key range's piece
+    /// `<export>/<token>-<position>.<extension>`.
     pub fn file_name(&self) -> String {
-        format!("{}/{}.{}", self.export_id, self.token, self.extension)
+        match self.piece {
+            None => format!("{}/{}.{}", self.export_id, self.token, self.extension),
+            Some(p) => format!("{}/{}-{p}.{}", self.export_id, self.token, self.extension),
+        }
     }
+}
+
+/// A finished piece of a parallel export: its file and its checkpointed length.
+#[derive(Debug, Clone)]
+pub struct PieceFile {
+    /// The piece's name in storage.
+    pub name: String,
+    /// Its bytes (what follows, if anything, is not the piece's).
+    pub bytes: u64,
 }
 
 /// Where a run resumes: the checkpointed file (None: nothing yet), its checkpointed length, what

@@ -189,6 +189,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
         storage: std::sync::Arc::new(exportd::storage::LocalDir::at(app.storage.path())),
         download_redirect: None,
         default_chunk_size: 10_000,
+        max_parallelism: 4,
         retention: Duration::from_secs(3600),
         min_free_disk: 0,
         datasets: std::sync::Arc::new(datasets),

@@ -233,7 +233,7 @@ async fn crashes_at_fault_points_resume_parquet_and_jsonl_exactly() {
 }
 
 /// A tiny deterministic random source (the seed is printed, so a failure can be replayed).
-fn rng() -> impl FnMut(u64, u64) -> u64 {
+pub(crate) fn rng() -> impl FnMut(u64, u64) -> u64 {
     let mut state = std::env::var("FORMATS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1
     });

@@ -16,6 +16,7 @@ mod links;
 mod object_storage;
 mod operability;
 mod options;
+mod parallel;
 mod plans;
 mod process;
 mod proxy;

@@ -29,7 +29,7 @@ async fn append(run: &mut RunFile, bytes: &[u8]) -> Option<Durable> {
 /// size: a chunk boundary after a whole part is durable).
 async fn conformance(storage: &dyn Storage, part: usize) {
     let export_id = Uuid::new_v4();
-    let run = |token| RunId { export_id, token, extension: "csv" };
+    let run = |token| RunId { export_id, token, extension: "csv", piece: None };
     let (a, b, c, d) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let (one, two, tail) = (block(1, part), block(2, part), b"the last rows\n".to_vec());
     let whole = [one.clone(), two.clone(), tail.clone()].concat();
@@ -126,7 +126,8 @@ async fn the_local_directory_keeps_the_storage_contract() {
 
     // An open file reads to its end even when deleted meanwhile.
     let export_id = Uuid::new_v4();
-    let mut run = storage.create_run(RunId { export_id, token: Uuid::new_v4(), extension: "csv" }).await.unwrap();
+    let mut run =
+        storage.create_run(RunId { export_id, token: Uuid::new_v4(), extension: "csv", piece: None }).await.unwrap();
     append(&mut run, b"header\nrow 1\n").await.unwrap();
     let open = storage.open(&run.name).await.unwrap();
     storage.remove_export(export_id).await;
@@ -142,8 +143,10 @@ async fn object_storage_keeps_the_storage_contract() {
 
     // Parts wait for a part's worth at chunk boundaries, and are cut mid-chunk only at twice
     // that: a chunk boundary short of a part is not durable.
-    let mut run =
-        storage.create_run(RunId { export_id: Uuid::new_v4(), token: Uuid::new_v4(), extension: "csv" }).await.unwrap();
+    let mut run = storage
+        .create_run(RunId { export_id: Uuid::new_v4(), token: Uuid::new_v4(), extension: "csv", piece: None })
+        .await
+        .unwrap();
     assert!(append(&mut run, b"short\n").await.is_none(), "bytes short of a part are not durable yet");
     let part = exportd::storage::MIN_PART_SIZE as usize;
     let state = append(&mut run, &block(3, part)).await.expect("a part's worth is durable").state.unwrap();
@@ -152,7 +155,8 @@ async fn object_storage_keeps_the_storage_contract() {
 
     // A checkpoint without the upload it was written to (another backend's) is lost.
     let resume = Resume { file: Some(&run.name), bytes: part as u64 + 6, state: None, adopt: true };
-    let lost =
-        storage.prepare_run(RunId { export_id: Uuid::new_v4(), token: Uuid::new_v4(), extension: "csv" }, resume).await;
+    let lost = storage
+        .prepare_run(RunId { export_id: Uuid::new_v4(), token: Uuid::new_v4(), extension: "csv", piece: None }, resume)
+        .await;
     assert!(matches!(lost, Err(PrepareError::CheckpointLost { .. })), "{lost:?}");
 }

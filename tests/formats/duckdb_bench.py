@@ -43,4 +43,5 @@ def main():
     print(f"{seconds:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -3,10 +3,12 @@
 #   readers.sh setup                  install pyarrow and DuckDB in a cached virtualenv
 #   readers.sh python ARGS...         run that virtualenv's python (e.g. check.py)
 # The virtualenv lives under ~/.cache/exportd, named by the requirements' hash, built once.
+# REQUIREMENTS names another requirements file (make bench-peers: benches/peers/requirements.txt).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+requirements="${REQUIREMENTS:-$here/requirements.txt}"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/exportd"
-venv="$cache/readers-$(sha256sum "$here/requirements.txt" | cut -c1-12)"
+venv="$cache/readers-$(sha256sum "$requirements" | cut -c1-12)"
 
 mkdir -p "$cache"
 exec 9>"$cache/readers.lock"
@@ -15,7 +17,7 @@ if [ ! -e "$venv/.complete" ]; then
   python3 -c 'import venv, ensurepip' 2>/dev/null ||
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
   rm -rf "$venv" && python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
   touch "$venv/.complete"
 fi
 flock -u 9

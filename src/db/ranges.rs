@@ -1,0 +1,168 @@
+//! The key ranges of a parallel export (`export_ranges`): created once by the first run, each
+//! checkpointed on its own, every write fenced by the export's owner token like the export's own.
+//!
+//! Fencing: each write first locks the export's row where `owner = $token` (the claim of a new
+//! run locks it too), so a range of a run that lost the export changes nothing and stops.
+
+use sqlx::{Connection, PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::{
+    db::runs::Fence,
+    error::Result,
+    model::{Checkpoint, KeyRange},
+};
+
+/// The export's ranges in key order (none: a serial export, or one not split yet).
+pub async fn ranges(db: impl PgExecutor<'_>, export_id: Uuid) -> Result<Vec<KeyRange>> {
+    Ok(sqlx::query_as(
+        "select position, lower_id, upper_id, last_processed_id, rows_written, bytes_written, file_name, \
+         file_writer, done from export_ranges where export_id = $1 order by position",
+    )
+    .bind(export_id)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Splits the export into ranges ending at `uppers` (ascending; the last is the export's upper
+/// bound), fenced; returns the ranges as stored (another run's split if one was saved first).
+pub async fn split(db: &mut PgConnection, run: Fence, uppers: &[i64]) -> Result<Option<Vec<KeyRange>>> {
+    let mut tx = db.begin().await?;
+    if !owns(&mut tx, run).await? {
+        return Ok(None);
+    }
+    let lowers: Vec<Option<i64>> = std::iter::once(None).chain(uppers.iter().map(|u| Some(*u))).collect();
+    let positions: Vec<i32> = (0..uppers.len() as i32).collect();
+    sqlx::query(
+        "insert into export_ranges (export_id, position, lower_id, upper_id) \
+         select $1, * from unnest($2::int4[], $3::int8[], $4::int8[]) on conflict do nothing",
+    )
+    .bind(run.export_id)
+    .bind(positions)
+    .bind(&lowers[..uppers.len()])
+    .bind(uppers)
+    .execute(&mut *tx)
+    .await?;
+    let stored = ranges(&mut *tx, run.export_id).await?;
+    tx.commit().await?;
+    Ok(Some(stored))
+}
+
+/// Locks the export's row if `run` owns it (the fence of every range write).
+async fn owns(conn: &mut PgConnection, run: Fence) -> Result<bool> {
+    let owned: Option<i32> = sqlx::query_scalar(
+        "select 1 from exports where id = $1 and owner = $2 and status = 'running' for no key update",
+    )
+    .bind(run.export_id)
+    .bind(run.token)
+    .fetch_optional(conn)
+    .await?;
+    Ok(owned.is_some())
+}
+
+/// Saves range `position`'s checkpoint (`done`: its last), fenced, and adds the rows and bytes
+/// since its previous one (`before`) to the export's progress; progress resets the export's
+/// stalled-run count. False when the run no longer owns the export.
+pub async fn save_checkpoint(
+    db: &mut PgConnection,
+    run: Fence,
+    position: i32,
+    before: &Checkpoint,
+    cp: &Checkpoint,
+    done: bool,
+) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    // As the export's own checkpoints: a lost one only sends the range back to its previous.
+    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
+    let updated = sqlx::query(
+        "update exports set rows_written = rows_written + $3, bytes_written = bytes_written + $4, \
+         stalled_attempts = 0 where id = $1 and owner = $2 and status = 'running'",
+    )
+    .bind(run.export_id)
+    .bind(run.token)
+    .bind(cp.rows - before.rows)
+    .bind(cp.bytes - before.bytes)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "update export_ranges set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
+         file_name = $6, file_writer = $7, done = $8 where export_id = $1 and position = $2",
+    )
+    .bind(run.export_id)
+    .bind(position)
+    .bind(cp.last_id)
+    .bind(cp.rows)
+    .bind(cp.bytes)
+    .bind(&cp.file_name)
+    .bind(run.token)
+    .bind(done)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Forgets range `position`'s checkpoint (its piece is gone): it starts over, and its rows and
+/// bytes leave the export's progress. Fenced.
+pub async fn reset(db: &mut PgConnection, run: Fence, position: i32) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    let updated = sqlx::query(
+        "update exports e set rows_written = e.rows_written - r.rows_written, \
+         bytes_written = e.bytes_written - r.bytes_written \
+         from export_ranges r where e.id = $1 and e.owner = $2 and e.status = 'running' \
+         and r.export_id = e.id and r.position = $3",
+    )
+    .bind(run.export_id)
+    .bind(run.token)
+    .bind(position)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "update export_ranges set last_processed_id = null, rows_written = 0, bytes_written = 0, \
+         file_name = null, file_writer = null, done = false where export_id = $1 and position = $2",
+    )
+    .bind(run.export_id)
+    .bind(position)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Keys sampled to find where ranges split (a sample of the table's pages holding about this
+/// many rows; every row of a smaller table).
+const SAMPLE_ROWS: f64 = 30_000.0;
+
+/// Where `n` ranges of similar row counts end: the quantiles of the export's keys up to `upper`
+/// (filtered, on a connection whose session has the filter values bound) in a sample, ascending
+/// and distinct, the last one `upper`. Fewer when the keys are few (one: read serially).
+pub async fn split_points(
+    conn: &mut PgConnection,
+    ds: &crate::model::Dataset,
+    spec: &crate::model::ExportSpec,
+    upper: i64,
+    n: u32,
+) -> Result<Vec<i64>> {
+    use crate::db::dataset;
+    let table_rows: Option<i64> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::table_rows_query(ds))).fetch_one(&mut *conn).await?;
+    let percent = table_rows
+        .filter(|rows| *rows as f64 > SAMPLE_ROWS * 4.0)
+        .map(|rows| (SAMPLE_ROWS * 100.0 / rows as f64).clamp(0.001, 100.0));
+    let fractions: Vec<f64> = (1..n).map(|i| f64::from(i) / f64::from(n)).collect();
+    let points: Option<Vec<Option<i64>>> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::split_points_query(ds, spec, percent, upper)))
+            .bind(fractions)
+            .fetch_one(&mut *conn)
+            .await?;
+    let mut uppers: Vec<i64> = points.unwrap_or_default().into_iter().flatten().filter(|k| *k < upper).collect();
+    uppers.dedup();
+    uppers.push(upper);
+    Ok(uppers)
+}

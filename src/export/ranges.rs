@@ -1,0 +1,265 @@
+//! Parallel exports: the keys up to the export's high-water mark split once into contiguous
+//! ranges of similar row counts (quantiles of a sample of the keys, so skewed keys split evenly),
+//! each range read on its own connection and written as its own piece with its own fenced
+//! checkpoint, then the pieces joined in key order into one file (in the kernel, not through
+//! user space). A resumed run continues every unfinished range from its own checkpoint and
+//! leaves the finished ones as they are.
+
+use std::sync::Arc;
+
+use tokio::{sync::mpsc, task::JoinSet};
+use uuid::Uuid;
+
+use crate::{
+    db::{self, runs::Fence},
+    export::{
+        engine::{Adopt, Engine, Outcome, PIECES_IN_FLIGHT},
+        reader::{Pace, ReadSpan, reading_session},
+        writer::{Slot, Written},
+    },
+    model::{Checkpoint, Dataset, ExportRecord, KeyRange, spec::FileType},
+    storage::{PieceFile, PrepareError, Resume, RunId},
+    telemetry::metrics,
+};
+
+/// Rows per key range of an export that does not say how many it wants.
+pub const ROWS_PER_RANGE: i64 = 500_000;
+
+/// How a range's task ended.
+enum RangeEnd {
+    /// Every row of the range is in its piece (its last checkpoint saved).
+    Done(KeyRange),
+    /// The range stopped short; the run ends so (released, lost, crashed, failed).
+    Stopped(Outcome),
+}
+
+impl Engine {
+    /// How many ranges a new export is split into: as many as it asks (up to this worker's
+    /// maximum), else one per [`ROWS_PER_RANGE`] rows the planner estimated. One for Parquet
+    /// (its row groups are written by one writer), for throttled exports that do not ask (the
+    /// throttle, not the reading, sets their pace), and where the storage cannot join pieces.
+    fn parallelism(&self, export: &ExportRecord) -> anyhow::Result<u32> {
+        let spec = export.spec.get()?;
+        let max = self.settings.max_parallelism.max(1);
+        if spec.format.kind == FileType::Parquet || !self.storage.joins_pieces() {
+            return Ok(1);
+        }
+        Ok(match spec.parallelism {
+            Some(p) => p.clamp(1, max),
+            None if spec.max_rows_per_second.is_some() => 1,
+            None => (export.total_rows.unwrap_or(0) / ROWS_PER_RANGE).clamp(1, i64::from(max)) as u32,
+        })
+    }
+
+    /// The export's key ranges: those saved, or, for the first run of an export to be read in
+    /// parallel, a new split, saved (fenced). Empty: the export is read by one reader. None:
+    /// the run no longer owns the export.
+    pub(super) async fn key_ranges(
+        &self,
+        ds: &Dataset,
+        export: &ExportRecord,
+        token: Uuid,
+    ) -> anyhow::Result<Option<Vec<KeyRange>>> {
+        let saved = engine_db!(self, "reading the export's ranges", |c| db::ranges::ranges(c, export.id)).await?;
+        let fresh = export.bytes_written == 0 && export.last_processed_id.is_none();
+        let Some(upper) = export.upper_bound_id.filter(|_| saved.is_empty() && fresh) else {
+            return Ok(Some(saved));
+        };
+        let n = self.parallelism(export)?;
+        if n < 2 {
+            return Ok(Some(saved));
+        }
+        let spec = export.spec.get()?;
+        let mut conn = reading_session(self, spec, export.created_lsn.as_deref()).await?;
+        let wait = self.settings.db_statement_wait;
+        let uppers = db::within(wait, "splitting the export into key ranges", async {
+            db::ranges::split_points(&mut conn, ds, spec, upper, n).await
+        })
+        .await?;
+        drop(conn);
+        if uppers.len() < 2 {
+            return Ok(Some(Vec::new()));
+        }
+        tracing::info!(export_id = %export.id, ranges = uppers.len(), ?uppers, "export split into key ranges");
+        let fence = Fence { export_id: export.id, token };
+        Ok(engine_db!(self, "saving the export's key ranges", |c| db::ranges::split(c, fence, &uppers)).await?)
+    }
+
+    /// Runs every unfinished range at once, each as its own task (its reader's connection, its
+    /// writer, its checkpoints), then joins the pieces and completes the export. A range that
+    /// fails lets the others finish (their work is kept) and the run then fails, to be retried
+    /// from every range's checkpoint; a range that finds the export lost or crashed ends them all.
+    pub(super) async fn run_ranges(
+        &self,
+        ds: Arc<Dataset>,
+        export: &ExportRecord,
+        token: Uuid,
+        mut ranges: Vec<KeyRange>,
+        adopt: Adopt,
+    ) -> anyhow::Result<Outcome> {
+        let spec = export.spec.get()?;
+        let pace = Pace::new(spec.max_rows_per_second);
+        let mut tasks = JoinSet::new();
+        for range in ranges.iter().filter(|r| !r.done).cloned() {
+            let (engine, ds, export, pace) = (self.clone(), ds.clone(), export.clone(), pace.clone());
+            let adopt = adopt.pieces_of.is_some() && range.file_writer == adopt.pieces_of;
+            tasks.spawn(async move { engine.run_range(&ds, &export, token, range, adopt, pace).await });
+        }
+        let (mut released, mut failed) = (false, None);
+        while let Some(joined) = tasks.join_next().await {
+            match joined? {
+                Ok(RangeEnd::Done(range)) => {
+                    let at = range.position as usize;
+                    ranges[at] = range;
+                }
+                // The others stop at their next chunk boundary too (the same stop signal).
+                Ok(RangeEnd::Stopped(Outcome::Released)) => released = true,
+                // Dropping the tasks aborts the other ranges (closing their connections).
+                Ok(RangeEnd::Stopped(end)) => return Ok(end),
+                Err(e) => {
+                    tracing::warn!(export_id = %export.id, error = format!("{e:#}"), "a key range failed; the others go on");
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if released {
+            return Ok(Outcome::Released);
+        }
+        self.join_pieces(export, token, &ranges, adopt).await
+    }
+
+    /// One key range, from its checkpoint to its end, into its own piece.
+    async fn run_range(
+        &self,
+        ds: &Arc<Dataset>,
+        export: &ExportRecord,
+        token: Uuid,
+        range: KeyRange,
+        adopt: bool,
+        pace: Arc<Pace>,
+    ) -> anyhow::Result<RangeEnd> {
+        let spec = export.spec.get()?;
+        let fence = Fence { export_id: export.id, token };
+        let position = range.position;
+        let run = RunId { export_id: export.id, token, extension: spec.extension(), piece: Some(position) };
+        let mut cp = range.checkpoint();
+        let resume = Resume { file: range.file_name.as_deref(), bytes: cp.bytes as u64, state: None, adopt };
+        let file = match self.prepare_file(run, resume).await {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(RangeEnd::Stopped(Outcome::Released)),
+            Err(PrepareError::CheckpointLost { name, bytes }) => {
+                tracing::error!(export_id = %export.id, range = position, %name, bytes, "a key range's checkpointed piece is gone; the range starts over");
+                if !engine_db!(self, "resetting a key range", |c| db::ranges::reset(c, fence, position)).await? {
+                    return Ok(RangeEnd::Stopped(Outcome::Lost));
+                }
+                cp = Checkpoint {
+                    last_id: range.lower_id,
+                    rows: 0,
+                    bytes: 0,
+                    file_name: String::new(),
+                    file_state: None,
+                };
+                self.storage.create_run(run).await?
+            }
+            Err(PrepareError::Io(e)) => return Err(e.into()),
+        };
+        cp.file_name = file.name;
+        let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
+        let span = ReadSpan { after: cp.last_id, upper: Some(range.upper_id), head: position == 0 && cp.bytes == 0 };
+        let producer = tokio::spawn({
+            let (engine, ds, export) = (self.clone(), ds.clone(), export.clone());
+            async move { engine.produce(&ds, &export, span, pace, tx).await }
+        });
+        let written = self.write(file.out, rx, cp, export, token, Slot::Range(position)).await;
+        let Written { saved, last, end } = match written {
+            Ok(w) => w,
+            Err(e) => {
+                producer.abort();
+                return Err(e);
+            }
+        };
+        if let Some(end) = end {
+            producer.abort();
+            return Ok(RangeEnd::Stopped(end));
+        }
+        if let Some(end) = producer.await?? {
+            return Ok(RangeEnd::Stopped(end));
+        }
+        if !engine_db!(self, "finishing a key range", |c| {
+            db::ranges::save_checkpoint(c, fence, position, &saved, &last, true)
+        })
+        .await?
+        {
+            metrics::fenced_refused("checkpoint");
+            return Ok(RangeEnd::Stopped(Outcome::Lost));
+        }
+        Ok(RangeEnd::Done(KeyRange {
+            last_processed_id: last.last_id,
+            rows_written: last.rows,
+            bytes_written: last.bytes,
+            file_name: Some(last.file_name),
+            file_writer: Some(token),
+            done: true,
+            ..range
+        }))
+    }
+
+    /// Every range is done: joins the pieces in key order into the export's file (appended to
+    /// the first piece when this run, or the run that cleanly released to it, wrote that one;
+    /// else into a file of this run's own) and completes the export, fenced. A piece found
+    /// missing sends its range back to the start, and the run fails (to be retried).
+    async fn join_pieces(
+        &self,
+        export: &ExportRecord,
+        token: Uuid,
+        ranges: &[KeyRange],
+        adopt: Adopt,
+    ) -> anyhow::Result<Outcome> {
+        let spec = export.spec.get()?;
+        let fence = Fence { export_id: export.id, token };
+        let pieces: Vec<PieceFile> = ranges
+            .iter()
+            .map(|r| PieceFile { name: r.file_name.clone().unwrap_or_default(), bytes: r.bytes_written as u64 })
+            .collect();
+        let first_writer = ranges.first().and_then(|r| r.file_writer);
+        let in_place = first_writer == Some(token) || (first_writer.is_some() && first_writer == adopt.pieces_of);
+        let run = RunId { export_id: export.id, token, extension: spec.extension(), piece: None };
+        let stop = || self.shutdown.is_triggered();
+        let name = match self.storage.join(run, &pieces, in_place, &stop).await {
+            Ok(Some(name)) => name,
+            Ok(None) => return Ok(Outcome::Released),
+            Err(PrepareError::CheckpointLost { name, bytes }) => {
+                if let Some(r) = ranges.iter().find(|r| r.file_name.as_deref() == Some(name.as_str())) {
+                    let position = r.position;
+                    if !engine_db!(self, "resetting a key range", |c| db::ranges::reset(c, fence, position)).await? {
+                        return Ok(Outcome::Lost);
+                    }
+                }
+                anyhow::bail!(
+                    "the piece {name} of a finished key range is missing or shorter than {bytes} bytes; its range is read again"
+                )
+            }
+            Err(PrepareError::Io(e)) => return Err(anyhow::Error::new(e).context("joining the key ranges' pieces")),
+        };
+        let cp = Checkpoint {
+            last_id: ranges.last().and_then(|r| r.last_processed_id),
+            rows: ranges.iter().map(|r| r.rows_written).sum(),
+            bytes: ranges.iter().map(|r| r.bytes_written).sum(),
+            file_name: name,
+            file_state: None,
+        };
+        if !engine_db!(self, "completing the export", |c| {
+            db::runs::complete_export(c, fence, &cp, self.settings.retention)
+        })
+        .await?
+        {
+            metrics::fenced_refused("complete");
+            return Ok(Outcome::Lost);
+        }
+        self.storage.remove_other_runs(export.id, &cp.file_name).await;
+        Ok(Outcome::Completed)
+    }
+}
