@@ -211,7 +211,7 @@ impl DownloadApi {
         }
         let spec = record.spec.get()?;
         let file_name = format!("{}-{}.{}", record.dataset, record.id, spec.extension());
-        if let (Some(ttl), true) = (self.state.download_redirect, with_body)
+        if let (Some(ttl), true, None) = (self.state.download_redirect, with_body, record.pieces())
             && let Some(url) = self.state.storage.download_url(name, &file_name, ttl).await?
         {
             return Ok(DownloadResponse::Redirect(url, etag));
@@ -259,7 +259,11 @@ impl DownloadApi {
     /// between reading its row and opening its file: answered as it now is (410 or 404),
     /// never 500. The file must hold every byte the row promises, or no header is sent.
     async fn open(&self, record: &ExportRecord, name: &str) -> Result<Box<dyn StoredFile>, Error> {
-        match self.state.storage.open(name).await {
+        let opened = match record.pieces() {
+            Some(pieces) => crate::storage::open_pieces(&*self.state.storage, &pieces).await,
+            None => self.state.storage.open(name).await,
+        };
+        match opened {
             Ok(file) => {
                 let on_disk = file.size();
                 if on_disk < record.bytes_written as u64 {

@@ -132,7 +132,7 @@ pub struct FileRefs {
 pub async fn file_refs(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<FileRefs>> {
     Ok(sqlx::query_as(
         "select e.id, array_remove(array_prepend(e.file_name, \
-           array(select r.file_name from export_ranges r where r.export_id = e.id and e.status <> 'completed')), \
+           array(select r.file_name from export_ranges r where r.export_id = e.id)), \
            null) as files, e.owner \
          from exports e where e.id = any($1) and e.status in ('queued', 'running', 'completed')",
     )

@@ -386,7 +386,7 @@ impl Engine {
                     metrics::fenced_refused("complete");
                     return Ok(Outcome::Lost);
                 }
-                self.storage.remove_other_runs(export.id, &cp.file_name).await;
+                self.storage.remove_other_runs(export.id, &[&cp.file_name]).await;
                 Ok(Outcome::Completed)
             }
         }

@@ -1,8 +1,8 @@
 //! Parallel exports: the keys up to the export's high-water mark split once into contiguous
 //! ranges of similar row counts (quantiles of a sample of the keys, so skewed keys split evenly),
 //! each range read on its own connection and written as its own piece with its own fenced
-//! checkpoint, then the pieces joined in key order into one file (in the kernel, not through
-//! user space). A resumed run continues every unfinished range from its own checkpoint and
+//! checkpoint; the completed export's file is its pieces in key order, served one after the
+//! other as one file (nothing is copied). A resumed run continues every unfinished range from its own checkpoint and
 //! leaves the finished ones as they are.
 
 use std::sync::Arc;
@@ -41,7 +41,7 @@ impl Engine {
     fn parallelism(&self, export: &ExportRecord) -> anyhow::Result<u32> {
         let spec = export.spec.get()?;
         let max = self.settings.max_parallelism.max(1);
-        if spec.format.kind == FileType::Parquet || !self.storage.joins_pieces() {
+        if spec.format.kind == FileType::Parquet || !self.storage.serves_pieces() {
             return Ok(1);
         }
         Ok(match spec.parallelism {
@@ -128,7 +128,7 @@ impl Engine {
         if released {
             return Ok(Outcome::Released);
         }
-        self.join_pieces(export, token, &ranges, adopt).await
+        self.complete_pieces(export, token, &ranges).await
     }
 
     /// One key range, from its checkpoint to its end, into its own piece.
@@ -207,49 +207,25 @@ impl Engine {
         }))
     }
 
-    /// Every range is done: joins the pieces in key order into the export's file (appended to
-    /// the first piece when this run, or the run that cleanly released to it, wrote that one;
-    /// else into a file of this run's own) and completes the export, fenced. A piece found
-    /// missing sends its range back to the start, and the run fails (to be retried).
-    async fn join_pieces(
+    /// Every range is done: completes the export (fenced) with its pieces as its file, in key
+    /// order: nothing is copied; downloads serve them one after the other as one file.
+    async fn complete_pieces(
         &self,
         export: &ExportRecord,
         token: Uuid,
         ranges: &[KeyRange],
-        adopt: Adopt,
     ) -> anyhow::Result<Outcome> {
-        let spec = export.spec.get()?;
         let fence = Fence { export_id: export.id, token };
         let pieces: Vec<PieceFile> = ranges
             .iter()
             .map(|r| PieceFile { name: r.file_name.clone().unwrap_or_default(), bytes: r.bytes_written as u64 })
             .collect();
-        let first_writer = ranges.first().and_then(|r| r.file_writer);
-        let in_place = first_writer == Some(token) || (first_writer.is_some() && first_writer == adopt.pieces_of);
-        let run = RunId { export_id: export.id, token, extension: spec.extension(), piece: None };
-        let stop = || self.shutdown.is_triggered();
-        let name = match self.storage.join(run, &pieces, in_place, &stop).await {
-            Ok(Some(name)) => name,
-            Ok(None) => return Ok(Outcome::Released),
-            Err(PrepareError::CheckpointLost { name, bytes }) => {
-                if let Some(r) = ranges.iter().find(|r| r.file_name.as_deref() == Some(name.as_str())) {
-                    let position = r.position;
-                    if !engine_db!(self, "resetting a key range", |c| db::ranges::reset(c, fence, position)).await? {
-                        return Ok(Outcome::Lost);
-                    }
-                }
-                anyhow::bail!(
-                    "the piece {name} of a finished key range is missing or shorter than {bytes} bytes; its range is read again"
-                )
-            }
-            Err(PrepareError::Io(e)) => return Err(anyhow::Error::new(e).context("joining the key ranges' pieces")),
-        };
         let cp = Checkpoint {
             last_id: ranges.last().and_then(|r| r.last_processed_id),
             rows: ranges.iter().map(|r| r.rows_written).sum(),
             bytes: ranges.iter().map(|r| r.bytes_written).sum(),
-            file_name: name,
-            file_state: None,
+            file_name: pieces[0].name.clone(),
+            file_state: Some(serde_json::json!({ "pieces": pieces })),
         };
         if !engine_db!(self, "completing the export", |c| {
             db::runs::complete_export(c, fence, &cp, self.settings.retention)
@@ -259,7 +235,8 @@ impl Engine {
             metrics::fenced_refused("complete");
             return Ok(Outcome::Lost);
         }
-        self.storage.remove_other_runs(export.id, &cp.file_name).await;
+        let keep: Vec<&str> = pieces.iter().map(|p| p.name.as_str()).collect();
+        self.storage.remove_other_runs(export.id, &keep).await;
         Ok(Outcome::Completed)
     }
 }

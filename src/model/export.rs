@@ -133,6 +133,13 @@ impl ExportRecord {
     pub fn progress_rows(&self) -> i64 {
         self.rows_read.map_or(self.rows_written, |r| r.max(self.rows_written))
     }
+
+    /// A completed parallel export's file: its key ranges' pieces, in order (None: one file,
+    /// `file_name`).
+    pub fn pieces(&self) -> Option<Vec<crate::storage::PieceFile>> {
+        let pieces = self.file_state.as_ref()?.0.get("pieces")?;
+        serde_json::from_value(pieces.clone()).ok()
+    }
 }
 
 /// An export's options as stored, read leniently: a row written by another version (a field or

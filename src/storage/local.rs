@@ -12,9 +12,7 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use super::{
-    Durable, PieceFile, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile,
-};
+use super::{Durable, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile};
 
 /// A storage directory.
 #[derive(Debug, Clone)]
@@ -207,72 +205,8 @@ impl Storage for LocalDir {
         })))
     }
 
-    fn joins_pieces(&self) -> bool {
+    fn serves_pieces(&self) -> bool {
         true
-    }
-
-    async fn join(
-        &self,
-        run: RunId<'_>,
-        pieces: &[PieceFile],
-        in_place: bool,
-        stop: &(dyn Fn() -> bool + Sync),
-    ) -> Result<Option<String>, PrepareError> {
-        let lost = |p: &PieceFile| PrepareError::CheckpointLost { name: p.name.clone(), bytes: p.bytes };
-        let (name, mut dst, mut at, rest) = match pieces.split_first() {
-            Some((first, rest)) if in_place => {
-                let file = OpenOptions::new().write(true).open(self.path(&first.name)).await;
-                let file = match file {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(lost(first)),
-                    f => f?,
-                };
-                if file.metadata().await?.len() < first.bytes {
-                    return Err(lost(first));
-                }
-                file.set_len(first.bytes).await?; // a join cut short may have appended to it
-                (first.name.clone(), file.into_std().await, first.bytes, rest)
-            }
-            _ => {
-                let (file, name) = self.create_file(run).await?;
-                (name, file.into_std().await, 0, pieces)
-            }
-        };
-        for piece in rest {
-            let src = match std::fs::File::open(self.path(&piece.name)) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(lost(piece)),
-                f => f?,
-            };
-            if src.metadata()?.len() < piece.bytes {
-                return Err(lost(piece));
-            }
-            let mut src = Some(src);
-            let mut copied = 0;
-            while copied < piece.bytes {
-                if stop() {
-                    return Ok(None);
-                }
-                let n = (piece.bytes - copied).min(COPY_SLICE * 8);
-                let (s, d) = (src.take().expect("the source"), dst);
-                let (s, d, done) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-                    use std::io::{Read, Seek, Write};
-                    let (mut s, mut d) = (s, d);
-                    s.seek(io::SeekFrom::Start(copied))?;
-                    d.seek(io::SeekFrom::Start(at))?;
-                    let done = io::copy(&mut (&mut s).take(n), &mut d)?; // copy_file_range on Linux
-                    d.flush()?;
-                    Ok((s, d, done))
-                })
-                .await
-                .map_err(io::Error::other)??;
-                if done != n {
-                    return Err(lost(piece));
-                }
-                (src, dst, copied, at) = (Some(s), d, copied + n, at + n);
-            }
-        }
-        let dst = tokio::task::spawn_blocking(move || dst.sync_data()).await.map_err(io::Error::other)?;
-        dst?;
-        Ok(Some(name))
     }
 
     async fn create_run(&self, run: RunId<'_>) -> io::Result<RunFile> {
@@ -286,14 +220,14 @@ impl Storage for LocalDir {
         Ok(Box::new(LocalStoredFile { file, size }))
     }
 
-    async fn remove_other_runs(&self, export_id: Uuid, keep: &str) {
+    async fn remove_other_runs(&self, export_id: Uuid, keep: &[&str]) {
         let dir = self.root.join(export_id.to_string());
         let Ok(mut entries) = fs::read_dir(&dir).await else {
             return;
         };
-        let keep = self.path(keep);
+        let keep: Vec<PathBuf> = keep.iter().map(|k| self.path(k)).collect();
         while let Ok(Some(entry)) = entries.next_entry().await {
-            if entry.path() != keep
+            if !keep.contains(&entry.path())
                 && let Err(e) = fs::remove_file(entry.path()).await
             {
                 tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a stale run file");

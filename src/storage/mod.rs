@@ -52,28 +52,14 @@ pub trait Storage: fmt::Debug + Send + Sync {
     /// Opens a finished file for reading.
     async fn open(&self, name: &str) -> io::Result<Box<dyn StoredFile>>;
 
-    /// Whether [`Storage::join`] works here (parallel exports need it).
-    fn joins_pieces(&self) -> bool {
+    /// Whether a completed file may be a sequence of pieces (a parallel export's), served one
+    /// after the other (see [`open_pieces`]).
+    fn serves_pieces(&self) -> bool {
         false
     }
 
-    /// Joins the pieces of a parallel export, in order, into one file and makes it durable:
-    /// appended to the first piece in place (`in_place`: the calling run wrote that piece itself),
-    /// or all copied into `run`'s own new file. Without reading them through user space where the
-    /// platform allows. Copies in slices, asking `stop` between them: None when told to stop
-    /// (a later run joins again). Returns the joined file's name.
-    async fn join(
-        &self,
-        _run: RunId<'_>,
-        _pieces: &[PieceFile],
-        _in_place: bool,
-        _stop: &(dyn Fn() -> bool + Sync),
-    ) -> Result<Option<String>, PrepareError> {
-        Err(PrepareError::Io(io::Error::new(io::ErrorKind::Unsupported, "this storage cannot join pieces")))
-    }
-
-    /// Deletes the files of an export's other runs (after completion; best effort).
-    async fn remove_other_runs(&self, export_id: Uuid, keep: &str);
+    /// Deletes the files of an export but those in `keep` (after completion; best effort).
+    async fn remove_other_runs(&self, export_id: Uuid, keep: &[&str]);
 
     /// Deletes every file of an export (best effort).
     async fn remove_export(&self, export_id: Uuid);
@@ -127,7 +113,7 @@ impl RunId<'_> {
 }
 
 /// A finished piece of a parallel export: its file and its checkpointed length.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PieceFile {
     /// The piece's name in storage.
     pub name: String,
@@ -232,4 +218,46 @@ pub enum PrepareError {
     #[error(transparent)]
     /// Any other storage error.
     Io(#[from] io::Error),
+}
+
+/// The pieces of a completed parallel export, opened (each read to its end even if deleted
+/// meanwhile) and served as one file: their checkpointed bytes one after the other, so Range
+/// requests and the ETag see the same bytes a joined file would hold, and nothing is copied.
+pub async fn open_pieces(storage: &dyn Storage, pieces: &[PieceFile]) -> io::Result<Box<dyn StoredFile>> {
+    let mut files = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let file = storage.open(&piece.name).await?;
+        if file.size() < piece.bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("piece {} has {} bytes, its checkpoint {}", piece.name, file.size(), piece.bytes),
+            ));
+        }
+        files.push((file, piece.bytes));
+    }
+    Ok(Box::new(Sequence(files)))
+}
+
+/// Pieces served one after the other (see [`open_pieces`]).
+struct Sequence(Vec<(Box<dyn StoredFile>, u64)>);
+
+#[async_trait]
+impl StoredFile for Sequence {
+    fn size(&self) -> u64 {
+        self.0.iter().map(|(_, bytes)| bytes).sum()
+    }
+
+    async fn read(self: Box<Self>, start: u64, count: u64) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
+        use futures::StreamExt as _;
+        let (end, mut at) = (start + count, 0u64);
+        let mut parts = Vec::new();
+        for (file, bytes) in self.0 {
+            let (from, to) = (start.max(at), end.min(at + bytes));
+            if from < to {
+                parts.push(file.read(from - at, to - from).await?);
+            }
+            at += bytes;
+        }
+        Ok(futures::stream::iter(parts).flatten().boxed())
+    }
 }

@@ -507,10 +507,10 @@ impl Storage for ObjectStorage {
         Ok(Some(url.to_string()))
     }
 
-    async fn remove_other_runs(&self, export_id: Uuid, keep: &str) {
-        let keep = self.path(keep);
+    async fn remove_other_runs(&self, export_id: Uuid, keep: &[&str]) {
+        let keep: Vec<Path> = keep.iter().map(|k| self.path(k)).collect();
         self.abort_uploads(self.export_prefix(export_id).as_ref(), |_| true).await;
-        self.delete_objects(export_id, |key| key != keep.as_ref()).await;
+        self.delete_objects(export_id, |key| !keep.iter().any(|k| k.as_ref() == key)).await;
     }
 
     async fn remove_export(&self, export_id: Uuid) {

@@ -72,9 +72,27 @@ async fn parallel_exports_are_byte_identical_to_copy_and_to_the_serial_export() 
         let s = app.status(id).await;
         assert_eq!(s["rowsWritten"], total, "progress is the sum over ranges: {s}");
         assert_eq!(s["options"]["parallelism"], p);
-        // The pieces are gone once joined: one file left.
+        // The file is the pieces (nothing copied): one per range, nothing else kept.
         let dir = app.storage.path().join(id.to_string());
-        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1, "only the joined file is kept");
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), p, "one piece per range");
+        // Ranges of bytes within, across and at the ends of pieces: the bytes of the whole.
+        let mut ends: Vec<usize> = Vec::new();
+        for r in &ranges {
+            ends.push(ends.last().copied().unwrap_or(0) + r.bytes_written as usize);
+        }
+        let len = reference.len();
+        let mut cuts = vec![(0, 99), (len - 500, len - 1), (0, len - 1)];
+        for end in ends.iter().take(ends.len().saturating_sub(1)) {
+            cuts.extend([(end - 10, end + 10), (*end, end + 1), (end - 1, *end - 1), (end - 1_000, end + 200_000)]);
+        }
+        let url = app.url(&format!("/api/export/{id}/download"));
+        for (start, end) in cuts {
+            let end = end.min(len - 1);
+            let resp = app.client.get(&url).header("range", format!("bytes={start}-{end}")).send().await.unwrap();
+            assert_eq!(resp.status(), 206);
+            assert_eq!(resp.headers()["content-range"].to_str().unwrap(), format!("bytes {start}-{end}/{len}"));
+            assert!(resp.bytes().await.unwrap().as_ref() == &reference[start..=end], "bytes {start}-{end} of {ends:?}");
+        }
     }
     // A dialect with a byte order mark, CRLF and quoting: head once, same bytes as serial.
     let dialect = json!({"bom": true, "lineEnding": "crlf", "quoteAll": true, "delimiter": ";"});
@@ -182,10 +200,14 @@ async fn a_stale_runners_ranges_change_nothing_after_a_takeover() {
     let row = export_row(&app.db.pool, id).await;
     assert_eq!(row.status.as_str(), "completed");
     assert_same_bytes(&app.download(id).await, &reference);
-    // A's pieces are removed; only B's joined file is left.
+    // What A wrote and no range refers to is removed: the files left are the ranges' pieces.
     let dir = app.storage.path().join(id.to_string());
-    let files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(files.len(), 1, "{files:?}");
+    let mut files: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| format!("{id}/{}", e.unwrap().file_name().to_str().unwrap())).collect();
+    let mut pieces: Vec<String> = ranges(&app, id).await.into_iter().map(|r| r.file_name.unwrap()).collect();
+    files.sort();
+    pieces.sort();
+    assert_eq!(files, pieces);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,7 +108,7 @@ async fn conformance(storage: &dyn Storage, part: usize) {
     assert!(storage.exports().await.unwrap().contains(&export_id));
 
     // Completion keeps only the completed file; removal removes it all.
-    storage.remove_other_runs(export_id, &second.name).await;
+    storage.remove_other_runs(export_id, &[&second.name]).await;
     let left: Vec<String> = storage.run_files(export_id).await.unwrap().into_iter().map(|(n, _)| n).collect();
     assert_eq!(left, vec![second.name.clone()], "only the kept file is left");
     assert_eq!(read(storage, &second.name, 0, len).await, whole);
