@@ -36,9 +36,15 @@ use support::{
 };
 
 /// Runs benches/peers/peers.py with `args` in the peers' virtualenv: (seconds, peak RSS KiB).
+/// The peak comes from /usr/bin/time (the process's own `ru_maxrss` would start from this
+/// bench's, inherited through fork and exec).
 fn python_peer(args: &[&str]) -> anyhow::Result<(f64, u64)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("tests/formats/readers.sh"))
+    let rss = std::env::temp_dir().join(format!("exportd-peer-{}.rss", std::process::id()));
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&rss)
+        .arg(root.join("tests/formats/readers.sh"))
         .env("REQUIREMENTS", root.join("benches/peers/requirements.txt"))
         .arg("python")
         .arg(root.join("benches/peers/peers.py"))
@@ -48,8 +54,8 @@ fn python_peer(args: &[&str]) -> anyhow::Result<(f64, u64)> {
         bail!("peers.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8(out.stdout)?;
-    let mut it = text.split_whitespace();
-    Ok((it.next().context("seconds")?.parse()?, it.next().context("peak RSS")?.parse()?))
+    let seconds = text.split_whitespace().next().context("seconds")?.parse()?;
+    Ok((seconds, rss_of(&rss)))
 }
 
 /// `psql \copy (select) to 'target' with (options)` as a child (TimeZone UTC), under
@@ -127,14 +133,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// One export through the API: seconds end to end, peak RSS (KiB), CPU seconds of the server
-/// and the file.
-async fn exportd(
-    api: &Api,
-    pool: &sqlx::PgPool,
-    pid: u32,
-    storage: &Path,
-    parallelism: u32,
-) -> anyhow::Result<(f64, u64, f64, PathBuf)> {
+/// and the export's id.
+async fn exportd(api: &Api, pid: u32, parallelism: u32) -> anyhow::Result<(f64, u64, f64, uuid::Uuid)> {
     reset_peak_rss(pid);
     let cpu = cpu_seconds(pid);
     let started = Instant::now();
@@ -143,9 +143,7 @@ async fn exportd(
     anyhow::ensure!(s["status"] == "completed", "export {id} ended {s}");
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu;
-    let name: String =
-        sqlx::query_scalar("select file_name from exports where id = $1").bind(id).fetch_one(pool).await?;
-    Ok((secs, peak_rss_kib(pid), cpu, storage.join(name)))
+    Ok((secs, peak_rss_kib(pid), cpu, id))
 }
 
 /// How a file compares with COPY's (`reference`).
@@ -270,14 +268,18 @@ async fn main() -> anyhow::Result<()> {
             std::fs::remove_file(&file)?;
         }
         for p in [1u32, 2, 4] {
-            let (s, kib, used, file) = exportd(&api, &pool, pid, &storage, p).await?;
+            let (s, kib, used, id) = exportd(&api, pid, p).await?;
             record("exportd", p, s, kib);
             cpu.entry(format!("exportd (p{p})")).or_default().push(used);
             line += &format!(" | exportd p{p} {s:.2}s ({:.2}x) {used:.2} CPU-s", s / single);
             if round == 1 {
+                // Downloaded (not part of the time): a parallel export's file is its pieces.
+                let file = out_dir.join("exportd.csv");
+                std::fs::write(&file, api.download(id).await)?;
                 output.insert(format!("exportd (p{p})"), compare(&file, &reference)?);
+                std::fs::remove_file(&file)?;
             }
-            std::fs::remove_file(&file)?;
+            api.client.delete(api.url(&format!("/api/export/{id}"))).send().await?;
         }
         println!("{line}");
     }
