@@ -262,3 +262,48 @@ async fn parallelism_out_of_bounds_is_refused_naming_the_field() {
     let resp = app.client.post(app.url("/api/export")).json(&json!({"parallelism": 4})).send().await.unwrap();
     assert_eq!(resp.status(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_every_range_and_the_sweeper_keeps_a_completed_exports_pieces() {
+    use exportd::export::sweep::{Sweep, sweep};
+    let db = test_db().await;
+    seed_nasty(&db.pool, 20_000).await;
+    let reference = copy_reference(&db.pool).await;
+    let app = spawn_app(db, AppOptions { workers: 2, ..Default::default() }).await;
+    // Throttled (2000 rows/s over 3 ranges, chunks of 500): it runs for about 10 s.
+    let slow = app.create_export(Some(json!({"chunkSize": 500, "maxRowsPerSecond": 2000, "parallelism": 3}))).await;
+    app.wait_rows(slow, 1_500, Duration::from_secs(20)).await;
+    let resp = app.client.delete(app.url(&format!("/api/export/{slow}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Every range notices at its next chunk (a quarter of a second of rows) and the files go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let dir = app.storage.path().join(slow.to_string());
+    loop {
+        let open: i64 =
+            sqlx::query_scalar("select count(*) from export_runs where export_id = $1 and ended_at is null")
+                .bind(slow)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        if open == 0 && !dir.exists() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the ranges did not stop within a chunk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = app.status(slow).await["rowsWritten"].as_i64().unwrap();
+    assert_eq!(ranges(&app, slow).await.iter().map(|r| r.rows_written).sum::<i64>(), rows);
+
+    // A completed parallel export's pieces are its file: a sweep (nothing kept, every stray
+    // file old enough) leaves them, and the download is still whole.
+    let (done, _) = export(&app, json!({"chunkSize": 1000, "parallelism": 3})).await;
+    std::fs::write(app.storage.path().join(done.to_string()).join("stray.csv"), b"id\n").unwrap();
+    let nothing_kept = Sweep {
+        keep_ended_exports: Duration::ZERO,
+        keep_finished_jobs: Duration::ZERO,
+        stray_file_age: Duration::ZERO,
+    };
+    let swept = sweep(&app.db.pool, app.engine.storage().as_ref(), &nothing_kept).await.unwrap();
+    assert_eq!(swept.files, 1, "only the stray file: {swept:?}");
+    assert_same_bytes(&app.download(done).await, &reference);
+}
