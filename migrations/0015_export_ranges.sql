@@ -11,12 +11,17 @@ create table export_ranges (
     lower_id int8,
     upper_id int8 not null,
     -- The range's checkpoint, as exports' own: the last key written, rows, bytes of file_name,
-    -- and the run (token) that wrote them.
+    -- what the storage needs to find them (an object store's upload and parts), and the run
+    -- (token) that wrote them.
     last_processed_id int8,
     rows_written int8 not null default 0,
     bytes_written int8 not null default 0,
     file_name text,
+    file_state jsonb,
     file_writer uuid,
+    -- Rows appended past the checkpoint (object storage checkpoints a part at a time): the
+    -- export's rows_read is the sum over its ranges.
+    rows_read int8,
     -- Every row of the range is in file_name (its last checkpoint).
     done boolean not null default false,
     primary key (export_id, position)

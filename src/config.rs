@@ -268,8 +268,8 @@ pub struct WorkerSettings {
 
     /// Key ranges one export may read at the same time, each on its own database connection
     /// (`parallelism` in a request: 1 up to this). An export that does not ask gets one range per
-    /// 500,000 rows the planner estimates, up to this. 1 turns parallel exports off; with object
-    /// storage (`EXPORTD_STORAGE`) exports are serial whatever this says.
+    /// 500,000 rows the planner estimates, up to this. 1 turns parallel exports off. With object
+    /// storage each range buffers its own parts (memory: one to two parts per range).
     #[arg(long, env = "EXPORTD_MAX_PARALLELISM", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub max_parallelism: u32,
@@ -349,10 +349,9 @@ impl WorkerSettings {
         if self.worker_concurrency == 0 { 0 } else { self.worker_concurrency + self.throttled_concurrency + 1 }
     }
 
-    /// Key ranges an export of this process reads at once at most: `max-parallelism`, or 1 when
-    /// files go to object storage (its pieces cannot be joined yet).
+    /// Key ranges an export of this process reads at once at most.
     pub fn parallelism(&self) -> u32 {
-        if self.object_storage_url().is_some() { 1 } else { self.max_parallelism.max(1) }
+        self.max_parallelism.max(1)
     }
 }
 

@@ -87,9 +87,8 @@ impl CreateExportRequest {
         spec.parallelism = self.parallelism;
         if let Some(p) = self.parallelism.filter(|p| *p > state.max_parallelism) {
             return Err(bad(format!(
-                "parallelism: {p} is more than this server reads at once (at most {}, EXPORTD_MAX_PARALLELISM{})",
-                state.max_parallelism,
-                if state.max_parallelism == 1 { "; files in object storage are written serially" } else { "" }
+                "parallelism: {p} is more than this server reads at once (at most {}, EXPORTD_MAX_PARALLELISM)",
+                state.max_parallelism
             )));
         }
         spec.format = format(self.format)?;

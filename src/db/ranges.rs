@@ -17,7 +17,7 @@ use crate::{
 pub async fn ranges(db: impl PgExecutor<'_>, export_id: Uuid) -> Result<Vec<KeyRange>> {
     Ok(sqlx::query_as(
         "select position, lower_id, upper_id, last_processed_id, rows_written, bytes_written, file_name, \
-         file_writer, done from export_ranges where export_id = $1 order by position",
+         file_state, file_writer, done from export_ranges where export_id = $1 order by position",
     )
     .bind(export_id)
     .fetch_all(db)
@@ -89,7 +89,7 @@ pub async fn save_checkpoint(
     }
     sqlx::query(
         "update export_ranges set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
-         file_name = $6, file_writer = $7, done = $8 where export_id = $1 and position = $2",
+         file_name = $6, file_writer = $7, done = $8, file_state = $9 where export_id = $1 and position = $2",
     )
     .bind(run.export_id)
     .bind(position)
@@ -99,6 +99,39 @@ pub async fn save_checkpoint(
     .bind(&cp.file_name)
     .bind(run.token)
     .bind(done)
+    .bind(cp.file_state.as_ref().map(sqlx::types::Json))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Records the rows range `position` has appended past its checkpoint (bytes not yet durable),
+/// fenced, and the export's `rows_read` as the sum over its ranges; rows beyond any run's before
+/// reset the stalled-run count (as [`crate::db::runs::note_progress`] does for a serial export).
+/// False when the run no longer owns the export (cancelled, taken over).
+pub async fn note_progress(db: &mut PgConnection, run: Fence, position: i32, rows: i64) -> Result<bool> {
+    let mut tx = db.begin().await?;
+    if !owns(&mut tx, run).await? {
+        return Ok(false);
+    }
+    sqlx::query(
+        "update export_ranges set rows_read = greatest(coalesce(rows_read, 0), $3) \
+         where export_id = $1 and position = $2",
+    )
+    .bind(run.export_id)
+    .bind(position)
+    .bind(rows)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "update exports set rows_read = s.rows, \
+         stalled_attempts = case when s.rows > coalesce(rows_read, rows_written) then 0 else stalled_attempts end \
+         from (select sum(greatest(coalesce(rows_read, 0), rows_written)) as rows from export_ranges \
+               where export_id = $1) s \
+         where id = $1",
+    )
+    .bind(run.export_id)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -125,7 +158,8 @@ pub async fn reset(db: &mut PgConnection, run: Fence, position: i32) -> Result<b
     }
     sqlx::query(
         "update export_ranges set last_processed_id = null, rows_written = 0, bytes_written = 0, \
-         file_name = null, file_writer = null, done = false where export_id = $1 and position = $2",
+         file_name = null, file_state = null, file_writer = null, rows_read = null, done = false \
+         where export_id = $1 and position = $2",
     )
     .bind(run.export_id)
     .bind(position)

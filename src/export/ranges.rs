@@ -146,7 +146,8 @@ impl Engine {
         let position = range.position;
         let run = RunId { export_id: export.id, token, extension: spec.extension(), piece: Some(position) };
         let mut cp = range.checkpoint();
-        let resume = Resume { file: range.file_name.as_deref(), bytes: cp.bytes as u64, state: None, adopt };
+        let state = range.file_state.as_ref().map(|s| &s.0);
+        let resume = Resume { file: range.file_name.as_deref(), bytes: cp.bytes as u64, state, adopt };
         let file = match self.prepare_file(run, resume).await {
             Ok(Some(file)) => file,
             Ok(None) => return Ok(RangeEnd::Stopped(Outcome::Released)),
@@ -166,7 +167,7 @@ impl Engine {
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
-        cp.file_name = file.name;
+        (cp.file_name, cp.file_state) = (file.name, file.state);
         let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
         let span = ReadSpan { after: cp.last_id, upper: Some(range.upper_id), head: position == 0 && cp.bytes == 0 };
         let producer = tokio::spawn({
@@ -201,6 +202,7 @@ impl Engine {
             rows_written: last.rows,
             bytes_written: last.bytes,
             file_name: Some(last.file_name),
+            file_state: last.file_state.map(sqlx::types::Json),
             file_writer: Some(token),
             done: true,
             ..range

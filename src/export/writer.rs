@@ -130,11 +130,20 @@ impl Engine {
                     let Some(durable) = synced else {
                         // Not durable yet (bytes short of an object store's part): no checkpoint,
                         // but the progress, fenced, so a cancel or takeover stops the run now.
-                        if !engine_db!(self, "recording progress", |c| {
-                            db::runs::note_progress(c, db::runs::Fence { export_id, token }, read_rows)
-                        })
-                        .await?
-                        {
+                        let fence = db::runs::Fence { export_id, token };
+                        let noted = match slot {
+                            Slot::Export => {
+                                engine_db!(self, "recording progress", |c| db::runs::note_progress(c, fence, read_rows))
+                                    .await?
+                            }
+                            Slot::Range(position) => {
+                                engine_db!(self, "recording a range's progress", |c| {
+                                    db::ranges::note_progress(c, fence, position, read_rows)
+                                })
+                                .await?
+                            }
+                        };
+                        if !noted {
                             metrics::fenced_refused("progress");
                             return stop(&cp, Outcome::Lost);
                         }

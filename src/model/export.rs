@@ -237,6 +237,8 @@ pub struct KeyRange {
     pub bytes_written: i64,
     /// The range's piece file (None: nothing written yet).
     pub file_name: Option<String>,
+    /// What the checkpoint recorded of `file_name` besides its length (an object store's upload).
+    pub file_state: Option<sqlx::types::Json<serde_json::Value>>,
     /// The run (token) that wrote the checkpointed bytes of `file_name`.
     pub file_writer: Option<Uuid>,
     /// Every row of the range is in `file_name`.
@@ -251,7 +253,7 @@ impl KeyRange {
             rows: self.rows_written,
             bytes: self.bytes_written,
             file_name: self.file_name.clone().unwrap_or_default(),
-            file_state: None,
+            file_state: self.file_state.as_ref().map(|s| s.0.clone()),
         }
     }
 }

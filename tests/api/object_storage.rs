@@ -288,3 +288,38 @@ async fn a_parquet_export_to_object_storage_resumes_after_kill_9_at_its_checkpoi
     crate::support::formats::check("parquet", &file, "parquet", &reference, &types, "string");
     worker.terminate();
 }
+
+/// A parallel export to object storage: each key range is an upload of its own, checkpointed a
+/// part at a time; a range that crashes resumes from its own checkpointed parts (the others
+/// from theirs), and the completed export's objects are served one after the other as one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_export_to_object_storage_resumes_each_range_and_serves_its_pieces_as_one_file() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 100_000).await; // ~30 MB: three ranges of ~10 MB, two parts each
+    let reference = copy_reference(&db.pool).await;
+    let garage = Garage::start();
+    let opts = AppOptions { workers: 0, object_storage: garage.for_app("parallel", PART), ..Default::default() };
+    let app = spawn_app(db, opts).await;
+    // Chunks of 2000 rows (~600 kB): a part is durable about every 9th chunk end.
+    let id = app.create_export(Some(json!({"chunkSize": 2000, "parallelism": 3}))).await;
+    // Range 1 dies at its 12th chunk end: one part checkpointed, three chunks buffered past it.
+    let crash = Faults { crash_before_checkpoint: Some(12), crash_in_range: Some(1), ..Default::default() };
+    assert_eq!((*app.engine).clone().with_faults(crash).execute(id, "w1").await, Outcome::Crashed);
+    let ranges = exportd::db::ranges::ranges(&app.db.pool, id).await.unwrap();
+    assert_eq!(ranges.len(), 3);
+    let crashed = &ranges[1];
+    let parts = crashed.file_state.as_ref().unwrap().0["parts"].as_array().unwrap().len();
+    assert_eq!(parts, 1, "range 1 checkpointed one part: {crashed:?}");
+    assert!(crashed.rows_written > 0 && crashed.rows_written < 12 * 2000, "{crashed:?}");
+    let row = export_row(&app.db.pool, id).await;
+    assert_eq!(row.rows_written, ranges.iter().map(|r| r.rows_written).sum::<i64>());
+    assert!(row.progress_rows() > row.rows_written, "rows past the parts show as progress: {row:?}");
+
+    assert_eq!(app.engine.execute(id, "w2").await, Outcome::Completed);
+    assert_same_bytes(&app.download(id).await, &reference);
+    let ranges = exportd::db::ranges::ranges(&app.db.pool, id).await.unwrap();
+    let mut pieces: Vec<String> = ranges.iter().map(|r| r.file_name.clone().unwrap()).collect();
+    pieces.sort();
+    let bucket = garage.storage("parallel", PART);
+    assert_eq!(stored(&bucket, id).await, pieces, "the pieces are the file: nothing else is left");
+}
