@@ -76,7 +76,8 @@ pub struct ExportStatusView {
     pub rows_written: i64,
     /// Bytes in the file so far (checkpointed), header included (compressed bytes for gzip).
     pub bytes_written: i64,
-    /// Key of the last row written; the export resumes after it.
+    /// Key of the last row written; the export resumes after it (null while a parallel export
+    /// runs: each of its key ranges resumes after its own).
     #[oai(nullable)]
     pub last_processed_id: Option<i64>,
     /// The export covers keys up to this one: the largest key when it was created. Rows

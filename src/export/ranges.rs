@@ -37,7 +37,7 @@ impl Engine {
     /// How many ranges a new export is split into: as many as it asks (up to this worker's
     /// maximum), else one per [`ROWS_PER_RANGE`] rows the planner estimated. One for Parquet
     /// (its row groups are written by one writer), for throttled exports that do not ask (the
-    /// throttle, not the reading, sets their pace), and where the storage cannot join pieces.
+    /// throttle, not the reading, sets their pace), and where the storage cannot serve pieces.
     fn parallelism(&self, export: &ExportRecord) -> anyhow::Result<u32> {
         let spec = export.spec.get()?;
         let max = self.settings.max_parallelism.max(1);
@@ -86,7 +86,7 @@ impl Engine {
     }
 
     /// Runs every unfinished range at once, each as its own task (its reader's connection, its
-    /// writer, its checkpoints), then joins the pieces and completes the export. A range that
+    /// writer, its checkpoints), then completes the export with their pieces. A range that
     /// fails lets the others finish (their work is kept) and the run then fails, to be retried
     /// from every range's checkpoint; a range that finds the export lost or crashed ends them all.
     pub(super) async fn run_ranges(
