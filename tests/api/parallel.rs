@@ -307,3 +307,22 @@ async fn cancel_stops_every_range_and_the_sweeper_keeps_a_completed_exports_piec
     assert_eq!(swept.files, 1, "only the stray file: {swept:?}");
     assert_same_bytes(&app.download(done).await, &reference);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_asks_for_key_ranges() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 20_000).await;
+    let reference = copy_reference(&db.pool).await;
+    let app = spawn_app(db, AppOptions { workers: 1, ..Default::default() }).await;
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("orders.csv");
+    let run = crate::operability::cli(&app.base, &app.key)
+        .args(["export", "--parallelism", "3", "--chunk-size", "1000", "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_same_bytes(&std::fs::read(&file).unwrap(), &reference);
+    let id: Uuid = sqlx::query_scalar("select id from exports").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(ranges(&app, id).await.len(), 3, "the export was read in 3 key ranges");
+}
