@@ -46,7 +46,7 @@ pub struct App {
 impl App {
     /// Connects, migrates, binds the listener (port 0 picks a free one).
     pub async fn build(mut args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let pool_size = db::pool_size(args.db.db_pool_size, args.worker.slots(), args.worker.parallelism())?;
+        let pool_size = db::pool_size(args.db.db_pool_size, args.worker.slots(), args.worker.max_parallelism)?;
         args.db.db_pool_size = Some(pool_size);
         let pool = connect_and_migrate(&args.db).await?;
         crate::telemetry::metrics::start(args.worker.metrics_listen, &pool, args.db.db_io_timeout, &shutdown).await?;
@@ -84,7 +84,7 @@ impl App {
             storage: workers.engine.storage().clone(),
             download_redirect: args.worker.download_redirect.then_some(args.worker.download_redirect_ttl),
             default_chunk_size: args.worker.chunk_size,
-            max_parallelism: args.worker.parallelism(),
+            max_parallelism: args.worker.max_parallelism,
             retention: args.worker.retention,
             min_free_disk: args.worker.min_free_disk,
             datasets,
@@ -156,7 +156,7 @@ impl App {
 /// `exportd worker`: workers only, until the shutdown signal.
 pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut db_args = db_args.clone();
-    db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.slots(), settings.parallelism())?);
+    db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.slots(), settings.max_parallelism)?);
     let db_args = &db_args;
     let pool = connect_and_migrate(db_args).await?;
     crate::telemetry::metrics::start(settings.metrics_listen, &pool, db_args.db_io_timeout, &shutdown).await?;
@@ -264,7 +264,7 @@ impl Workers {
                 min_free_disk: settings.min_free_disk,
                 db_io_timeout: db.db_io_timeout,
                 db_statement_wait: db.statement_timeout + db.db_io_timeout,
-                max_parallelism: settings.parallelism(),
+                max_parallelism: settings.max_parallelism,
             },
             shutdown.clone(),
         );
@@ -272,7 +272,7 @@ impl Workers {
             // One reader connection per slot, and a spare: nothing else is read there.
             let args = DbArgs {
                 database_url: url.to_owned(),
-                db_pool_size: Some(settings.slots() * settings.parallelism() + 1),
+                db_pool_size: Some(settings.slots() * settings.max_parallelism + 1),
                 ..db.clone()
             };
             let reads = db::connect(&args).await.context("EXPORTD_READ_DATABASE_URL")?;

@@ -348,11 +348,6 @@ impl WorkerSettings {
     pub fn slots(&self) -> u32 {
         if self.worker_concurrency == 0 { 0 } else { self.worker_concurrency + self.throttled_concurrency + 1 }
     }
-
-    /// Key ranges an export of this process reads at once at most.
-    pub fn parallelism(&self) -> u32 {
-        self.max_parallelism.max(1)
-    }
 }
 
 /// `exportd serve`.

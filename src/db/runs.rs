@@ -28,19 +28,16 @@ pub struct Fence {
 /// Result of trying to claim an export for a new run.
 #[derive(Debug)]
 pub enum Claim {
-    /// The run owns the export. `adopt_file` is true when the run that wrote the checkpointed
-    /// file is the one that released the export cleanly, so that file can be continued in
-    /// place; otherwise its writer may still be alive somewhere (paused, partitioned) and the
-    /// file must not be touched.
+    /// The run owns the export. A file (or piece) whose writer is `released_by`, the run that
+    /// released the export cleanly, can be continued in place; any other file's writer may still
+    /// be alive somewhere (paused, partitioned) and it must not be touched.
     Owned {
         /// The export as the claim left it (`running`, owned by the run).
         export: Box<ExportRecord>,
-        /// Whether the checkpointed file may be continued in place.
-        adopt_file: bool,
         /// Whether a run still marked open (a dead or stalled worker's) was superseded.
         took_over: bool,
-        /// The run that released the export cleanly just before this claim, if one did: the
-        /// pieces it wrote (a parallel export's) may be continued in place.
+        /// The run that released the export cleanly just before this claim, if one did (None
+        /// also when a run still owned it): the files it wrote may be continued in place.
         released_by: Option<Uuid>,
     },
     /// Nothing to do: the export is finished (or was never there).
@@ -64,7 +61,6 @@ struct ClaimState {
     status: String,
     owner: Option<Uuid>,
     released_by: Option<Uuid>,
-    file_writer: Option<Uuid>,
     stalled_attempts: i32,
     last_error: Option<String>,
     spec: StoredSpec,
@@ -79,7 +75,7 @@ pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_s
     let Fence { export_id: id, token } = run;
     let mut tx = db.begin().await?;
     let current: Option<ClaimState> = sqlx::query_as(
-        "select status, owner, released_by, file_writer, stalled_attempts, last_error, spec \
+        "select status, owner, released_by, stalled_attempts, last_error, spec \
          from exports where id = $1 for update",
     )
     .bind(id)
@@ -96,11 +92,6 @@ pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_s
             Some(format!("the export's stored status cannot be read by this version of exportd ({version}): {e}"))
         }
     };
-    // Not just "nobody owns it": the file's own writer must be the run that let go cleanly. A
-    // run that released before its first checkpoint never wrote `file_name`, whose writer may
-    // still be alive.
-    let adopt_file =
-        current.owner.is_none() && current.released_by.is_some() && current.released_by == current.file_writer;
     let superseded = sqlx::query(
         "update export_runs set ended_at = now(), outcome = 'superseded' where export_id = $1 and ended_at is null",
     )
@@ -157,7 +148,7 @@ pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_s
         .await?;
     tx.commit().await?;
     let released_by = current.released_by.filter(|_| current.owner.is_none());
-    Ok(Claim::Owned { export: Box::new(export), adopt_file, took_over: superseded > 0, released_by })
+    Ok(Claim::Owned { export: Box::new(export), took_over: superseded > 0, released_by })
 }
 
 /// Saves a checkpoint, fenced by the run's token. Progress resets the stalled-run count.

@@ -92,15 +92,21 @@ impl Outcome {
     }
 }
 
-/// What a run may continue in place rather than copy: the export's checkpointed file (its
-/// writer released the export cleanly), and the pieces (of a parallel export's key ranges)
-/// written by `pieces_of`, the run that released it cleanly just before.
+/// What a run may continue in place rather than copy: a file (the export's, or a key range's
+/// piece) whose writer is the run that released the export cleanly just before this run's
+/// claim. Not just "nobody owns it": a run that released before its first checkpoint never
+/// wrote the checkpointed file, whose writer may still be alive.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Adopt {
-    /// The export's checkpointed file may be continued in place.
-    pub file: bool,
-    /// The run whose pieces may be continued in place.
-    pub pieces_of: Option<Uuid>,
+    /// The run that released the export cleanly just before the claim, if one did.
+    pub released_by: Option<Uuid>,
+}
+
+impl Adopt {
+    /// Whether a file written by `writer` may be continued in place.
+    pub fn may_continue(self, writer: Option<Uuid>) -> bool {
+        self.released_by.is_some() && writer == self.released_by
+    }
 }
 
 /// Runs exports. One per process, shared by its workers.
@@ -186,11 +192,11 @@ impl Engine {
             })
             .await;
             let (export, adopt) = match claim {
-                Ok(Claim::Owned { export, adopt_file, took_over, released_by }) => {
+                Ok(Claim::Owned { export, took_over, released_by }) => {
                     if took_over {
                         ::metrics::counter!(metrics::TAKEOVERS).increment(1);
                     }
-                    (export, Adopt { file: adopt_file, pieces_of: released_by })
+                    (export, Adopt { released_by })
                 }
                 Ok(Claim::Finished) => return Outcome::AlreadyFinished,
                 Ok(Claim::Unreadable { reason, stalled }) => {
@@ -326,7 +332,7 @@ impl Engine {
             Some(ranges) if !ranges.is_empty() => return self.run_ranges(ds, export, token, ranges, adopt).await,
             Some(_) => {}
         }
-        let adopt = adopt.file;
+        let adopt = adopt.may_continue(export.file_writer);
         let mut cp = Checkpoint {
             last_id: export.last_processed_id,
             rows: export.rows_written,

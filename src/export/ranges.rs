@@ -37,11 +37,11 @@ impl Engine {
     /// How many ranges a new export is split into: as many as it asks (up to this worker's
     /// maximum), else one per [`ROWS_PER_RANGE`] rows the planner estimated. One for Parquet
     /// (its row groups are written by one writer), for throttled exports that do not ask (the
-    /// throttle, not the reading, sets their pace), and where the storage cannot serve pieces.
+    /// throttle, not the reading, sets their pace).
     fn parallelism(&self, export: &ExportRecord) -> anyhow::Result<u32> {
         let spec = export.spec.get()?;
         let max = self.settings.max_parallelism.max(1);
-        if spec.format.kind == FileType::Parquet || !self.storage.serves_pieces() {
+        if spec.format.kind == FileType::Parquet {
             return Ok(1);
         }
         Ok(match spec.parallelism {
@@ -102,7 +102,7 @@ impl Engine {
         let mut tasks = JoinSet::new();
         for range in ranges.iter().filter(|r| !r.done).cloned() {
             let (engine, ds, export, pace) = (self.clone(), ds.clone(), export.clone(), pace.clone());
-            let adopt = adopt.pieces_of.is_some() && range.file_writer == adopt.pieces_of;
+            let adopt = adopt.may_continue(range.file_writer);
             tasks.spawn(async move { engine.run_range(&ds, &export, token, range, adopt, pace).await });
         }
         let (mut released, mut failed) = (false, None);

@@ -205,10 +205,6 @@ impl Storage for LocalDir {
         })))
     }
 
-    fn serves_pieces(&self) -> bool {
-        true
-    }
-
     async fn create_run(&self, run: RunId<'_>) -> io::Result<RunFile> {
         let (file, name) = self.create_file(run).await?;
         Ok(RunFile { out: Box::new(LocalRunFile(file)), name, state: None })

@@ -52,12 +52,6 @@ pub trait Storage: fmt::Debug + Send + Sync {
     /// Opens a finished file for reading.
     async fn open(&self, name: &str) -> io::Result<Box<dyn StoredFile>>;
 
-    /// Whether a completed file may be a sequence of pieces (a parallel export's), served one
-    /// after the other (see [`open_pieces`]).
-    fn serves_pieces(&self) -> bool {
-        false
-    }
-
     /// Deletes the files of an export but those in `keep` (after completion; best effort).
     async fn remove_other_runs(&self, export_id: Uuid, keep: &[&str]);
 

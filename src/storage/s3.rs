@@ -507,10 +507,6 @@ impl Storage for ObjectStorage {
         Ok(Some(url.to_string()))
     }
 
-    fn serves_pieces(&self) -> bool {
-        true
-    }
-
     async fn remove_other_runs(&self, export_id: Uuid, keep: &[&str]) {
         let keep: Vec<Path> = keep.iter().map(|k| self.path(k)).collect();
         self.abort_uploads(self.export_prefix(export_id).as_ref(), |_| true).await;
