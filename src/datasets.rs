@@ -1,5 +1,5 @@
 //! Loads the datasets config file and checks every dataset against the database catalog
-//! (key unique, indexed and integer; columns present; filterable columns indexed).
+//! (key unique, indexed, of a type that orders; columns present; filterable columns indexed).
 
 use std::{path::Path, sync::Arc};
 
@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use crate::{
     db::catalog,
-    model::{Column, Dataset, Datasets},
+    model::{Column, Dataset, Datasets, KeyColumn, KeyKind},
 };
 
 /// The config shipped in the repo (`config/datasets.toml`), used when no file is given.
@@ -32,10 +32,27 @@ struct DatasetConfig {
     #[serde(default)]
     description: Option<String>,
     table: String,
-    key: String,
+    key: KeyConfig,
     columns: Vec<String>,
     #[serde(default)]
     filterable: Vec<String>,
+}
+
+/// `key = "id"` or, for a composite key, `key = ["tenant_id", "id"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum KeyConfig {
+    One(String),
+    Columns(Vec<String>),
+}
+
+impl KeyConfig {
+    fn names(&self) -> &[String] {
+        match self {
+            KeyConfig::One(name) => std::slice::from_ref(name),
+            KeyConfig::Columns(names) => names,
+        }
+    }
 }
 
 /// Reads the config (`path`, or the built-in default) and checks every dataset against
@@ -90,31 +107,40 @@ async fn check(pool: &PgPool, config: &DatasetConfig) -> anyhow::Result<Dataset>
             bail!("column {name:?} is listed twice");
         }
     }
-    let key =
-        find(&config.key).with_context(|| format!("key column {:?} does not exist in {}", config.key, rel.sql_name))?;
-    if !["smallint", "integer", "bigint"].contains(&key.sql_type.as_str()) {
-        bail!(
-            "key column {:?} is {}; the key must be an integer (smallint, integer or bigint)",
-            config.key,
-            key.sql_type
-        );
+    let names = config.key.names();
+    if names.is_empty() || names.len() > 4 {
+        bail!("key must name one to four columns");
+    }
+    let mut key = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            bail!("key column {name:?} is listed twice");
+        }
+        let c = find(name).with_context(|| format!("key column {name:?} does not exist in {}", rel.sql_name))?;
+        let kind = KeyKind::of(&c.sql_type).with_context(|| {
+            format!("key column {name:?} is {}; a key column must be {}", c.sql_type, KeyKind::ALLOWED)
+        })?;
+        key.push((c, KeyColumn { name: name.clone(), cast_type: c.cast_type.clone(), kind }));
     }
     if rel.has_indexes {
-        if !catalog::has_unique_index(pool, rel.oid, key.attnum).await? {
+        let attnums: Vec<i16> = key.iter().map(|(c, _)| c.attnum).collect();
+        if !catalog::has_unique_index(pool, rel.oid, &attnums).await? {
             bail!(
-                "key column {:?} has no unique index of its own: keyset chunks need a unique, indexed key",
-                config.key
+                "key ({}) has no unique index on exactly these columns, in this order, with their own collations and \
+                 default operator classes: keyset chunks need a unique index that orders the rows as the key does",
+                names.join(", ")
             );
         }
-        if !key.not_null {
+        if let Some((c, _)) = key.iter().find(|(c, _)| !c.not_null) {
             bail!(
                 "key column {:?} may be NULL: rows with a NULL key would be left out of every export; declare it NOT NULL",
-                config.key
+                c.name
             );
         }
     } else {
         tracing::warn!(dataset = %config.name, relation = %rel.sql_name, "a view: key uniqueness and indexes cannot be checked");
     }
+    let key: Vec<KeyColumn> = key.into_iter().map(|(_, k)| k).collect();
     let mut columns = Vec::new();
     for name in &config.columns {
         let c = find(name).with_context(|| format!("column {name:?} does not exist in {}", rel.sql_name))?;
@@ -142,7 +168,7 @@ async fn check(pool: &PgPool, config: &DatasetConfig) -> anyhow::Result<Dataset>
         description: config.description.clone(),
         table: config.table.clone(),
         table_sql: rel.sql_name,
-        key: config.key.clone(),
+        key,
         columns,
     })
 }

@@ -38,8 +38,12 @@ pub struct DatasetView {
     /// What the dataset holds, from the datasets config (null when it says nothing).
     #[oai(nullable)]
     pub description: Option<String>,
-    /// Keyset column: exports walk the dataset in its order; `upperBoundId` refers to it.
+    /// The key: exports walk the dataset in its order; an export's `upperBoundKey` and
+    /// `lastProcessedKey` are values of it. Its column's name, or its columns' names joined by
+    /// ", " (a composite key, compared as a row).
     pub key: String,
+    /// The key's columns, in order.
+    pub key_columns: Vec<String>,
     /// Exported when a request names no dataset.
     pub default: bool,
     /// Exportable columns, in the default file order.
@@ -71,7 +75,8 @@ impl DatasetsApi {
                 .map(|d| DatasetView {
                     name: d.name.clone(),
                     description: d.description.clone(),
-                    key: d.key.clone(),
+                    key: d.key_names(),
+                    key_columns: d.key.iter().map(|k| k.name.clone()).collect(),
                     default: d.name == datasets.default_name(),
                     columns: d
                         .columns

@@ -21,7 +21,7 @@ use crate::{
     db,
     error::Error,
     export::{self, Created},
-    model::{ExportRecord, ExportStatus},
+    model::{ExportRecord, ExportStatus, Key},
 };
 
 /// Export operations.
@@ -76,14 +76,24 @@ pub struct ExportStatusView {
     pub rows_written: i64,
     /// Bytes in the file so far (checkpointed), header included (compressed bytes for gzip).
     pub bytes_written: i64,
-    /// Key of the last row written; the export resumes after it (null while a parallel export
-    /// runs: each of its key ranges resumes after its own).
+    /// Key of the last row written, when the dataset's key is one integer column (else null:
+    /// see `lastProcessedKey`); the export resumes after it (null while a parallel export runs:
+    /// each of its key ranges resumes after its own).
     #[oai(nullable)]
     pub last_processed_id: Option<i64>,
-    /// The export covers keys up to this one: the largest key when it was created. Rows
-    /// inserted later with larger keys are not in the file.
+    /// Key of the last row written, whatever the key's type: each key column's value as
+    /// PostgreSQL's text of it, in key order (null as `lastProcessedId` is).
+    #[oai(nullable)]
+    pub last_processed_key: Option<Vec<String>>,
+    /// The export covers keys up to this one: the largest key when it was created, when the
+    /// dataset's key is one integer column (else null: see `upperBoundKey`). Rows inserted later
+    /// with larger keys are not in the file.
     #[oai(nullable)]
     pub upper_bound_id: Option<i64>,
+    /// The largest key when the export was created, whatever the key's type: each key
+    /// column's value as PostgreSQL's text of it, in key order (null: the table was empty).
+    #[oai(nullable)]
+    pub upper_bound_key: Option<Vec<String>>,
     /// Estimate of the rows to export, taken at creation without counting (planner
     /// statistics, of the filtered query when there are filters); may be null.
     #[oai(nullable)]
@@ -499,6 +509,10 @@ impl ExportApi {
     pub(crate) fn view(&self, r: &ExportRecord) -> ExportStatusView {
         let rate = rows_per_second(r);
         let link = crate::api::link::signed_link(&self.state, r);
+        // The key as a number only where the dataset's key is one integer column (a text key
+        // of digits is not a number).
+        let integer_key = self.state.datasets.find(&r.dataset).is_none_or(|d| d.integer_key());
+        let as_int = |k: &Option<Key>| k.as_ref().and_then(Key::as_int).filter(|_| integer_key);
         ExportStatusView {
             job_id: r.id,
             status: r.status,
@@ -508,10 +522,12 @@ impl ExportApi {
             options: r.spec.get().ok().map(|spec| CreateExportRequest::from_spec(&r.dataset, spec)),
             rows_written: r.progress_rows(),
             bytes_written: r.bytes_written,
-            last_processed_id: r.last_processed_id,
-            upper_bound_id: r.upper_bound_id,
+            last_processed_id: as_int(&r.last_processed_key),
+            last_processed_key: r.last_processed_key.clone().map(|k| k.0),
+            upper_bound_id: as_int(&r.upper_bound_key),
+            upper_bound_key: r.upper_bound_key.clone().map(|k| k.0),
             total_rows: r.total_rows,
-            progress: progress(r),
+            progress: progress(r, integer_key),
             rows_per_second: rate,
             eta_seconds: eta(r, rate),
             attempts: r.attempts,
@@ -560,14 +576,15 @@ fn eta(r: &ExportRecord, rate: Option<f64>) -> Option<i64> {
 
 /// 1 when completed; otherwise rows over the estimate, or (without one) position in the key
 /// range, capped below 1.
-fn progress(r: &ExportRecord) -> f64 {
+fn progress(r: &ExportRecord, integer_key: bool) -> f64 {
     match r.status {
         // An expired export completed before its file was deleted.
         ExportStatus::Completed | ExportStatus::Expired => return 1.0,
         ExportStatus::Queued => return 0.0,
         _ => {}
     }
-    let p = match (r.total_rows, r.last_processed_id, r.upper_bound_id) {
+    let as_int = |k: &Option<Key>| k.as_ref().and_then(Key::as_int).filter(|_| integer_key);
+    let p = match (r.total_rows, as_int(&r.last_processed_key), as_int(&r.upper_bound_key)) {
         (Some(total), _, _) if total > 0 => r.progress_rows() as f64 / total as f64,
         (_, Some(last), Some(upper)) if upper > 0 => last as f64 / upper as f64,
         _ => 0.0,

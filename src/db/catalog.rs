@@ -63,14 +63,22 @@ pub async fn columns(pool: &PgPool, oid: i64) -> Result<Vec<CatalogColumn>> {
     .await?)
 }
 
-/// Whether a valid, non-partial unique index on exactly this column exists.
-pub async fn has_unique_index(pool: &PgPool, oid: i64, attnum: i16) -> Result<bool> {
+/// Whether a valid, non-partial unique index has exactly these key columns (`attnums`, in
+/// order), each with the column's own collation and its type's default btree operator class, so
+/// it orders rows as `ORDER BY` those columns does (all ascending or all descending: scanned
+/// either way) and serves the keyset's row comparison.
+pub async fn has_unique_index(pool: &PgPool, oid: i64, attnums: &[i16]) -> Result<bool> {
     Ok(sqlx::query_scalar(
         "select exists (select 1 from pg_index i where i.indrelid = $1::bigint::oid and i.indisunique \
-         and i.indisvalid and i.indpred is null and i.indnkeyatts = 1 and i.indkey[0] = $2)",
+         and i.indisvalid and i.indpred is null and i.indexprs is null and i.indnkeyatts = cardinality($2::int2[]) \
+         and (i.indkey::int2[])[0:cardinality($2::int2[]) - 1] = $2::int2[] \
+         and not exists (select 1 from generate_series(0, i.indnkeyatts - 1) as k \
+           join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[k] \
+           join pg_opclass o on o.oid = i.indclass[k] \
+           where i.indcollation[k] <> a.attcollation or not o.opcdefault or i.indoption[k] <> i.indoption[0]))",
     )
     .bind(oid)
-    .bind(attnum)
+    .bind(attnums)
     .fetch_one(pool)
     .await?)
 }

@@ -5,11 +5,16 @@
 //! quoted. Filter values never enter SQL text: `COPY` cannot take bound parameters, so each
 //! run binds them once with `set_config('exportd.pN', $1)` on its connection, and the chunk
 //! query reads them back with `current_setting('exportd.pN')::type`, a stable expression the
-//! planner uses as an index condition. Only integers we computed (key bounds, limits) and the
-//! dialect's validated characters are written into the text.
+//! planner uses as an index condition. Only integers we computed (limits), key values (each an
+//! escaped string literal cast to its column's type) and the dialect's validated characters are
+//! written into the text.
+//!
+//! Keys of several columns are compared as rows (`(t.a, t.b) > (x, y)`), which a btree index on
+//! `(a, b)` serves as an index condition; text keys compare in the column's collation, as its
+//! unique index orders them (checked when the datasets load).
 
 use crate::model::{
-    Dataset,
+    Dataset, Key,
     spec::{ExportSpec, FileType, Filter, FilterOp, OutputColumn},
     types::{JsonKind, Kind},
 };
@@ -24,13 +29,79 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Where the key is in each row a chunk query returns: one of the output columns, or an
-/// extra last column (to be cut off) when the key is not exported.
-pub fn key_position(ds: &Dataset, columns: &[OutputColumn]) -> (usize, bool) {
-    match columns.iter().position(|c| c.name == ds.key) {
-        Some(i) => (i, false),
-        None => (columns.len(), true),
+/// Where each key column is in the rows a chunk query of `spec` returns: at its place among
+/// the output columns when it arrives there as itself (CSV: always, as its text; JSON Lines and
+/// Parquet: in its own binary form, not turned into JSON or text), else appended after them, in
+/// key order, to be cut off; and how many were appended.
+pub fn key_positions(ds: &Dataset, spec: &ExportSpec, columns: &[OutputColumn]) -> (Vec<usize>, usize) {
+    let mut appended = 0;
+    let positions = ds
+        .key
+        .iter()
+        .map(|k| match columns.iter().position(|c| c.name == k.name).filter(|_| arrives_as_itself(ds, spec, &k.name)) {
+            Some(i) => i,
+            None => {
+                appended += 1;
+                columns.len() + appended - 1
+            }
+        })
+        .collect();
+    (positions, appended)
+}
+
+/// Whether an output column's value arrives in a chunk's rows as the column's own value (text
+/// in CSV, binary otherwise), so a key read from it reads back.
+fn arrives_as_itself(ds: &Dataset, spec: &ExportSpec, name: &str) -> bool {
+    let ty = ds.column(name).map_or("text", |c| c.sql_type.as_str());
+    match spec.format.kind {
+        FileType::Csv => true,
+        FileType::Jsonl => {
+            let kind = JsonKind::of(ty, spec.format.decimals);
+            matches!(kind, JsonKind::Int) || kind == JsonKind::Text && Kind::of(ty) == Kind::Text
+        }
+        FileType::Parquet => !Kind::of(ty).cast_to_text(),
     }
+}
+
+/// The key columns appended to a chunk's rows (see [`key_positions`]), qualified, in key order.
+fn appended_key_columns(ds: &Dataset, spec: &ExportSpec, columns: &[OutputColumn]) -> Vec<String> {
+    let (positions, _) = key_positions(ds, spec, columns);
+    ds.key
+        .iter()
+        .zip(positions)
+        .filter(|(_, at)| *at >= columns.len())
+        .map(|(k, _)| format!("t.{}", ident(&k.name)))
+        .collect()
+}
+
+/// The key as an SQL expression: `t."id"`, or the row `(t."a", t."b")`.
+fn key_expr(ds: &Dataset) -> String {
+    let cols: Vec<String> = ds.key.iter().map(|k| format!("t.{}", ident(&k.name))).collect();
+    if cols.len() == 1 { cols[0].clone() } else { format!("({})", cols.join(", ")) }
+}
+
+/// `ORDER BY` the key (its columns, qualified: an output column of the same name must not be
+/// what sorts).
+fn key_order(ds: &Dataset) -> String {
+    ds.key.iter().map(|k| format!("t.{}", ident(&k.name))).collect::<Vec<_>>().join(", ")
+}
+
+/// A key value as SQL: each column's text an escaped string literal cast to the column's type
+/// (`E'...'::pg_catalog.uuid`), as a row for several columns.
+pub fn key_literal(ds: &Dataset, key: &Key) -> String {
+    let values: Vec<String> = ds
+        .key
+        .iter()
+        .zip(&key.0)
+        .map(|(k, v)| format!("E'{}'::{}", v.replace('\\', "\\\\").replace('\'', "''"), k.cast_type))
+        .collect();
+    if values.len() == 1 { values[0].clone() } else { format!("({})", values.join(", ")) }
+}
+
+/// Each key column as text, in an array (`array[t."a"::text, ...]`): a key value as stored.
+fn key_text_array(ds: &Dataset, table: &str) -> String {
+    let cols: Vec<String> = ds.key.iter().map(|k| format!("{table}.{}::text", ident(&k.name))).collect();
+    format!("array[{}]", cols.join(", "))
 }
 
 /// The filter predicates, each value written by `param(n)` (n counts values from 1).
@@ -92,9 +163,8 @@ fn setting_param(n: usize) -> String {
 }
 
 /// The keyset chunk query: filtered rows with `after < key <= upper` (no lower bound for the
-/// first chunk), in key order, at most `limit`. The key is qualified in `ORDER BY` (an output
-/// column of the same name must not be what sorts).
-pub fn chunk_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64) -> String {
+/// first chunk, none above without `upper`), in key order, at most `limit`.
+pub fn chunk_select(ds: &Dataset, spec: &ExportSpec, after: Option<&Key>, upper: Option<&Key>, limit: i64) -> String {
     let columns = spec.output_columns(ds);
     let kinds = (spec.format.kind == FileType::Parquet)
         .then(|| columns.iter().map(|c| ds.column(&c.name).map(|d| Kind::of(&d.sql_type))).collect::<Vec<_>>());
@@ -107,27 +177,33 @@ pub fn chunk_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: 
             format!("t.{}{} as {}", ident(&c.name), if cast { "::text" } else { "" }, ident(&c.header))
         })
         .collect();
-    let key = format!("t.{}", ident(&ds.key));
-    if key_position(ds, &columns).1 {
-        cols.push(key);
-    }
+    cols.extend(appended_key_columns(ds, spec, &columns));
     format!("select {} {}", cols.join(", "), keyset(ds, spec, after, upper, limit))
 }
 
 /// `from ... where ... order by key limit n` of a chunk.
-fn keyset(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64) -> String {
-    let key = format!("t.{}", ident(&ds.key));
+fn keyset(ds: &Dataset, spec: &ExportSpec, after: Option<&Key>, upper: Option<&Key>, limit: i64) -> String {
+    let key = key_expr(ds);
     let mut conds = predicates(ds, &spec.filters, setting_param);
     if let Some(a) = after {
-        conds.push(format!("{key} > {a}"));
+        conds.push(format!("{key} > {}", key_literal(ds, a)));
     }
-    conds.push(format!("{key} <= {upper}"));
-    format!("from {} as t where {} order by {key} limit {limit}", ds.table_sql, conds.join(" and "))
+    if let Some(u) = upper {
+        conds.push(format!("{key} <= {}", key_literal(ds, u)));
+    }
+    let conds = if conds.is_empty() { "true".to_owned() } else { conds.join(" and ") };
+    format!("from {} as t where {conds} order by {} limit {limit}", ds.table_sql, key_order(ds))
 }
 
 /// The JSON Lines chunk query: each value in binary, as exportd writes it, or as PostgreSQL's
 /// own JSON text of it (see [`JsonKind`]); the key appended when not exported.
-pub fn chunk_jsonl_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64) -> String {
+pub fn chunk_jsonl_select(
+    ds: &Dataset,
+    spec: &ExportSpec,
+    after: Option<&Key>,
+    upper: Option<&Key>,
+    limit: i64,
+) -> String {
     let columns = spec.output_columns(ds);
     let mut cols: Vec<String> = columns
         .iter()
@@ -137,9 +213,7 @@ pub fn chunk_jsonl_select(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, u
             JsonKind::of(ty, spec.format.decimals).select(&column, ty)
         })
         .collect();
-    if key_position(ds, &columns).1 {
-        cols.push(format!("t.{}", ident(&ds.key)));
-    }
+    cols.extend(appended_key_columns(ds, spec, &columns));
     format!("select {} {}", cols.join(", "), keyset(ds, spec, after, upper, limit))
 }
 
@@ -167,7 +241,14 @@ pub fn copy_options(spec: &ExportSpec, header: bool) -> String {
 /// CSV in the export's dialect (the server formats every value and applies the quoting, so
 /// the bytes are COPY's by construction; with `header`, the first message is the header
 /// line); for JSON Lines (see [`chunk_jsonl_select`]) and Parquet, the binary format.
-pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i64, limit: i64, header: bool) -> String {
+pub fn chunk_copy(
+    ds: &Dataset,
+    spec: &ExportSpec,
+    after: Option<&Key>,
+    upper: Option<&Key>,
+    limit: i64,
+    header: bool,
+) -> String {
     match spec.format.kind {
         FileType::Csv => format!(
             "copy ({}) to stdout with ({})",
@@ -183,19 +264,28 @@ pub fn chunk_copy(ds: &Dataset, spec: &ExportSpec, after: Option<i64>, upper: i6
     }
 }
 
-/// The keys that split the export's rows into ranges of similar size: the quantiles `$1` (a
-/// float8 array) of the filtered keys up to `upper`, over a sample of `percent` of the table's
-/// pages (`TABLESAMPLE SYSTEM`, seeded, so a run splits as the one before it would) or over every
-/// row (`None`). Null when the sample holds no row.
-pub fn split_points_query(ds: &Dataset, spec: &ExportSpec, percent: Option<f64>, upper: i64) -> String {
-    let key = format!("t.{}", ident(&ds.key));
+/// The keys that split the export's rows into ranges of similar size: the key at each quantile
+/// `$1` (a float8 array) of the filtered keys below `upper` (so none is `upper` itself), in key
+/// order, each a text array, over a sample of `percent` of the table's pages (`TABLESAMPLE
+/// SYSTEM`, seeded, so a run splits as the one before it would) or over every row (`None`). The
+/// key at quantile f is the ceil(f * n)-th of the n sampled, as `percentile_disc` picks it (which
+/// takes no row of several columns).
+pub fn split_points_query(ds: &Dataset, spec: &ExportSpec, percent: Option<f64>, upper: &Key) -> String {
     let sample = percent.map(|p| format!(" tablesample system ({p}) repeatable (0)")).unwrap_or_default();
     let mut conds = predicates(ds, &spec.filters, setting_param);
-    conds.push(format!("{key} <= {upper}"));
+    conds.push(format!("{} < {}", key_expr(ds), key_literal(ds, upper)));
+    let cols: Vec<String> = ds.key.iter().map(|k| format!("t.{}", ident(&k.name))).collect();
     format!(
-        "select (percentile_disc($1::float8[]) within group (order by {key}))::int8[] from {} as t{sample} where {}",
+        "with s as (select {}, row_number() over (order by {order}) as exportd_rn, \
+         count(*) over () as exportd_n from {} as t{sample} where {}) \
+         select {} from s as t \
+         where t.exportd_rn in (select greatest(1, ceil(t.exportd_n * f))::int8 from unnest($1::float8[]) as f) \
+         order by t.exportd_rn",
+        cols.join(", "),
         ds.table_sql,
-        conds.join(" and ")
+        conds.join(" and "),
+        key_text_array(ds, "t"),
+        order = key_order(ds),
     )
 }
 
@@ -205,11 +295,13 @@ pub fn table_rows_query(ds: &Dataset) -> String {
 }
 
 /// SQL expressions for the largest key now (the high-water mark an export created now will
-/// stop at) and the planner's estimate of the table's rows (null when never analyzed).
+/// stop at, a text array; null for an empty table) and the planner's estimate of the table's
+/// rows (null when never analyzed).
 pub fn bounds_exprs(ds: &Dataset) -> (String, String) {
     let table = &ds.table_sql;
+    let desc: Vec<String> = ds.key.iter().map(|k| format!("t.{} desc", ident(&k.name))).collect();
     (
-        format!("(select max({})::bigint from {table})", ident(&ds.key)),
+        format!("(select {} from {table} as t order by {} limit 1)", key_text_array(ds, "t"), desc.join(", ")),
         format!(
             "(select case when c.reltuples < 0 then null else c.reltuples::bigint end \
              from pg_class c where c.oid = {}::regclass)",
@@ -224,12 +316,11 @@ pub fn bounds_query(ds: &Dataset) -> String {
     format!("select {upper}, {total}")
 }
 
-/// The planner's estimate of the rows a filtered export covers (`EXPLAIN`, no count), with
-/// the filter values bound as `$1..` and the upper bound as the last parameter.
-pub fn estimate_filtered_query(ds: &Dataset, spec: &ExportSpec) -> String {
-    let n = filter_values(spec).len();
+/// The planner's estimate of the rows a filtered export covers up to `upper` (`EXPLAIN`, no
+/// count), with the filter values bound as `$1..`.
+pub fn estimate_filtered_query(ds: &Dataset, spec: &ExportSpec, upper: &Key) -> String {
     let mut conds = predicates(ds, &spec.filters, |i| format!("${i}::text"));
-    conds.push(format!("t.{} <= ${}", ident(&ds.key), n + 1));
+    conds.push(format!("{} <= {}", key_expr(ds), key_literal(ds, upper)));
     format!("explain (format json) select 1 from {} as t where {}", ds.table_sql, conds.join(" and "))
 }
 
@@ -253,10 +344,10 @@ pub fn time_zone_check_query() -> &'static str {
 pub fn copy_reference_query(ds: &Dataset) -> String {
     let cols: Vec<String> = ds.columns.iter().map(|c| ident(&c.name)).collect();
     format!(
-        "copy (select {} from {} order by {}) to stdout with (format csv, header true)",
+        "copy (select {} from {} as t order by {}) to stdout with (format csv, header true)",
         cols.join(", "),
         ds.table_sql,
-        ident(&ds.key)
+        key_order(ds)
     )
 }
 
@@ -280,7 +371,8 @@ pub async fn publish(
                 .iter()
                 .map(|c| serde_json::json!({"name": c.name, "sqlType": c.sql_type, "castType": c.cast_type, "filterable": c.filterable}))
                 .collect();
-            serde_json::json!({"name": d.name, "position": position, "table_sql": d.table_sql, "key_column": d.key, "columns": columns})
+            let key: Vec<&str> = d.key.iter().map(|k| k.name.as_str()).collect();
+            serde_json::json!({"name": d.name, "position": position, "table_sql": d.table_sql, "key_columns": key, "columns": columns})
         })
         .collect();
     let mut tx = pool.begin().await?;
@@ -289,23 +381,24 @@ pub async fn publish(
     sqlx::query("select pg_advisory_xact_lock(hashtext('exportd.datasets'))").execute(&mut *tx).await?;
     sqlx::query("delete from exportd.datasets").execute(&mut *tx).await?;
     sqlx::query(
-        "insert into exportd.datasets (name, position, table_sql, key_column, columns) \
-         select name, position, table_sql, key_column, columns \
-         from jsonb_to_recordset($1) as r(name text, position integer, table_sql text, key_column text, columns jsonb)",
+        "insert into exportd.datasets (name, position, table_sql, key_columns, columns) \
+         select name, position, table_sql, key_columns, columns \
+         from jsonb_to_recordset($1) as r(name text, position integer, table_sql text, key_columns text[], columns jsonb)",
     )
     .bind(sqlx::types::Json(rows))
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "insert into exportd.defaults (chunk_size, max_running_per_owner, max_queued_per_owner) \
-         values ($1, $2, $3) \
+        "insert into exportd.defaults (chunk_size, max_running_per_owner, max_queued_per_owner, max_parallelism) \
+         values ($1, $2, $3, $4) \
          on conflict (only_row) do update set chunk_size = excluded.chunk_size, \
            max_running_per_owner = excluded.max_running_per_owner, \
-           max_queued_per_owner = excluded.max_queued_per_owner",
+           max_queued_per_owner = excluded.max_queued_per_owner, max_parallelism = excluded.max_parallelism",
     )
     .bind(settings.chunk_size as i32)
     .bind(settings.max_running_per_owner as i32)
     .bind(settings.max_queued_per_owner as i32)
+    .bind(settings.max_parallelism as i32)
     .execute(&mut *tx)
     .await?;
     tx.commit().await

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::{
     db::dataset,
     error::Result,
-    model::{Dataset, ExportRecord, ExportSpec, ExportStatus, RunRecord},
+    model::{Dataset, ExportRecord, ExportSpec, ExportStatus, Key, RunRecord},
 };
 
 /// A new export, as the API creates it.
@@ -35,16 +35,16 @@ pub struct NewExport<'a> {
 /// The high-water mark (largest key now) and the planner's estimate of the rows a filtered
 /// export covers (`EXPLAIN` of the filtered query up to the mark, values bound; no count).
 pub async fn filtered_bounds(conn: &mut PgConnection, ds: &Dataset, spec: &ExportSpec) -> Result<Bounds> {
-    let (upper, _): (Option<i64>, Option<i64>) =
+    let (upper, _): (Option<Key>, Option<i64>) =
         sqlx::query_as(sqlx::AssertSqlSafe(dataset::bounds_query(ds))).fetch_one(&mut *conn).await?;
-    let Some(upper_id) = upper else { return Ok(Bounds::Known { upper_bound_id: None, total_rows: Some(0) }) };
-    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::estimate_filtered_query(ds, spec)));
+    let Some(upper) = upper else { return Ok(Bounds::Known { upper_bound_key: None, total_rows: Some(0) }) };
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::estimate_filtered_query(ds, spec, &upper)));
     for value in dataset::filter_values(spec) {
         query = query.bind(value);
     }
-    let plan: Json<serde_json::Value> = query.bind(upper_id).fetch_one(&mut *conn).await?;
+    let plan: Json<serde_json::Value> = query.fetch_one(&mut *conn).await?;
     let rows = plan.0[0]["Plan"]["Plan Rows"].as_f64().map(|r| r as i64);
-    Ok(Bounds::Known { upper_bound_id: upper, total_rows: rows })
+    Ok(Bounds::Known { upper_bound_key: Some(upper), total_rows: rows })
 }
 
 /// Checks that every one of `values` reads as `sql_type`; the error is PostgreSQL's message.
@@ -81,16 +81,16 @@ pub async fn insert_export_with_job(
     new: &NewExport<'_>,
     job: &NewJob<'_>,
 ) -> Result<Option<ExportRecord>> {
-    let ((upper_sql, total_sql), (upper, total)) = match new.bounds {
-        Bounds::Known { upper_bound_id, total_rows } => {
-            (("$4::bigint".to_owned(), "$5::bigint".to_owned()), (upper_bound_id, total_rows))
+    let ((upper_sql, total_sql), (upper, total)) = match &new.bounds {
+        Bounds::Known { upper_bound_key, total_rows } => {
+            (("$4::text[]".to_owned(), "$5::bigint".to_owned()), (upper_bound_key.clone(), *total_rows))
         }
         Bounds::FromTable => (dataset::bounds_exprs(new.dataset), (None, None)),
     };
     let sql = format!(
         "with a as (select exportd.admit($11)), \
          e as ( \
-           insert into exports (id, dataset, spec, upper_bound_id, total_rows, queue_job_id, idempotency_key, owned_by, \
+           insert into exports (id, dataset, spec, upper_bound_key, total_rows, queue_job_id, idempotency_key, owned_by, \
                                 callback_url) \
            select $1, $2, $3, {upper_sql}, {total_sql}, $6, $7, $11, $12 from a \
            on conflict (owned_by, idempotency_key) where idempotency_key is not null do nothing \
@@ -120,12 +120,12 @@ pub async fn insert_export_with_job(
 }
 
 /// The high-water mark and row estimate of a new export.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Bounds {
     /// Taken beforehand (filtered exports: the estimate is the filtered query's).
     Known {
         /// The largest key now (None: the table is empty).
-        upper_bound_id: Option<i64>,
+        upper_bound_key: Option<Key>,
         /// The estimate of the rows covered.
         total_rows: Option<i64>,
     },
@@ -244,7 +244,7 @@ pub async fn find_export(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Exp
 /// The runs of an export, oldest first (its ownership history).
 pub async fn list_runs(db: impl PgExecutor<'_>, id: Uuid) -> Result<Vec<RunRecord>> {
     Ok(sqlx::query_as(
-        "select token, attempt, worker, start_id, started_at, ended_at, outcome, error \
+        "select token, attempt, worker, start_key, started_at, ended_at, outcome, error \
          from export_runs where export_id = $1 order by started_at, attempt",
     )
     .bind(id)

@@ -3,7 +3,7 @@
 /// The columns of [`crate::model::ExportRecord`], as a macro so queries stay `&'static str`.
 macro_rules! columns {
     () => {
-        "id, dataset, spec, status, upper_bound_id, owner, last_processed_id, rows_written, \
+        "id, dataset, spec, status, upper_bound_key, owner, last_processed_key, rows_written, \
          bytes_written, file_name, total_rows, attempts, stalled_attempts, last_error, error, \
          queue_job_id, created_at, started_at, finished_at, expires_at, file_writer, released_by, owned_by, callback_url, \
          file_state, rows_read, created_lsn::text as created_lsn"

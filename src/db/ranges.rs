@@ -10,13 +10,13 @@ use uuid::Uuid;
 use crate::{
     db::runs::Fence,
     error::Result,
-    model::{Checkpoint, KeyRange},
+    model::{Checkpoint, Key, KeyRange},
 };
 
 /// The export's ranges in key order (none: a serial export, or one not split yet).
 pub async fn ranges(db: impl PgExecutor<'_>, export_id: Uuid) -> Result<Vec<KeyRange>> {
     Ok(sqlx::query_as(
-        "select position, lower_id, upper_id, last_processed_id, rows_written, bytes_written, file_name, \
+        "select position, lower_key, upper_key, last_processed_key, rows_written, bytes_written, file_name, \
          file_state, file_writer, done from export_ranges where export_id = $1 order by position",
     )
     .bind(export_id)
@@ -26,23 +26,26 @@ pub async fn ranges(db: impl PgExecutor<'_>, export_id: Uuid) -> Result<Vec<KeyR
 
 /// Splits the export into ranges ending at `uppers` (ascending; the last is the export's upper
 /// bound), fenced; returns the ranges as stored (another run's split if one was saved first).
-pub async fn split(db: &mut PgConnection, run: Fence, uppers: &[i64]) -> Result<Option<Vec<KeyRange>>> {
+pub async fn split(db: &mut PgConnection, run: Fence, uppers: &[Key]) -> Result<Option<Vec<KeyRange>>> {
     let mut tx = db.begin().await?;
     if !owns(&mut tx, run).await? {
         return Ok(None);
     }
-    let lowers: Vec<Option<i64>> = std::iter::once(None).chain(uppers.iter().map(|u| Some(*u))).collect();
-    let positions: Vec<i32> = (0..uppers.len() as i32).collect();
-    sqlx::query(
-        "insert into export_ranges (export_id, position, lower_id, upper_id) \
-         select $1, * from unnest($2::int4[], $3::int8[], $4::int8[]) on conflict do nothing",
-    )
-    .bind(run.export_id)
-    .bind(positions)
-    .bind(&lowers[..uppers.len()])
-    .bind(uppers)
-    .execute(&mut *tx)
-    .await?;
+    // A few rows (at most EXPORTD_MAX_PARALLELISM), one statement each: sqlx binds no array of
+    // arrays.
+    for (position, upper) in uppers.iter().enumerate() {
+        let lower = position.checked_sub(1).map(|p| &uppers[p]);
+        sqlx::query(
+            "insert into export_ranges (export_id, position, lower_key, upper_key) values ($1, $2, $3, $4) \
+             on conflict do nothing",
+        )
+        .bind(run.export_id)
+        .bind(position as i32)
+        .bind(lower)
+        .bind(upper)
+        .execute(&mut *tx)
+        .await?;
+    }
     let stored = ranges(&mut *tx, run.export_id).await?;
     tx.commit().await?;
     Ok(Some(stored))
@@ -88,12 +91,12 @@ pub async fn save_checkpoint(
         return Ok(false);
     }
     sqlx::query(
-        "update export_ranges set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
+        "update export_ranges set last_processed_key = $3, rows_written = $4, bytes_written = $5, \
          file_name = $6, file_writer = $7, done = $8, file_state = $9 where export_id = $1 and position = $2",
     )
     .bind(run.export_id)
     .bind(position)
-    .bind(cp.last_id)
+    .bind(&cp.last)
     .bind(cp.rows)
     .bind(cp.bytes)
     .bind(&cp.file_name)
@@ -157,7 +160,7 @@ pub async fn reset(db: &mut PgConnection, run: Fence, position: i32) -> Result<b
         return Ok(false);
     }
     sqlx::query(
-        "update export_ranges set last_processed_id = null, rows_written = 0, bytes_written = 0, \
+        "update export_ranges set last_processed_key = null, rows_written = 0, bytes_written = 0, \
          file_name = null, file_state = null, file_writer = null, rows_read = null, done = false \
          where export_id = $1 and position = $2",
     )
@@ -173,16 +176,16 @@ pub async fn reset(db: &mut PgConnection, run: Fence, position: i32) -> Result<b
 /// many rows; every row of a smaller table).
 const SAMPLE_ROWS: f64 = 30_000.0;
 
-/// Where `n` ranges of similar row counts end: the quantiles of the export's keys up to `upper`
-/// (filtered, on a connection whose session has the filter values bound) in a sample, ascending
-/// and distinct, the last one `upper`. Fewer when the keys are few (one: read serially).
+/// Where `n` ranges of similar row counts end: the quantiles of the export's keys below `upper`
+/// (filtered, on a connection whose session has the filter values bound) in a sample, in key
+/// order and distinct, then `upper`. Fewer when the keys are few (one: read serially).
 pub async fn split_points(
     conn: &mut PgConnection,
     ds: &crate::model::Dataset,
     spec: &crate::model::ExportSpec,
-    upper: i64,
+    upper: &Key,
     n: u32,
-) -> Result<Vec<i64>> {
+) -> Result<Vec<Key>> {
     use crate::db::dataset;
     let table_rows: Option<i64> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::table_rows_query(ds))).fetch_one(&mut *conn).await?;
@@ -190,13 +193,13 @@ pub async fn split_points(
         .filter(|rows| *rows as f64 > SAMPLE_ROWS * 4.0)
         .map(|rows| (SAMPLE_ROWS * 100.0 / rows as f64).clamp(0.001, 100.0));
     let fractions: Vec<f64> = (1..n).map(|i| f64::from(i) / f64::from(n)).collect();
-    let points: Option<Vec<Option<i64>>> =
+    let mut uppers: Vec<Key> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(dataset::split_points_query(ds, spec, percent, upper)))
             .bind(fractions)
-            .fetch_one(&mut *conn)
+            .fetch_all(&mut *conn)
             .await?;
-    let mut uppers: Vec<i64> = points.unwrap_or_default().into_iter().flatten().filter(|k| *k < upper).collect();
+    // Several quantiles can fall on one key (few distinct keys); each is below `upper`.
     uppers.dedup();
-    uppers.push(upper);
+    uppers.push(upper.clone());
     Ok(uppers)
 }

@@ -138,12 +138,12 @@ pub async fn claim_export(db: &mut PgConnection, run: Fence, worker: &str, max_s
     .bind(token)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("insert into export_runs (token, export_id, attempt, worker, start_id) values ($1, $2, $3, $4, $5)")
+    sqlx::query("insert into export_runs (token, export_id, attempt, worker, start_key) values ($1, $2, $3, $4, $5)")
         .bind(token)
         .bind(id)
         .bind(export.attempts)
         .bind(worker)
-        .bind(export.last_processed_id)
+        .bind(&export.last_processed_key)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -170,7 +170,7 @@ pub async fn save_checkpoint(
     sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
     let done = bind_checkpoint(
         sqlx::query(
-            "update exports set last_processed_id = $3, rows_written = $4, bytes_written = $5, \
+            "update exports set last_processed_key = $3, rows_written = $4, bytes_written = $5, \
              file_name = $6, file_state = $7, file_writer = $2, stalled_attempts = 0 \
              where id = $1 and owner = $2 and status = 'running'",
         ),
@@ -247,7 +247,7 @@ fn bind_checkpoint<'q>(
     query
         .bind(run.export_id)
         .bind(run.token)
-        .bind(cp.last_id)
+        .bind(&cp.last)
         .bind(cp.rows)
         .bind(cp.bytes)
         .bind(&cp.file_name)
@@ -260,7 +260,7 @@ pub async fn complete_export(db: &mut PgConnection, run: Fence, cp: &Checkpoint,
     let mut tx = db.begin().await?;
     let done = bind_checkpoint(
         sqlx::query(
-            "update exports set status = 'completed', last_processed_id = $3, rows_written = $4, \
+            "update exports set status = 'completed', last_processed_key = $3, rows_written = $4, \
              bytes_written = $5, file_name = $6, file_state = $7, file_writer = $2, owner = null, \
              stalled_attempts = 0, finished_at = now(), error = null, \
              expires_at = now() + make_interval(secs => $8) \
@@ -331,7 +331,7 @@ pub async fn fail_export(db: &mut PgConnection, run: Fence, error: &str) -> Resu
 pub async fn reset_checkpoint(db: impl PgExecutor<'_>, run: Fence) -> Result<bool> {
     let Fence { export_id: id, token } = run;
     let done = sqlx::query(
-        "update exports set last_processed_id = null, rows_written = 0, bytes_written = 0, file_name = null, \
+        "update exports set last_processed_key = null, rows_written = 0, bytes_written = 0, file_name = null, \
          file_state = null, rows_read = null, file_writer = null \
          where id = $1 and owner = $2 and status = 'running'",
     )

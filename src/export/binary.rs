@@ -4,6 +4,8 @@
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 
+use crate::model::{Dataset, ExportSpec, Key, KeyKind, spec::OutputColumn};
+
 /// The signature starting COPY's binary output (then 4 bytes of flags and 4 of extension length).
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 const HEADER_LEN: usize = 19;
@@ -49,8 +51,48 @@ impl Fields<'_> {
     }
 }
 
-/// An integer key (smallint, integer or bigint) in its binary form.
-pub fn key(v: Option<&Bytes>) -> anyhow::Result<i64> {
+/// Where the key's fields are in the binary rows of a chunk query, and how each reads back.
+#[derive(Debug, Clone)]
+pub struct KeyFields {
+    /// Fields per row: the output columns, then the key columns not exported.
+    fields: usize,
+    /// Each key column's field and kind, in key order.
+    at: Vec<(usize, KeyKind)>,
+}
+
+impl KeyFields {
+    /// The key's fields in rows of `columns` of an export of `ds` with `spec`.
+    pub fn new(ds: &Dataset, spec: &ExportSpec, columns: &[OutputColumn]) -> Self {
+        let (positions, appended) = crate::db::dataset::key_positions(ds, spec, columns);
+        Self {
+            fields: columns.len() + appended,
+            at: positions.into_iter().zip(ds.key.iter().map(|k| k.kind)).collect(),
+        }
+    }
+
+    /// Fields per row.
+    pub fn fields(&self) -> usize {
+        self.fields
+    }
+
+    /// The key of the row in `message` (None: no row in it).
+    pub fn key(&self, message: &Bytes) -> anyhow::Result<Option<Key>> {
+        let Some(mut fields) = row(message, self.fields)? else { return Ok(None) };
+        let mut values = vec![String::new(); self.at.len()];
+        for i in 0..self.fields {
+            let value = fields.next_field()?;
+            for (j, (at, kind)) in self.at.iter().enumerate() {
+                if *at == i {
+                    values[j] = kind.text_of_binary(value.as_ref().context("a key column is NULL")?)?;
+                }
+            }
+        }
+        Ok(Some(Key(values)))
+    }
+}
+
+/// An integer (smallint, integer or bigint) in its binary form.
+pub fn integer(v: Option<&Bytes>) -> anyhow::Result<i64> {
     let v = v.context("the key is NULL")?;
     Ok(match v.len() {
         2 => i64::from(i16::from_be_bytes([v[0], v[1]])),

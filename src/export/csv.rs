@@ -1,10 +1,13 @@
 //! Rows as COPY wrote them: reading the key back out (to checkpoint it), and the few changes
-//! COPY cannot make itself (CRLF line endings, the formula guard, cutting off an extra key).
+//! COPY cannot make itself (CRLF line endings, the formula guard, cutting off the key's
+//! columns appended when they are not exported).
 //!
 //! The bytes of an export are PostgreSQL's own `COPY ... (FORMAT csv)` output, one row per
 //! CopyData message, always ending in LF; quotes are doubled inside quoted fields.
 
 use std::borrow::Cow;
+
+use crate::model::Key;
 
 /// The `index`-th field (0-based) of one CSV `row` (its line ending included or not), unquoted.
 pub fn field(row: &[u8], index: usize, delimiter: u8, quote: u8) -> Option<Cow<'_, [u8]>> {
@@ -44,10 +47,14 @@ fn unquote(raw: &[u8], quote: u8) -> Cow<'_, [u8]> {
     Cow::Borrowed(raw)
 }
 
-/// The key (an integer) in the `index`-th field of a row.
-pub fn key(row: &[u8], index: usize, delimiter: u8) -> Option<i64> {
-    let f = field(row, index, delimiter, b'"')?;
-    std::str::from_utf8(&f).ok()?.trim().parse().ok()
+/// The key in the fields at `positions` of a row: each field's text, unquoted (COPY writes a
+/// value's text, quoted when it holds a delimiter, quote or line break).
+pub fn key(row: &[u8], positions: &[usize], delimiter: u8) -> Option<Key> {
+    positions
+        .iter()
+        .map(|i| field(row, *i, delimiter, b'"').and_then(|f| String::from_utf8(f.into_owned()).ok()))
+        .collect::<Option<Vec<_>>>()
+        .map(Key)
 }
 
 /// First characters that make a spreadsheet read a cell as a formula (OWASP).
@@ -57,8 +64,10 @@ const FORMULA_TRIGGERS: &[u8] = b"=+-@\t\r";
 #[derive(Debug, Clone)]
 pub struct RowShaper {
     delimiter: u8,
-    /// Cut off the last field (the key, appended when it is not exported).
-    cut_key: bool,
+    /// Fields of the file's rows: those after them (key columns not exported) are cut off.
+    keep: usize,
+    /// Fields cut off the end of each row.
+    cut: usize,
     crlf: bool,
     /// Per output column: whether the formula guard applies (None = guard off).
     guard: Option<Vec<bool>>,
@@ -67,28 +76,60 @@ pub struct RowShaper {
 }
 
 impl RowShaper {
-    /// A shaper for rows with this delimiter; `cut_key` drops an appended key column, `crlf` ends lines with CR LF, `guard` marks the columns the formula guard applies to, `null` is the NULL text.
-    pub fn new(delimiter: u8, cut_key: bool, crlf: bool, guard: Option<Vec<bool>>, null: &str) -> Self {
-        Self { delimiter, cut_key, crlf, guard, null: null.as_bytes().to_vec() }
+    /// A shaper for rows with this delimiter that keeps the first `keep` fields and cuts `cut`
+    /// after them (appended key columns); `crlf` ends lines with CR LF, `guard` marks the
+    /// columns the formula guard applies to, `null` is the NULL text.
+    pub fn new(delimiter: u8, keep: usize, cut: usize, crlf: bool, guard: Option<Vec<bool>>, null: &str) -> Self {
+        Self { delimiter, keep, cut, crlf, guard, null: null.as_bytes().to_vec() }
     }
 
     /// Whether rows go to the file exactly as COPY wrote them.
     pub fn is_identity(&self) -> bool {
-        !self.cut_key && !self.crlf && self.guard.is_none()
+        self.cut == 0 && !self.crlf && self.guard.is_none()
     }
 
     /// Appends the shaped `row` (one CopyData message) to `out`. In the header row every cell
     /// is guarded; in data rows the columns marked so.
     pub fn shape(&self, row: &[u8], header: bool, out: &mut Vec<u8>) {
         let mut body = row.strip_suffix(b"\n").unwrap_or(row);
-        if self.cut_key {
-            body = &body[..body.iter().rposition(|b| *b == self.delimiter).unwrap_or(body.len())];
+        if self.cut > 0 {
+            body = &body[..self.kept_len(body)];
         }
         match &self.guard {
             None => out.extend_from_slice(body),
             Some(columns) => self.guard_row(body, |i| header || columns.get(i).copied().unwrap_or(false), out),
         }
         out.extend_from_slice(if self.crlf { b"\r\n" } else { b"\n" });
+    }
+
+    /// Where the fields cut off begin in `body` (at the delimiter before them). Unquoted fields
+    /// hold no delimiter (COPY quotes those that do) and never end in a quote, so while the
+    /// last fields are unquoted the delimiters before them are the last ones; else the row is
+    /// read from the start.
+    fn kept_len(&self, body: &[u8]) -> usize {
+        let mut end = body.len();
+        for _ in 0..self.cut {
+            if body[..end].last() == Some(&b'"') {
+                return self.kept_len_from_start(body);
+            }
+            end = body[..end].iter().rposition(|b| *b == self.delimiter).unwrap_or(0);
+        }
+        end
+    }
+
+    fn kept_len_from_start(&self, body: &[u8]) -> usize {
+        let (mut index, mut in_quotes) = (0, false);
+        for (i, &b) in body.iter().enumerate() {
+            if b == b'"' {
+                in_quotes = !in_quotes;
+            } else if b == self.delimiter && !in_quotes {
+                index += 1;
+                if index == self.keep {
+                    return i;
+                }
+            }
+        }
+        body.len()
     }
 
     /// Copies `body`, putting a `'` before the content of each guarded cell that starts with a
@@ -161,13 +202,18 @@ mod tests {
         assert_eq!(f(row, 7), None);
     }
 
+    fn k(v: &[&str]) -> Option<Key> {
+        Some(Key(v.iter().map(|s| s.to_string()).collect()))
+    }
+
     #[test]
     fn keys() {
-        assert_eq!(key(b"9000009,x\n", 0, b','), Some(9_000_009));
-        assert_eq!(key(b"\"a,\"\"b\",-7\n", 1, b','), Some(-7));
-        assert_eq!(key(b"\"17\"\n", 0, b','), Some(17));
-        assert_eq!(key(b"x,y\n", 0, b','), None);
-        assert_eq!(key(b"x;\"3\"\n", 1, b';'), Some(3));
+        assert_eq!(key(b"9000009,x\n", &[0], b','), k(&["9000009"]));
+        assert_eq!(key(b"\"a,\"\"b\",-7\n", &[1], b','), k(&["-7"]));
+        assert_eq!(key(b"\"17\"\n", &[0], b','), k(&["17"]));
+        assert_eq!(key(b"x;\"3\"\n", &[1], b';'), k(&["3"]));
+        assert_eq!(key(b"x,\"a,\"\"b\"\n", &[1, 0], b','), k(&["a,\"b", "x"]));
+        assert_eq!(key(b"x\n", &[1], b','), None);
     }
 
     fn shaped(shaper: &RowShaper, row: &str, header: bool) -> String {
@@ -178,11 +224,16 @@ mod tests {
 
     #[test]
     fn formula_guard_quoted_unquoted_null_and_crlf() {
-        let s = RowShaper::new(b',', false, true, Some(vec![true, true, false, true, true]), "-");
+        let s = RowShaper::new(b',', 5, 0, true, Some(vec![true, true, false, true, true]), "-");
         assert_eq!(shaped(&s, "=1+2,\"-a,b\",-5,-,\"-\"\n", false), "'=1+2,\"'-a,b\",-5,-,\"'-\"\r\n");
         assert_eq!(shaped(&s, "@x,\"\"\"q\",+1,,\n", false), "'@x,\"\"\"q\",+1,,\r\n");
         assert_eq!(shaped(&s, "a,=b,c\n", true), "a,'=b,c\r\n");
-        let cut = RowShaper::new(b'\t', true, false, None, "");
+        let cut = RowShaper::new(b'\t', 2, 1, false, None, "");
         assert_eq!(shaped(&cut, "a\t\"b\tc\"\t42\n", false), "a\t\"b\tc\"\n");
+        // Appended text keys, quoted, holding the delimiter and quotes: read from the start.
+        let cut2 = RowShaper::new(b',', 1, 2, false, None, "");
+        assert_eq!(shaped(&cut2, "\"x,y\",\"k,\"\"1\",7\n", false), "\"x,y\"\n");
+        assert_eq!(shaped(&cut2, "\"x,y\",k,7\n", false), "\"x,y\"\n");
+        assert_eq!(shaped(&cut2, "a,7,\"k,2\"\n", false), "a\n");
     }
 }

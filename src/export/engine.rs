@@ -222,7 +222,7 @@ impl Engine {
                 }
             };
             db_errors = 0;
-            tracing::info!(%export_id, %token, attempt = export.attempts, from = ?export.last_processed_id, "export run started");
+            tracing::info!(%export_id, %token, attempt = export.attempts, from = ?export.last_processed_key, "export run started");
             match self.run(&export, token, adopt).await {
                 Ok(Outcome::Completed) => {
                     tracing::info!(%export_id, "export completed");
@@ -334,7 +334,7 @@ impl Engine {
         }
         let adopt = adopt.may_continue(export.file_writer);
         let mut cp = Checkpoint {
-            last_id: export.last_processed_id,
+            last: export.last_processed_key.clone(),
             rows: export.rows_written,
             bytes: export.bytes_written,
             file_name: export.file_name.clone().unwrap_or_default(),
@@ -353,7 +353,7 @@ impl Engine {
                 {
                     return Ok(Outcome::Lost);
                 }
-                cp = Checkpoint { last_id: None, rows: 0, bytes: 0, file_name: String::new(), file_state: None };
+                cp = Checkpoint { last: None, rows: 0, bytes: 0, file_name: String::new(), file_state: None };
                 self.storage.create_run(RunId { export_id: export.id, token, extension, piece: None }).await?
             }
             Err(PrepareError::Io(e)) => return Err(e.into()),
@@ -365,7 +365,7 @@ impl Engine {
         // The producer runs as its own task, so reading from PostgreSQL never waits for the
         // writer's turn on this one; it is aborted (closing its connection) if the writer stops.
         let producer = tokio::spawn({
-            let span = ReadSpan { after: cp.last_id, upper: export.upper_bound_id, head: cp.bytes == 0 };
+            let span = ReadSpan { after: cp.last.clone(), upper: export.upper_bound_key.clone(), head: cp.bytes == 0 };
             let (engine, export, pace) = (self.clone(), export.clone(), Pace::new(spec.max_rows_per_second));
             async move { engine.produce(&ds, &export, span, pace, tx).await }
         });

@@ -6,8 +6,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 
 use crate::{
-    db::dataset::key_position,
-    export::binary,
+    export::binary::{self, KeyFields},
     model::{Dataset, ExportSpec, types::JsonKind},
 };
 
@@ -16,8 +15,7 @@ pub struct JsonLines {
     kinds: Vec<JsonKind>,
     /// Per column, what goes before its value: `{"name":` for the first, `,"name":` after.
     prefixes: Vec<Vec<u8>>,
-    key_index: usize,
-    /// Fields COPY sends: the columns, then the key when it is not exported.
+    /// Fields COPY sends: the columns, then the key's columns not exported.
     fields: usize,
 }
 
@@ -25,7 +23,6 @@ impl JsonLines {
     /// The writer of an export of `ds` with `spec`.
     pub fn new(ds: &Dataset, spec: &ExportSpec) -> Self {
         let columns = spec.output_columns(ds);
-        let (key_index, key_appended) = key_position(ds, &columns);
         let kinds: Vec<JsonKind> = columns
             .iter()
             .map(|c| JsonKind::of(ds.column(&c.name).map_or("text", |d| d.sql_type.as_str()), spec.format.decimals))
@@ -40,19 +37,15 @@ impl JsonLines {
                 p
             })
             .collect();
-        Self { fields: kinds.len() + usize::from(key_appended), kinds, prefixes, key_index }
+        Self { fields: KeyFields::new(ds, spec, &columns).fields(), kinds, prefixes }
     }
 
-    /// Appends the row in `message` (one CopyData message) as a line; returns its key, or None
-    /// when the message holds no row (header, trailer).
-    pub fn push(&self, message: &Bytes, out: &mut Vec<u8>) -> anyhow::Result<Option<i64>> {
-        let Some(mut fields) = binary::row(message, self.fields)? else { return Ok(None) };
-        let mut key = None;
+    /// Appends the row in `message` (one CopyData message) as a line; false when the message
+    /// holds no row (header, trailer).
+    pub fn push(&self, message: &Bytes, out: &mut Vec<u8>) -> anyhow::Result<bool> {
+        let Some(mut fields) = binary::row(message, self.fields)? else { return Ok(false) };
         for i in 0..self.fields {
             let value = fields.next_field()?;
-            if i == self.key_index {
-                key = Some(binary::key(value.as_ref())?);
-            }
             let (Some(kind), Some(prefix)) = (self.kinds.get(i), self.prefixes.get(i)) else { continue };
             out.extend_from_slice(prefix);
             let Some(v) = value else {
@@ -62,7 +55,7 @@ impl JsonLines {
             match kind {
                 JsonKind::Int => {
                     let mut b = itoa::Buffer::new();
-                    out.extend_from_slice(b.format(binary::key(Some(&v))?).as_bytes());
+                    out.extend_from_slice(b.format(binary::integer(Some(&v))?).as_bytes());
                 }
                 JsonKind::Bool => out.extend_from_slice(if v.first() == Some(&1) { b"true" } else { b"false" }),
                 JsonKind::Text => string(&v, out),
@@ -77,7 +70,7 @@ impl JsonLines {
             }
         }
         out.extend_from_slice(b"}\n");
-        Ok(Some(key.context("no key in the row")?))
+        Ok(true)
     }
 }
 

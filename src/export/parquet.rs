@@ -29,7 +29,7 @@ use parquet::{
 pub use crate::model::types::{Kind, SavedRowGroup};
 use crate::{
     export::binary,
-    model::{Dataset, ExportSpec, spec::ParquetCodec},
+    model::{Dataset, ExportSpec, KeyKind, spec::ParquetCodec},
 };
 
 /// The first (and last) four bytes of every Parquet file.
@@ -87,7 +87,6 @@ fn field(kind: Kind, name: &str) -> anyhow::Result<TypePtr> {
 pub struct Layout {
     kinds: Vec<Kind>,
     names: Vec<String>,
-    key_index: usize,
     schema: TypePtr,
     props: WriterPropertiesPtr,
 }
@@ -96,25 +95,27 @@ impl Layout {
     /// The layout of an export of `ds` with `spec`.
     pub fn new(ds: &Dataset, spec: &ExportSpec) -> anyhow::Result<Self> {
         let columns = spec.output_columns(ds);
-        let (key_index, key_appended) = crate::db::dataset::key_position(ds, &columns);
+        let (key_at, appended) = crate::db::dataset::key_positions(ds, spec, &columns);
         let mut kinds: Vec<Kind> =
             columns.iter().map(|c| ds.column(&c.name).map_or(Kind::AsText, |d| Kind::of(&d.sql_type))).collect();
         let names: Vec<String> = columns.iter().map(|c| c.header.clone()).collect();
         let fields = kinds.iter().zip(&names).map(|(k, n)| field(*k, n)).collect::<anyhow::Result<Vec<_>>>()?;
         let schema = Arc::new(Type::group_type_builder("schema").with_fields(fields).build()?);
-        if key_appended {
-            kinds.push(ds.column(&ds.key).map_or(Kind::I64, |d| Kind::of(&d.sql_type)));
-        }
-        if !kinds[key_index].is_integer_key() {
-            bail!("the key column {:?} is not an integer", ds.key);
-        }
+        // The key's columns not exported come after the file's (read for the key, not written).
+        kinds.extend(std::iter::repeat_n(Kind::AsText, appended));
         let codec = match spec.format.codec {
             ParquetCodec::Zstd => Codec::ZSTD(ZstdLevel::try_new(1)?),
             ParquetCodec::Snappy => Codec::SNAPPY,
             ParquetCodec::None => Codec::UNCOMPRESSED,
         };
-        let sorting = (!key_appended)
-            .then(|| vec![SortingColumn { column_idx: key_index as i32, descending: false, nulls_first: false }]);
+        // Sorted by the key, said when the key is in the file and orders as Parquet compares
+        // (text in a collation's order may not: not said for text keys).
+        let sorting = (appended == 0 && ds.key.iter().all(|k| k.kind != KeyKind::Text)).then(|| {
+            key_at
+                .iter()
+                .map(|at| SortingColumn { column_idx: *at as i32, descending: false, nulls_first: false })
+                .collect()
+        });
         // Statistics per column chunk, no page indexes: those sit between the last row group
         // and the footer, where a file that grows row group by row group has no room for them.
         let props = WriterProperties::builder()
@@ -124,7 +125,7 @@ impl Layout {
             .set_sorting_columns(sorting)
             .set_created_by(format!("exportd {}", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(Self { kinds, names, key_index, schema, props: Arc::new(props) })
+        Ok(Self { kinds, names, schema, props: Arc::new(props) })
     }
 
     /// The footer of a file holding `groups` (in file order), `len` + `PAR1` included.
@@ -250,15 +251,15 @@ impl ColumnBuf {
 pub struct RowGroup {
     layout: Arc<Layout>,
     columns: Vec<ColumnBuf>,
-    /// The key of the last row pushed.
-    pub last_key: Option<i64>,
+    /// The last row pushed (its key is read from it at the chunk's end).
+    pub last_row: Option<Bytes>,
 }
 
 impl RowGroup {
     /// An empty row group of `layout`.
     pub fn new(layout: Arc<Layout>) -> Self {
         let columns = layout.kinds.iter().take(layout.names.len()).map(|k| ColumnBuf::new(*k)).collect();
-        Self { layout, columns, last_key: None }
+        Self { layout, columns, last_row: None }
     }
 
     /// Takes one CopyData message of `COPY ... (FORMAT binary)`: one row, possibly after the
@@ -267,13 +268,11 @@ impl RowGroup {
         let Some(mut fields) = binary::row(message, self.layout.kinds.len())? else { return Ok(false) };
         for (i, kind) in self.layout.kinds.iter().enumerate() {
             let value = fields.next_field()?;
-            if i == self.layout.key_index {
-                self.last_key = Some(binary::key(value.as_ref())?);
-            }
             if let Some(col) = self.columns.get_mut(i) {
                 push_value(col, *kind, value).with_context(|| format!("column {:?}", self.layout.names[i]))?;
             }
         }
+        self.last_row = Some(message.clone());
         Ok(true)
     }
 

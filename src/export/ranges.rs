@@ -61,8 +61,8 @@ impl Engine {
         token: Uuid,
     ) -> anyhow::Result<Option<Vec<KeyRange>>> {
         let saved = engine_db!(self, "reading the export's ranges", |c| db::ranges::ranges(c, export.id)).await?;
-        let fresh = export.bytes_written == 0 && export.last_processed_id.is_none();
-        let Some(upper) = export.upper_bound_id.filter(|_| saved.is_empty() && fresh) else {
+        let fresh = export.bytes_written == 0 && export.last_processed_key.is_none();
+        let Some(upper) = export.upper_bound_key.as_ref().filter(|_| saved.is_empty() && fresh) else {
             return Ok(Some(saved));
         };
         let n = self.parallelism(export)?;
@@ -157,7 +157,7 @@ impl Engine {
                     return Ok(RangeEnd::Stopped(Outcome::Lost));
                 }
                 cp = Checkpoint {
-                    last_id: range.lower_id,
+                    last: range.lower_key.clone(),
                     rows: 0,
                     bytes: 0,
                     file_name: String::new(),
@@ -169,7 +169,11 @@ impl Engine {
         };
         (cp.file_name, cp.file_state) = (file.name, file.state);
         let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
-        let span = ReadSpan { after: cp.last_id, upper: Some(range.upper_id), head: position == 0 && cp.bytes == 0 };
+        let span = ReadSpan {
+            after: cp.last.clone(),
+            upper: Some(range.upper_key.clone()),
+            head: position == 0 && cp.bytes == 0,
+        };
         let producer = tokio::spawn({
             let (engine, ds, export) = (self.clone(), ds.clone(), export.clone());
             async move { engine.produce(&ds, &export, span, pace, tx).await }
@@ -198,7 +202,7 @@ impl Engine {
             return Ok(RangeEnd::Stopped(Outcome::Lost));
         }
         Ok(RangeEnd::Done(KeyRange {
-            last_processed_id: last.last_id,
+            last_processed_key: last.last,
             rows_written: last.rows,
             bytes_written: last.bytes,
             file_name: Some(last.file_name),
@@ -223,7 +227,7 @@ impl Engine {
             .map(|r| PieceFile { name: r.file_name.clone().unwrap_or_default(), bytes: r.bytes_written as u64 })
             .collect();
         let cp = Checkpoint {
-            last_id: ranges.last().and_then(|r| r.last_processed_id),
+            last: ranges.last().and_then(|r| r.last_processed_key.clone()),
             rows: ranges.iter().map(|r| r.rows_written).sum(),
             bytes: ranges.iter().map(|r| r.bytes_written).sum(),
             file_name: pieces[0].name.clone(),

@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 use crate::{
     db,
     export::{
+        binary::KeyFields,
         buffers::PIECE_BYTES,
         csv::{self, RowShaper},
         engine::{Engine, Outcome},
@@ -19,7 +20,7 @@ use crate::{
         parquet::{self, EncodedRowGroup, Layout, RowGroup},
     },
     model::{
-        Dataset, ExportRecord, ExportSpec,
+        Dataset, ExportRecord, ExportSpec, Key,
         spec::{FileType, LineEnding},
     },
     telemetry,
@@ -30,7 +31,7 @@ pub(super) enum Piece {
     Data(Vec<u8>),
     /// Parquet: the chunk's data was these row groups, in order, the last bytes written.
     ChunkEnd {
-        last_id: i64,
+        last: Key,
         rows: u64,
         row_groups: Vec<RowGroupEnd>,
     },
@@ -45,10 +46,10 @@ pub(super) struct RowGroupEnd {
 /// The keys a reader reads: those after `after` up to `upper` (None: none at all, the table was
 /// empty), and whether its bytes begin the file (`head`: the BOM and header, or Parquet's magic,
 /// go first).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct ReadSpan {
-    pub after: Option<i64>,
-    pub upper: Option<i64>,
+    pub after: Option<Key>,
+    pub upper: Option<Key>,
     pub head: bool,
 }
 
@@ -88,19 +89,22 @@ impl Engine {
     ) -> anyhow::Result<Option<Outcome>> {
         let spec = export.spec.get()?;
         let mut reader = ChunkReader::open(self, ds, spec, span.head, export.created_lsn.as_deref(), tx).await?;
-        let mut last = span.after;
+        let mut last = span.after.clone();
         let started = Instant::now();
-        // No upper bound: the table was empty when the export was created (header only).
-        while let Some(upper) = span.upper.filter(|u| last.is_none_or(|l| l < *u)) {
+        // No upper bound: the table was empty when the export was created (header only). Keys
+        // are compared by the database only (text in its collation): a chunk after the upper
+        // bound's own text is not asked for; any other end is a short or empty chunk.
+        while let Some(upper) = span.upper.as_ref().filter(|u| last.as_ref() != Some(*u)) {
             if self.shutdown.is_triggered() {
                 return Ok(Some(Outcome::Released));
             }
             let span = tracing::info_span!("chunk", export_id = %export.id, after = ?last);
-            let Some((rows, last_id, row_groups)) = reader.read_chunk(last, upper).instrument(span).await? else {
+            let Some((rows, last_key, row_groups)) = reader.read_chunk(last.as_ref(), upper).instrument(span).await?
+            else {
                 break;
             };
-            send(&reader.tx, Piece::ChunkEnd { last_id, rows, row_groups }).await?;
-            last = Some(last_id);
+            send(&reader.tx, Piece::ChunkEnd { last: last_key.clone(), rows, row_groups }).await?;
+            last = Some(last_key);
             // Pace after each chunk (the last one too), so the whole export keeps the rate.
             if let Some(due) = pace.after(rows) {
                 tokio::select! {
@@ -175,8 +179,10 @@ struct ChunkReader<'a> {
     parquet: Option<Arc<Layout>>,
     /// JSON Lines: the rows are written from binary COPY rows.
     jsonl: Option<JsonLines>,
-    /// Where the key is in a row, to read the chunk's last key back.
-    key_index: usize,
+    /// Where the key's columns are in a CSV row, to read the chunk's last key back.
+    key_at: Vec<usize>,
+    /// Where they are in a binary row (JSON Lines, Parquet).
+    key_fields: KeyFields,
     delimiter: u8,
     /// Rows per chunk.
     limit: i64,
@@ -203,13 +209,14 @@ impl<'a> ChunkReader<'a> {
     ) -> anyhow::Result<Self> {
         let format = &spec.format;
         let columns = spec.output_columns(ds);
-        let (key_index, key_appended) = db::dataset::key_position(ds, &columns);
+        let (key_at, appended) = db::dataset::key_positions(ds, spec, &columns);
+        let key_fields = KeyFields::new(ds, spec, &columns);
         let delimiter = format.delimiter as u8;
         let guard = format
             .formula_guard
             .then(|| columns.iter().map(|c| ds.column(&c.name).is_none_or(|d| d.textual)).collect());
-        let shaper =
-            RowShaper::new(delimiter, key_appended, format.line_ending == LineEnding::Crlf, guard, &format.null);
+        let crlf = format.line_ending == LineEnding::Crlf;
+        let shaper = RowShaper::new(delimiter, columns.len(), appended, crlf, guard, &format.null);
         let (mut parquet, mut jsonl) = (None, None);
         match format.kind {
             FileType::Csv => {}
@@ -238,7 +245,8 @@ impl<'a> ChunkReader<'a> {
             shaper,
             parquet,
             jsonl,
-            key_index,
+            key_at,
+            key_fields,
             delimiter,
             limit,
             header: head && csv && format.header,
@@ -254,11 +262,11 @@ impl<'a> ChunkReader<'a> {
     /// and (Parquet) its row group, or None when it is empty.
     async fn read_chunk(
         &mut self,
-        last: Option<i64>,
-        upper: i64,
-    ) -> anyhow::Result<Option<(u64, i64, Vec<RowGroupEnd>)>> {
+        last: Option<&Key>,
+        upper: &Key,
+    ) -> anyhow::Result<Option<(u64, Key, Vec<RowGroupEnd>)>> {
         let (first_wait, next_wait) = (self.engine.settings.db_statement_wait, self.engine.settings.db_io_timeout);
-        let sql = db::dataset::chunk_copy(self.ds, self.spec, last, upper, self.limit, self.header);
+        let sql = db::dataset::chunk_copy(self.ds, self.spec, last, Some(upper), self.limit, self.header);
         let t = Instant::now();
         let sent_before = self.t_send;
         let conn = &mut self.conn;
@@ -267,9 +275,10 @@ impl<'a> ChunkReader<'a> {
         self.t_start += t.elapsed();
         let streaming = Instant::now();
         let mut count = 0u64;
+        // The chunk's last row, its key read back at the end.
         let mut last_row = None;
         let mut group = self.parquet.clone().map(RowGroup::new);
-        let (mut groups, mut last_key) = (Vec::new(), None);
+        let mut groups = Vec::new();
         // Every message of the chunk has a deadline: the first one the statement's, the next
         // ones `db_io_timeout` each. A connection that goes silent (half-open, a stuck proxy,
         // a frozen server) fails the run, and the run's connection is closed, never pooled.
@@ -280,8 +289,8 @@ impl<'a> ChunkReader<'a> {
             // in whenever the task's cooperative budget runs out.
             tokio::task::consume_budget().await;
             if let Some(jsonl) = &self.jsonl {
-                if let Some(key) = jsonl.push(&message, &mut self.buf)? {
-                    (count, last_key) = (count + 1, Some(key));
+                if jsonl.push(&message, &mut self.buf)? {
+                    (count, last_row) = (count + 1, Some(message));
                 }
                 if self.buf.len() >= PIECE_BYTES {
                     let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
@@ -299,7 +308,7 @@ impl<'a> ChunkReader<'a> {
                 if g.held_bytes() >= parquet::ROW_GROUP_BYTES {
                     let layout = self.parquet.clone().expect("a Parquet export");
                     let full = std::mem::replace(g, RowGroup::new(layout));
-                    last_key = full.last_key;
+                    last_row = full.last_row.clone();
                     groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, full).await?);
                 }
                 continue;
@@ -331,27 +340,26 @@ impl<'a> ChunkReader<'a> {
         if count == 0 {
             return Ok(None);
         }
-        if let Some(group) = group {
-            if group.last_key.is_some() {
-                last_key = group.last_key;
-                groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, group).await?);
-            }
-            return Ok(Some((count, last_key.expect("a row was read"), groups)));
+        if let Some(group) = group
+            && group.last_row.is_some()
+        {
+            last_row = group.last_row.clone();
+            groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, group).await?);
         }
-        let last_id = match (last_key, last_row) {
-            (Some(key), _) => key,
-            (None, row) => {
-                let row = row.expect("a row was read");
-                csv::key(&row, self.key_index, self.delimiter).ok_or_else(|| {
-                    anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
-                })?
-            }
+        let row = last_row.expect("a row was read");
+        let key = if self.spec.format.kind == FileType::Csv {
+            csv::key(&row, &self.key_at, self.delimiter)
+        } else {
+            self.key_fields.key(&row)?
         };
+        let key = key.ok_or_else(|| {
+            anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
+        })?;
         if !self.buf.is_empty() {
             let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
             send(&self.tx, Piece::Data(piece)).await?;
         }
-        Ok(Some((count, last_id, Vec::new())))
+        Ok(Some((count, key, groups)))
     }
 
     /// Ends the reading: a header still owed (nothing at all to export) is asked of COPY
@@ -359,7 +367,7 @@ impl<'a> ChunkReader<'a> {
     async fn finish(mut self) -> anyhow::Result<()> {
         if self.header {
             let wait = self.engine.settings.db_statement_wait;
-            let sql = db::dataset::chunk_copy(self.ds, self.spec, None, 0, 0, true);
+            let sql = db::dataset::chunk_copy(self.ds, self.spec, None, None, 0, true);
             let conn = &mut self.conn;
             let mut stream = db::within(wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
             let mut silence = Silence::new(wait, wait);

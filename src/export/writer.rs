@@ -91,7 +91,7 @@ impl Engine {
         let mut out = Output::new(file, compression, cp.bytes, spare);
         let mut chunks = 0u64;
         // Where the appended bytes have got to (durable and checkpointed, or not yet).
-        let (mut read_to, mut read_rows) = (cp.last_id, cp.rows);
+        let (mut read_to, mut read_rows) = (cp.last.clone(), cp.rows);
         let mut chunk_started = false;
         let (mut t_write, mut t_sync, mut t_checkpoint, mut t_idle) =
             (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -110,7 +110,7 @@ impl Engine {
                     t_write += t.elapsed();
                     self.buffers.give(bytes);
                 }
-                Piece::ChunkEnd { last_id, rows, row_groups } => {
+                Piece::ChunkEnd { last, rows, row_groups } => {
                     chunk_started = false;
                     // The chunk's row groups are the last bytes written, in order.
                     let mut base = out.written - row_groups.iter().map(|g| g.len as i64).sum::<i64>();
@@ -123,7 +123,7 @@ impl Engine {
                     let synced = out.sync().await?;
                     t_sync += t.elapsed();
                     chunks += 1;
-                    (read_to, read_rows) = (Some(last_id), read_rows + rows as i64);
+                    (read_to, read_rows) = (Some(last), read_rows + rows as i64);
                     if self.faults.crash_before_checkpoint(slot.position(), chunks) {
                         return stop(&cp, Outcome::Crashed);
                     }
@@ -150,7 +150,7 @@ impl Engine {
                         continue;
                     };
                     let next = Checkpoint {
-                        last_id: read_to,
+                        last: read_to.clone(),
                         rows: read_rows,
                         bytes: out.written,
                         file_name: cp.file_name.clone(),
@@ -210,7 +210,7 @@ impl Engine {
             metrics::chunk_written(&export.dataset, (read_rows - cp.rows) as u64, (out.written - cp.bytes) as u64);
         }
         let last = Checkpoint {
-            last_id: read_to,
+            last: read_to,
             rows: read_rows,
             bytes: out.written,
             file_name: cp.file_name.clone(),

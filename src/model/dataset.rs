@@ -1,4 +1,4 @@
-//! What may be exported: a dataset (a table or view walked by an integer key) and its columns,
+//! What may be exported: a dataset (a table or view walked by its key) and its columns,
 //! as resolved from the datasets config against the catalog (see [`crate::datasets`]).
 
 use std::sync::Arc;
@@ -19,7 +19,8 @@ pub struct Column {
     pub textual: bool,
 }
 
-/// An exportable table or view. Exports walk it by `key` (unique, indexed, integer) in chunks.
+/// An exportable table or view. Exports walk it by `key` (unique, indexed; one column or
+/// several compared as a row) in chunks.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     /// Name used in the API.
@@ -30,8 +31,8 @@ pub struct Dataset {
     pub table: String,
     /// The relation as SQL, quoted by the catalog (`oid::regclass`).
     pub table_sql: String,
-    /// Keyset column: unique, indexed, integer.
-    pub key: String,
+    /// The key's columns, in index order: unique together, indexed, never NULL.
+    pub key: Vec<super::KeyColumn>,
     /// Exportable columns, in the default file order.
     pub columns: Vec<Column>,
 }
@@ -40,6 +41,17 @@ impl Dataset {
     /// An exportable column by name.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The key's column names, for messages (`id`, `tenant_id, id`).
+    pub fn key_names(&self) -> String {
+        self.key.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether the key is one integer column (its values are numbers: progress can be told by
+    /// position).
+    pub fn integer_key(&self) -> bool {
+        matches!(&self.key[..], [k] if k.kind == super::KeyKind::Integer)
     }
 
     /// Column names, for error messages.

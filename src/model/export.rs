@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::{error::Result, model::ExportSpec};
+use crate::{
+    error::Result,
+    model::{ExportSpec, Key},
+};
 
 /// Where an export is in its life: `queued` → `running` → `completed` | `failed` |
 /// `cancelled`; `completed` → `expired` when its file is deleted (retention, or DELETE).
@@ -77,12 +80,12 @@ pub struct ExportRecord {
     #[sqlx(try_from = "String")]
     /// Where it is in its life.
     pub status: ExportStatus,
-    /// The largest key when it was created: the export stops there.
-    pub upper_bound_id: Option<i64>,
+    /// The largest key when it was created: the export stops there (None: the table was empty).
+    pub upper_bound_key: Option<Key>,
     /// The token of the run that owns it now (the fencing token), if any.
     pub owner: Option<Uuid>,
     /// Key of the last row checkpointed; the next run resumes after it.
-    pub last_processed_id: Option<i64>,
+    pub last_processed_key: Option<Key>,
     /// Data rows checkpointed.
     pub rows_written: i64,
     /// Bytes of `file_name` checkpointed (header and BOM included).
@@ -193,7 +196,7 @@ pub struct RunRecord {
     /// The worker that ran it (host, process id, slot).
     pub worker: String,
     /// The checkpoint it resumed from (None: from the start).
-    pub start_id: Option<i64>,
+    pub start_key: Option<Key>,
     /// When it started.
     pub started_at: DateTime<Utc>,
     /// When it ended (None while it runs, or when its process died).
@@ -204,11 +207,11 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-/// Where a run has got to: everything up to `last_id` is in `file_name`, `bytes` long.
+/// Where a run has got to: everything up to `last` is in `file_name`, `bytes` long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     /// Key of the last row in the file (None: no row yet).
-    pub last_id: Option<i64>,
+    pub last: Option<Key>,
     /// Data rows in the file.
     pub rows: i64,
     /// Bytes in the file, all durable.
@@ -226,11 +229,11 @@ pub struct KeyRange {
     /// Its place in key order (from 0); its piece comes at this place in the file.
     pub position: i32,
     /// Keys above this (None: from the first key).
-    pub lower_id: Option<i64>,
+    pub lower_key: Option<Key>,
     /// Keys up to this.
-    pub upper_id: i64,
+    pub upper_key: Key,
     /// Key of the last row checkpointed (None: no row yet).
-    pub last_processed_id: Option<i64>,
+    pub last_processed_key: Option<Key>,
     /// Data rows checkpointed.
     pub rows_written: i64,
     /// Bytes of `file_name` checkpointed.
@@ -249,7 +252,7 @@ impl KeyRange {
     /// The range's checkpoint, as the writer continues it.
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
-            last_id: self.last_processed_id.or(self.lower_id),
+            last: self.last_processed_key.clone().or_else(|| self.lower_key.clone()),
             rows: self.rows_written,
             bytes: self.bytes_written,
             file_name: self.file_name.clone().unwrap_or_default(),

@@ -4,6 +4,7 @@
 pub mod dataset;
 pub mod export;
 pub mod key;
+pub mod keyset;
 pub mod link;
 pub mod spec;
 pub mod types;
@@ -12,4 +13,5 @@ pub mod webhook;
 pub use dataset::{Column, Dataset, Datasets};
 pub use export::{Checkpoint, ExportRecord, ExportStatus, KeyRange, RunRecord, StoredSpec};
 pub use key::ApiKey;
+pub use keyset::{Key, KeyColumn, KeyKind};
 pub use spec::ExportSpec;

@@ -76,11 +76,6 @@ impl Kind {
     pub fn cast_to_text(self) -> bool {
         self == Kind::AsText
     }
-
-    /// Whether it is one of the integer types a key may have.
-    pub fn is_integer_key(self) -> bool {
-        matches!(self, Kind::I16 | Kind::I32 | Kind::I64)
-    }
 }
 
 /// `numeric(p,s)` with a precision Parquet's DECIMAL holds (up to 38).

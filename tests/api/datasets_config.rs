@@ -20,7 +20,10 @@ async fn a_wrong_config_stops_start_up_with_an_error_that_names_the_problem() {
     seed_nasty(&db.pool, 10).await;
     sqlx::raw_sql(
         "create table plain (n bigint not null, label text); create table nullable_key (k bigint unique); \
-         create view v_orders as select id, note from orders",
+         create view v_orders as select id, note from orders; \
+         create table other_collation (name text collate \"en-x-icu\" not null); \
+         create unique index on other_collation (name collate \"C\"); \
+         create table pattern_ops (name text not null); create unique index on pattern_ops (name text_pattern_ops)",
     )
     .execute(&db.pool)
     .await
@@ -35,9 +38,25 @@ async fn a_wrong_config_stops_start_up_with_an_error_that_names_the_problem() {
         (dataset("nope", "id", "\"id\"", ""), "table or view \"nope\" does not exist"),
         (dataset("orders", "id", "\"id\", \"colour\"", ""), "column \"colour\" does not exist in orders"),
         (dataset("orders", "uid", "\"id\"", ""), "key column \"uid\" does not exist"),
-        (dataset("orders", "customer_email", "\"id\"", ""), "the key must be an integer"),
-        (dataset("orders", "quantity", "\"id\"", ""), "key column \"quantity\" has no unique index"),
-        (dataset("plain", "n", "\"n\"", ""), "key column \"n\" has no unique index"),
+        (dataset("orders", "amount", "\"id\"", ""), "key column \"amount\" is numeric(12,2); a key column must be"),
+        (dataset("orders", "quantity", "\"id\"", ""), "key (quantity) has no unique index"),
+        (dataset("plain", "n", "\"n\"", ""), "key (n) has no unique index"),
+        // Unique, but ordering by another collation, or by bytes: not the column's order.
+        (dataset("other_collation", "name", "\"name\"", ""), "key (name) has no unique index"),
+        (dataset("pattern_ops", "name", "\"name\"", ""), "key (name) has no unique index"),
+        // Composite keys: a unique index on exactly those columns, in that order.
+        (
+            dataset("orders", "id", "\"id\"", "").replace("key = \"id\"", "key = [\"id\", \"quantity\"]"),
+            "key (id, quantity) has no unique index",
+        ),
+        (
+            dataset("orders", "id", "\"id\"", "").replace("key = \"id\"", "key = [\"id\", \"id\"]"),
+            "key column \"id\" is listed twice",
+        ),
+        (
+            dataset("orders", "id", "\"id\"", "").replace("key = \"id\"", "key = []"),
+            "key must name one to four columns",
+        ),
         (dataset("nullable_key", "k", "\"k\"", ""), "key column \"k\" may be NULL"),
         (dataset("orders", "id", "\"id\", \"note\"", "\"note\""), "filterable column \"note\" has no index"),
         (dataset("orders", "id", "\"id\"", "\"status\""), "filterable column \"status\" is not in columns"),

@@ -69,7 +69,7 @@ async fn fenced_checkpoint_rejects_a_stale_token() {
     let c = &mut *conn;
     claim_export(c, Fence { export_id: id, token: a }, "A", 5).await.unwrap();
     let cp = |last: i64| Checkpoint {
-        last_id: Some(last),
+        last: Some(exportd::model::Key::int(last)),
         rows: last,
         bytes: last * 10,
         file_name: "x".into(),
@@ -88,7 +88,7 @@ async fn fenced_checkpoint_rejects_a_stale_token() {
         "stale token cannot complete"
     );
     let row = export_row(&app.db.pool, id).await;
-    assert_eq!((row.last_processed_id, row.owner), (Some(5), Some(b)));
+    assert_eq!((row.last_processed_key, row.owner), (Some(exportd::model::Key::int(5)), Some(b)));
 }
 
 /// A completed export must never serve bytes of a runner that lost it. The schedule, forced

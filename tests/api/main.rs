@@ -1,6 +1,7 @@
 //! Integration tests: one binary, every test with its own database on a real PostgreSQL.
 #![recursion_limit = "256"]
 
+mod any_key;
 mod api_contract;
 mod cors;
 mod datasets_config;

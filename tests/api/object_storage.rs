@@ -81,12 +81,12 @@ async fn an_export_to_object_storage_resumes_exactly_after_kill_9_and_downloads_
         let start_id = loop {
             let runs = exportd::db::exports::list_runs(&db.pool, id).await.unwrap();
             if runs.len() as u64 == kill + 1 {
-                break runs.last().unwrap().start_id;
+                break runs.last().unwrap().start_key.clone();
             }
             assert!(tokio::time::Instant::now() < deadline, "no new run after the restart");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert_eq!(start_id, at_kill.last_processed_id, "kill {kill}: resumed from the checkpoint");
+        assert_eq!(start_id, at_kill.last_processed_key, "kill {kill}: resumed from the checkpoint");
     }
     let end = api.wait_finished(id, Duration::from_secs(120)).await;
     assert_eq!(end["status"], "completed", "{end}");

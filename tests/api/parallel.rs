@@ -165,7 +165,7 @@ async fn a_range_that_crashes_resumes_from_its_own_checkpoint() {
         assert_same_bytes(&app.download(id).await, &reference);
         let after = ranges(&app, id).await;
         for (b, a) in before.iter().zip(&after) {
-            assert_eq!((a.lower_id, a.upper_id), (b.lower_id, b.upper_id), "the split is kept");
+            assert_eq!((&a.lower_key, &a.upper_key), (&b.lower_key, &b.upper_key), "the split is kept");
             assert!(a.done);
         }
         // The crashed range went on from its checkpoint: the resumed run read its rows after it

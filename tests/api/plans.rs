@@ -5,7 +5,10 @@
 
 use exportd::{
     db::dataset::{chunk_select, filter_values, session_setup},
-    model::spec::{ExportSpec, Filter, FilterOp},
+    model::{
+        Key,
+        spec::{ExportSpec, Filter, FilterOp},
+    },
 };
 use serde_json::Value;
 
@@ -19,8 +22,8 @@ async fn chunk_queries_are_index_range_scans() {
     let spec = ExportSpec::new(10_000);
     let mut conn = db.pool.acquire().await.unwrap();
     for first in [true, false] {
-        let after = (!first).then_some(25_000);
-        let sql = format!("explain {}", chunk_select(&ds, &spec, after, 50_000, 10_000));
+        let after = (!first).then_some(Key::int(25_000));
+        let sql = format!("explain {}", chunk_select(&ds, &spec, after.as_ref(), Some(&Key::int(50_000)), 10_000));
         let plan =
             sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await.unwrap().join("\n");
         assert!(plan.contains("Index Scan using orders_pkey"), "first={first}:\n{plan}");
@@ -76,9 +79,9 @@ async fn filtered_chunks_use_an_index_and_read_a_small_part_of_the_table() {
         spec.filters = filters;
         let mut conn = db.pool.acquire().await.unwrap();
         sqlx::query(session_setup()).bind("UTC").bind(filter_values(&spec)).execute(&mut *conn).await.unwrap();
-        for after in [None, Some(ROWS / 2)] {
-            let sql =
-                format!("explain (analyze, buffers, format json) {}", chunk_select(&ds, &spec, after, ROWS, 10_000));
+        for after in [None, Some(Key::int(ROWS / 2))] {
+            let select = chunk_select(&ds, &spec, after.as_ref(), Some(&Key::int(ROWS)), 10_000);
+            let sql = format!("explain (analyze, buffers, format json) {select}");
             let plan: sqlx::types::Json<Value> =
                 sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await.unwrap();
             let root = &plan.0[0]["Plan"];
@@ -115,7 +118,8 @@ async fn a_chunk_query_is_cancelled_at_the_statement_timeout() {
     sqlx::query("lock table orders in access exclusive mode").execute(&mut *blocker).await.unwrap();
     let started = std::time::Instant::now();
     let mut conn = pool.acquire().await.unwrap();
-    let sql = exportd::db::dataset::chunk_copy(&ds, &ExportSpec::new(10_000), None, 1_000, 10_000, true);
+    let sql =
+        exportd::db::dataset::chunk_copy(&ds, &ExportSpec::new(10_000), None, Some(&Key::int(1_000)), 10_000, true);
     let chunk = async {
         match conn.copy_out_raw(&sql).await {
             Err(e) => e,

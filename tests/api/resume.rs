@@ -27,7 +27,7 @@ async fn crash_after_write_before_checkpoint_resumes_identically() {
 
     let row = export_row(&app.db.pool, id).await;
     assert_eq!(row.rows_written, 2_000, "two chunks checkpointed");
-    assert_eq!(row.last_processed_id, Some(2_000));
+    assert_eq!(row.last_processed_key, Some(exportd::model::Key::int(2_000)));
     assert!(row.owner.is_some(), "a crashed run does not release");
     let on_disk = stored_file(app.storage.path(), row.file_name.as_deref().unwrap());
     assert!(on_disk.len() as i64 > row.bytes_written, "the third chunk is on disk past the checkpoint");
@@ -40,7 +40,7 @@ async fn crash_after_write_before_checkpoint_resumes_identically() {
     let runs = exportd::db::exports::list_runs(&app.db.pool, id).await.unwrap();
     let outcomes: Vec<_> = runs.iter().map(|r| r.outcome.clone().unwrap_or_default()).collect();
     assert_eq!(outcomes, ["superseded", "completed"]);
-    assert_eq!(runs[1].start_id, Some(2_000));
+    assert_eq!(runs[1].start_key, Some(exportd::model::Key::int(2_000)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,11 @@ async fn a_silent_connection_mid_chunk_is_dropped_and_the_export_resumes_from_it
     if outcomes[0] == "failed" {
         assert!(runs[0].error.as_deref().unwrap_or_default().contains("no answer from the database"), "{runs:?}");
     }
-    assert_eq!((outcomes[1].as_str(), runs[1].start_id), ("completed", Some(20_000)), "resumed from the checkpoint");
+    assert_eq!(
+        (outcomes[1].as_str(), runs[1].start_key.clone()),
+        ("completed", Some(exportd::model::Key::int(20_000))),
+        "resumed from the checkpoint"
+    );
 }
 
 /// API requests while the database is silent: every open connection stops forwarding and new
