@@ -164,24 +164,31 @@ async fn every_kind_of_key_exports_copys_bytes_serially_and_in_parallel() {
     }
 }
 
-/// The values of a column of a table in key order, as PostgreSQL's JSON text of them.
-async fn json_values(app: &TestApp, table: &str, key: &str, column: &str) -> Vec<String> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select to_json({column})::text from {table} order by {key}")))
-        .fetch_all(&app.db.pool)
-        .await
-        .unwrap()
+/// The values of a column of a table in key order, as PostgreSQL's JSON text of them in time
+/// zone `tz`.
+async fn json_values(app: &TestApp, table: &str, key: &str, column: &str, tz: &str) -> Vec<String> {
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    sqlx::query("select set_config('TimeZone', $1, false)").bind(tz).execute(&mut *conn).await.unwrap();
+    let values =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select to_json({column})::text from {table} order by {key}")))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    conn.close().await.unwrap();
+    values
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_and_parquet_read_every_kind_of_key_back_from_binary_rows() {
     let app = app(2).await;
-    for (dataset, table, key, _, _) in CASES {
+    for (dataset, table, key, _, tz) in CASES {
         // Every row once, in key order: a key read back wrong would skip or repeat rows at
-        // every chunk boundary (100 rows each).
-        let expected = json_values(&app, table, key, "n").await;
+        // every chunk boundary (100 rows each). Instants are read back in the export's time
+        // zone (Asia/Kolkata for by_time), so one written without its offset would shift.
+        let expected = json_values(&app, table, key, "n", tz).await;
         for (parallelism, columns) in [(1, vec!["n", "note"]), (2, vec!["note", "n"])] {
             let body = json!({"dataset": dataset, "columns": columns, "chunkSize": 100, "parallelism": parallelism,
-                              "format": {"type": "jsonl"}});
+                              "format": {"type": "jsonl", "timeZone": tz}});
             let (_, file, _) = export(&app, body).await;
             let ns: Vec<String> = file
                 .split(|b| *b == b'\n')
@@ -193,14 +200,14 @@ async fn json_lines_and_parquet_read_every_kind_of_key_back_from_binary_rows() {
         // The key's columns in the file too (in their JSON form for uuid and timestamptz, so
         // read from the appended binary columns).
         let first = key.split(", ").next().unwrap();
-        let body = json!({"dataset": dataset, "chunkSize": 100, "format": {"type": "jsonl"}});
+        let body = json!({"dataset": dataset, "chunkSize": 100, "format": {"type": "jsonl", "timeZone": tz}});
         let (_, file, _) = export(&app, body).await;
         let keys: Vec<String> = file
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice::<Value>(l).unwrap()[first].to_string())
             .collect();
-        let expected_keys: Vec<String> = json_values(&app, table, key, first)
+        let expected_keys: Vec<String> = json_values(&app, table, key, first, tz)
             .await
             .into_iter()
             .map(|v| serde_json::from_str::<Value>(&v).unwrap().to_string())

@@ -56,7 +56,7 @@ async fn kill_9_mid_export_then_restart_resumes_within_15s_identically() {
 }
 
 async fn status_db(db: &TestDb, id: Uuid) -> (String, i64) {
-    sqlx::query_as("select status, coalesce(last_processed_id, 0) from exports where id = $1")
+    sqlx::query_as("select status, coalesce(last_processed_key[1]::bigint, 0) from exports where id = $1")
         .bind(id)
         .fetch_one(&db.pool)
         .await
