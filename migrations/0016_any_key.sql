@@ -37,12 +37,18 @@ alter table exportd.datasets alter column key_columns set not null, drop column 
 alter table exportd.defaults add column max_parallelism integer not null default 4;
 
 -- exportd.enqueue_export: as migration 0009's, with the high-water mark the last row in key order
--- (each key column as text) and `parallelism` accepted as the API accepts it.
+-- (each key column as text) and `parallelism` accepted as the API accepts it. It runs with the
+-- API's date style and time zone, whatever the caller's session has: a key's text (a date or a
+-- time) is then written as the API writes it and read back unambiguously by every run (under
+-- `SQL, DMY`, 03/04 would be read back as March 4 by a run's ISO, MDY session), and filter
+-- values are read as the API and the runs read them.
 create or replace function exportd.enqueue_export(request jsonb default '{}', idempotency_key text default null, for_owner text default '')
 returns uuid
 language plpgsql
 security definer
 set search_path = public, pg_temp
+set datestyle = 'ISO, MDY'
+set timezone = 'UTC'
 as $$
 declare
     ds exportd.datasets;
