@@ -4,8 +4,9 @@
 //! `(tenant_id, id)` compared as a row. For each: serial and parallel CSV exports byte-identical
 //! to `COPY ... ORDER BY` the key, with and without the key's columns in the file; JSON Lines and
 //! Parquet (keys read back from binary rows) holding every row once, in key order; a crash at a
-//! fault point resumed exactly, serially and in one range of a parallel export; ranges split
-//! evenly; and every chunk query an index range scan.
+//! fault point resumed exactly, serially and in one range of a parallel export, and after kill -9
+//! of the process at random moments; ranges split evenly; and every chunk query an index range
+//! scan.
 
 use std::time::Duration;
 
@@ -16,7 +17,10 @@ use exportd::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::*;
+use crate::{
+    helpers::*,
+    support::process::{Exportd, exportd_env},
+};
 
 /// 2,500 rows per table, each table keyed differently, with values that trouble CSV and SQL
 /// text (delimiters, quotes, line breaks, backslashes, an empty string) among the text keys.
@@ -341,4 +345,43 @@ async fn an_export_enqueued_in_sql_stops_at_the_same_last_key_as_the_apis() {
         assert_eq!(s["rowsWritten"], rows, "{dataset}: every row, up to the last");
         app.wait_finished(by_api, Duration::from_secs(60)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_leaves_copys_bytes_for_every_kind_of_key() {
+    let db = test_db().await;
+    sqlx::raw_sql(TABLES).execute(&db.pool).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let config = config_file();
+    let env = exportd_env(
+        &db.url,
+        storage.path(),
+        &[("EXPORTD_DATASETS", config.to_str().unwrap()), ("EXPORTD_WORKER_CONCURRENCY", "1"), ("RUST_LOG", "warn")],
+    );
+    let mut p = Exportd::serve(env).await;
+    let api = p.api();
+    let mut random = crate::formats::rng();
+    for (dataset, table, key, columns, tz) in CASES {
+        let copy = format!("copy (select {columns} from {table} order by {key}) to stdout with (format csv, header)");
+        let expected = copy_out(&db.pool, tz, &copy).await;
+        // Throttled (the pace shared by two ranges), so each kill lands mid-export, after a
+        // random number of further rows; the seed is printed.
+        let id = api
+            .create_export(Some(json!({"dataset": dataset, "chunkSize": 100, "maxRowsPerSecond": 1000,
+                                       "parallelism": 2, "format": {"timeZone": tz}})))
+            .await;
+        let mut seen = 0;
+        for _ in 0..2 {
+            seen += random(100, 900) as i64;
+            api.wait_rows(id, seen, Duration::from_secs(30)).await;
+            tokio::time::sleep(Duration::from_millis(random(0, 200))).await;
+            p.kill9();
+            p.start().await;
+        }
+        let s = api.wait_finished(id, Duration::from_secs(60)).await;
+        assert_eq!(s["status"], "completed", "{dataset}: {s}");
+        assert!(s["attempts"].as_i64().unwrap() >= 2, "{dataset}: {s}");
+        assert_same_bytes(&api.download(id).await, &expected);
+    }
+    p.terminate();
 }
