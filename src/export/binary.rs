@@ -93,7 +93,7 @@ impl KeyFields {
 
 /// An integer (smallint, integer or bigint) in its binary form.
 pub fn integer(v: Option<&Bytes>) -> anyhow::Result<i64> {
-    let v = v.context("the key is NULL")?;
+    let v = v.context("a NULL where an integer was expected")?;
     Ok(match v.len() {
         2 => i64::from(i16::from_be_bytes([v[0], v[1]])),
         4 => i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]])),
