@@ -513,6 +513,7 @@ impl ExportApi {
         // of digits is not a number).
         let integer_key = self.state.datasets.find(&r.dataset).is_none_or(|d| d.integer_key());
         let as_int = |k: &Option<Key>| k.as_ref().and_then(Key::as_int).filter(|_| integer_key);
+        let (last_id, upper_id) = (as_int(&r.last_processed_key), as_int(&r.upper_bound_key));
         ExportStatusView {
             job_id: r.id,
             status: r.status,
@@ -522,12 +523,12 @@ impl ExportApi {
             options: r.spec.get().ok().map(|spec| CreateExportRequest::from_spec(&r.dataset, spec)),
             rows_written: r.progress_rows(),
             bytes_written: r.bytes_written,
-            last_processed_id: as_int(&r.last_processed_key),
+            last_processed_id: last_id,
             last_processed_key: r.last_processed_key.clone().map(|k| k.0),
-            upper_bound_id: as_int(&r.upper_bound_key),
+            upper_bound_id: upper_id,
             upper_bound_key: r.upper_bound_key.clone().map(|k| k.0),
             total_rows: r.total_rows,
-            progress: progress(r, integer_key),
+            progress: progress(r, last_id, upper_id),
             rows_per_second: rate,
             eta_seconds: eta(r, rate),
             attempts: r.attempts,
@@ -575,16 +576,15 @@ fn eta(r: &ExportRecord, rate: Option<f64>) -> Option<i64> {
 }
 
 /// 1 when completed; otherwise rows over the estimate, or (without one) position in the key
-/// range, capped below 1.
-fn progress(r: &ExportRecord, integer_key: bool) -> f64 {
+/// range (`last_id` of `upper_id`: an integer key's), capped below 1.
+fn progress(r: &ExportRecord, last_id: Option<i64>, upper_id: Option<i64>) -> f64 {
     match r.status {
         // An expired export completed before its file was deleted.
         ExportStatus::Completed | ExportStatus::Expired => return 1.0,
         ExportStatus::Queued => return 0.0,
         _ => {}
     }
-    let as_int = |k: &Option<Key>| k.as_ref().and_then(Key::as_int).filter(|_| integer_key);
-    let p = match (r.total_rows, as_int(&r.last_processed_key), as_int(&r.upper_bound_key)) {
+    let p = match (r.total_rows, last_id, upper_id) {
         (Some(total), _, _) if total > 0 => r.progress_rows() as f64 / total as f64,
         (_, Some(last), Some(upper)) if upper > 0 => last as f64 / upper as f64,
         _ => 0.0,

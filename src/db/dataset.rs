@@ -63,27 +63,27 @@ fn arrives_as_itself(ds: &Dataset, spec: &ExportSpec, name: &str) -> bool {
     }
 }
 
+/// The key's columns, qualified (`t."a"`), in key order.
+fn key_columns(ds: &Dataset) -> Vec<String> {
+    ds.key.iter().map(|k| format!("t.{}", ident(&k.name))).collect()
+}
+
 /// The key columns appended to a chunk's rows (see [`key_positions`]), qualified, in key order.
 fn appended_key_columns(ds: &Dataset, spec: &ExportSpec, columns: &[OutputColumn]) -> Vec<String> {
     let (positions, _) = key_positions(ds, spec, columns);
-    ds.key
-        .iter()
-        .zip(positions)
-        .filter(|(_, at)| *at >= columns.len())
-        .map(|(k, _)| format!("t.{}", ident(&k.name)))
-        .collect()
+    key_columns(ds).into_iter().zip(positions).filter(|(_, at)| *at >= columns.len()).map(|(c, _)| c).collect()
 }
 
 /// The key as an SQL expression: `t."id"`, or the row `(t."a", t."b")`.
 fn key_expr(ds: &Dataset) -> String {
-    let cols: Vec<String> = ds.key.iter().map(|k| format!("t.{}", ident(&k.name))).collect();
+    let cols = key_columns(ds);
     if cols.len() == 1 { cols[0].clone() } else { format!("({})", cols.join(", ")) }
 }
 
 /// `ORDER BY` the key (its columns, qualified: an output column of the same name must not be
 /// what sorts).
 fn key_order(ds: &Dataset) -> String {
-    ds.key.iter().map(|k| format!("t.{}", ident(&k.name))).collect::<Vec<_>>().join(", ")
+    key_columns(ds).join(", ")
 }
 
 /// A key value as SQL: each column's text an escaped string literal cast to the column's type
@@ -99,8 +99,8 @@ pub fn key_literal(ds: &Dataset, key: &Key) -> String {
 }
 
 /// Each key column as text, in an array (`array[t."a"::text, ...]`): a key value as stored.
-fn key_text_array(ds: &Dataset, table: &str) -> String {
-    let cols: Vec<String> = ds.key.iter().map(|k| format!("{table}.{}::text", ident(&k.name))).collect();
+fn key_text_array(ds: &Dataset) -> String {
+    let cols: Vec<String> = key_columns(ds).into_iter().map(|c| c + "::text").collect();
     format!("array[{}]", cols.join(", "))
 }
 
@@ -274,17 +274,15 @@ pub fn split_points_query(ds: &Dataset, spec: &ExportSpec, percent: Option<f64>,
     let sample = percent.map(|p| format!(" tablesample system ({p}) repeatable (0)")).unwrap_or_default();
     let mut conds = predicates(ds, &spec.filters, setting_param);
     conds.push(format!("{} < {}", key_expr(ds), key_literal(ds, upper)));
-    let cols: Vec<String> = ds.key.iter().map(|k| format!("t.{}", ident(&k.name))).collect();
     format!(
-        "with s as (select {}, row_number() over (order by {order}) as exportd_rn, \
+        "with s as (select {order}, row_number() over (order by {order}) as exportd_rn, \
          count(*) over () as exportd_n from {} as t{sample} where {}) \
          select {} from s as t \
          where t.exportd_rn in (select greatest(1, ceil(t.exportd_n * f))::int8 from unnest($1::float8[]) as f) \
          order by t.exportd_rn",
-        cols.join(", "),
         ds.table_sql,
         conds.join(" and "),
-        key_text_array(ds, "t"),
+        key_text_array(ds),
         order = key_order(ds),
     )
 }
@@ -299,9 +297,9 @@ pub fn table_rows_query(ds: &Dataset) -> String {
 /// rows (null when never analyzed).
 pub fn bounds_exprs(ds: &Dataset) -> (String, String) {
     let table = &ds.table_sql;
-    let desc: Vec<String> = ds.key.iter().map(|k| format!("t.{} desc", ident(&k.name))).collect();
+    let desc: Vec<String> = key_columns(ds).into_iter().map(|c| c + " desc").collect();
     (
-        format!("(select {} from {table} as t order by {} limit 1)", key_text_array(ds, "t"), desc.join(", ")),
+        format!("(select {} from {table} as t order by {} limit 1)", key_text_array(ds), desc.join(", ")),
         format!(
             "(select case when c.reltuples < 0 then null else c.reltuples::bigint end \
              from pg_class c where c.oid = {}::regclass)",

@@ -51,7 +51,8 @@ impl Fields<'_> {
     }
 }
 
-/// Where the key's fields are in the binary rows of a chunk query, and how each reads back.
+/// Where the key's fields are in the rows of a chunk query, and how each reads back from its
+/// binary form.
 #[derive(Debug, Clone)]
 pub struct KeyFields {
     /// Fields per row: the output columns, then the key columns not exported.
@@ -73,6 +74,11 @@ impl KeyFields {
     /// Fields per row.
     pub fn fields(&self) -> usize {
         self.fields
+    }
+
+    /// Each key column's field, in key order.
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.at.iter().map(|(at, _)| *at)
     }
 
     /// The key of the row in `message` (None: no row in it).

@@ -11,13 +11,18 @@ use crate::model::Key;
 
 /// The `index`-th field (0-based) of one CSV `row` (its line ending included or not), unquoted.
 pub fn field(row: &[u8], index: usize, delimiter: u8, quote: u8) -> Option<Cow<'_, [u8]>> {
+    field_span(row, index, delimiter, quote).map(|span| unquote(&row[span], quote))
+}
+
+/// Where the `index`-th field of a row is, its quotes included.
+fn field_span(row: &[u8], index: usize, delimiter: u8, quote: u8) -> Option<std::ops::Range<usize>> {
     let (mut current, mut start, mut in_quotes) = (0, 0, false);
     for (i, &b) in row.iter().enumerate() {
         if b == quote {
             in_quotes = !in_quotes;
         } else if !in_quotes && (b == delimiter || b == b'\n' || b == b'\r') {
             if current == index {
-                return Some(unquote(&row[start..i], quote));
+                return Some(start..i);
             }
             if b != delimiter {
                 return None; // the record ended before field `index`
@@ -26,7 +31,7 @@ pub fn field(row: &[u8], index: usize, delimiter: u8, quote: u8) -> Option<Cow<'
             start = i + 1;
         }
     }
-    (current == index).then(|| unquote(&row[start..], quote))
+    (current == index).then_some(start..row.len())
 }
 
 fn unquote(raw: &[u8], quote: u8) -> Cow<'_, [u8]> {
@@ -49,10 +54,10 @@ fn unquote(raw: &[u8], quote: u8) -> Cow<'_, [u8]> {
 
 /// The key in the fields at `positions` of a row: each field's text, unquoted (COPY writes a
 /// value's text, quoted when it holds a delimiter, quote or line break).
-pub fn key(row: &[u8], positions: &[usize], delimiter: u8) -> Option<Key> {
+pub fn key(row: &[u8], positions: impl IntoIterator<Item = usize>, delimiter: u8) -> Option<Key> {
     positions
-        .iter()
-        .map(|i| field(row, *i, delimiter, b'"').and_then(|f| String::from_utf8(f.into_owned()).ok()))
+        .into_iter()
+        .map(|i| field(row, i, delimiter, b'"').and_then(|f| String::from_utf8(f.into_owned()).ok()))
         .collect::<Option<Vec<_>>>()
         .map(Key)
 }
@@ -110,26 +115,12 @@ impl RowShaper {
         let mut end = body.len();
         for _ in 0..self.cut {
             if body[..end].last() == Some(&b'"') {
-                return self.kept_len_from_start(body);
+                // The first field cut off starts right after the delimiter that ends the kept.
+                return field_span(body, self.keep, self.delimiter, b'"').map_or(body.len(), |s| s.start - 1);
             }
             end = body[..end].iter().rposition(|b| *b == self.delimiter).unwrap_or(0);
         }
         end
-    }
-
-    fn kept_len_from_start(&self, body: &[u8]) -> usize {
-        let (mut index, mut in_quotes) = (0, false);
-        for (i, &b) in body.iter().enumerate() {
-            if b == b'"' {
-                in_quotes = !in_quotes;
-            } else if b == self.delimiter && !in_quotes {
-                index += 1;
-                if index == self.keep {
-                    return i;
-                }
-            }
-        }
-        body.len()
     }
 
     /// Copies `body`, putting a `'` before the content of each guarded cell that starts with a
@@ -208,12 +199,12 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(key(b"9000009,x\n", &[0], b','), k(&["9000009"]));
-        assert_eq!(key(b"\"a,\"\"b\",-7\n", &[1], b','), k(&["-7"]));
-        assert_eq!(key(b"\"17\"\n", &[0], b','), k(&["17"]));
-        assert_eq!(key(b"x;\"3\"\n", &[1], b';'), k(&["3"]));
-        assert_eq!(key(b"x,\"a,\"\"b\"\n", &[1, 0], b','), k(&["a,\"b", "x"]));
-        assert_eq!(key(b"x\n", &[1], b','), None);
+        assert_eq!(key(b"9000009,x\n", [0], b','), k(&["9000009"]));
+        assert_eq!(key(b"\"a,\"\"b\",-7\n", [1], b','), k(&["-7"]));
+        assert_eq!(key(b"\"17\"\n", [0], b','), k(&["17"]));
+        assert_eq!(key(b"x;\"3\"\n", [1], b';'), k(&["3"]));
+        assert_eq!(key(b"x,\"a,\"\"b\"\n", [1, 0], b','), k(&["a,\"b", "x"]));
+        assert_eq!(key(b"x\n", [1], b','), None);
     }
 
     fn shaped(shaper: &RowShaper, row: &str, header: bool) -> String {

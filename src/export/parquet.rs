@@ -251,15 +251,13 @@ impl ColumnBuf {
 pub struct RowGroup {
     layout: Arc<Layout>,
     columns: Vec<ColumnBuf>,
-    /// The last row pushed (its key is read from it at the chunk's end).
-    pub last_row: Option<Bytes>,
 }
 
 impl RowGroup {
     /// An empty row group of `layout`.
     pub fn new(layout: Arc<Layout>) -> Self {
         let columns = layout.kinds.iter().take(layout.names.len()).map(|k| ColumnBuf::new(*k)).collect();
-        Self { layout, columns, last_row: None }
+        Self { layout, columns }
     }
 
     /// Takes one CopyData message of `COPY ... (FORMAT binary)`: one row, possibly after the
@@ -272,8 +270,12 @@ impl RowGroup {
                 push_value(col, *kind, value).with_context(|| format!("column {:?}", self.layout.names[i]))?;
             }
         }
-        self.last_row = Some(message.clone());
         Ok(true)
+    }
+
+    /// No row pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.columns.first().is_none_or(|c| c.defs.is_empty())
     }
 
     /// Encodes the rows pushed as one row group (CPU work: call off the async threads).

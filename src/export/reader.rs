@@ -179,9 +179,7 @@ struct ChunkReader<'a> {
     parquet: Option<Arc<Layout>>,
     /// JSON Lines: the rows are written from binary COPY rows.
     jsonl: Option<JsonLines>,
-    /// Where the key's columns are in a CSV row, to read the chunk's last key back.
-    key_at: Vec<usize>,
-    /// Where they are in a binary row (JSON Lines, Parquet).
+    /// Where the key's columns are in a row, to read the chunk's last key back.
     key_fields: KeyFields,
     delimiter: u8,
     /// Rows per chunk.
@@ -209,13 +207,13 @@ impl<'a> ChunkReader<'a> {
     ) -> anyhow::Result<Self> {
         let format = &spec.format;
         let columns = spec.output_columns(ds);
-        let (key_at, appended) = db::dataset::key_positions(ds, spec, &columns);
         let key_fields = KeyFields::new(ds, spec, &columns);
         let delimiter = format.delimiter as u8;
         let guard = format
             .formula_guard
             .then(|| columns.iter().map(|c| ds.column(&c.name).is_none_or(|d| d.textual)).collect());
         let crlf = format.line_ending == LineEnding::Crlf;
+        let appended = key_fields.fields() - columns.len();
         let shaper = RowShaper::new(delimiter, columns.len(), appended, crlf, guard, &format.null);
         let (mut parquet, mut jsonl) = (None, None);
         match format.kind {
@@ -245,7 +243,6 @@ impl<'a> ChunkReader<'a> {
             shaper,
             parquet,
             jsonl,
-            key_at,
             key_fields,
             delimiter,
             limit,
@@ -302,13 +299,12 @@ impl<'a> ChunkReader<'a> {
             }
             if let Some(g) = group.as_mut() {
                 if g.push(&message)? {
-                    count += 1;
+                    (count, last_row) = (count + 1, Some(message));
                 }
                 // A chunk too big to hold is cut into several row groups (one checkpoint still).
                 if g.held_bytes() >= parquet::ROW_GROUP_BYTES {
                     let layout = self.parquet.clone().expect("a Parquet export");
                     let full = std::mem::replace(g, RowGroup::new(layout));
-                    last_row = full.last_row.clone();
                     groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, full).await?);
                 }
                 continue;
@@ -341,14 +337,13 @@ impl<'a> ChunkReader<'a> {
             return Ok(None);
         }
         if let Some(group) = group
-            && group.last_row.is_some()
+            && !group.is_empty()
         {
-            last_row = group.last_row.clone();
             groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, group).await?);
         }
         let row = last_row.expect("a row was read");
         let key = if self.spec.format.kind == FileType::Csv {
-            csv::key(&row, &self.key_at, self.delimiter)
+            csv::key(&row, self.key_fields.positions(), self.delimiter)
         } else {
             self.key_fields.key(&row)?
         };
