@@ -28,6 +28,9 @@ use tokio::{
 
 use crate::shutdown::Shutdown;
 
+mod zero_copy;
+pub use zero_copy::ZeroCopy;
+
 /// What one client (and all of them) may hold of the server.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
@@ -146,16 +149,21 @@ pub async fn serve(
             continue;
         };
         let (endpoint, local) = (endpoint.clone(), local.clone());
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let zero_copy = ZeroCopy::for_connection();
+        let io = Guarded::new(stream, limits.send_timeout, zero_copy.clone());
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let (endpoint, local) = (endpoint.clone(), local.clone());
+            if let Some(zero_copy) = &zero_copy {
+                zero_copy.begin_request();
+                req.extensions_mut().insert(zero_copy.clone());
+            }
             let remote = poem::web::RemoteAddr(poem::Addr::SocketAddr(peer));
             async move {
                 let response = endpoint.get_response((req, local, remote, poem::http::uri::Scheme::HTTP).into()).await;
                 Ok::<hyper::Response<_>, Infallible>(response.into())
             }
         });
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(Guarded::new(stream, limits.send_timeout)), service));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
         let closed = closed.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -227,16 +235,18 @@ impl Drop for Client {
 
 /// A connection whose writes fail once they have made no progress for the send timeout
 /// (the client stopped reading): hyper then closes it, and what the response held is freed.
+/// Files of zero-copy bodies are sent with `sendfile` (see [`zero_copy`]).
 struct Guarded {
     stream: TcpStream,
     send_timeout: Duration,
     /// Running while a write waits for the client.
     stalled: Option<Pin<Box<Sleep>>>,
+    zero_copy: Option<ZeroCopy>,
 }
 
 impl Guarded {
-    fn new(stream: TcpStream, send_timeout: Duration) -> Self {
-        Self { stream, send_timeout, stalled: None }
+    fn new(stream: TcpStream, send_timeout: Duration, zero_copy: Option<ZeroCopy>) -> Self {
+        Self { stream, send_timeout, stalled: None, zero_copy }
     }
 
     /// The outcome of a write: progress clears the stall; waiting starts (or checks) its clock.
@@ -263,7 +273,11 @@ impl AsyncRead for Guarded {
 
 impl AsyncWrite for Guarded {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let write = Pin::new(&mut self.stream).poll_write(cx, buf);
+        let this = &mut *self;
+        let write = match &this.zero_copy {
+            Some(zero_copy) => zero_copy.poll_write(&mut this.stream, cx, buf),
+            None => Pin::new(&mut this.stream).poll_write(cx, buf),
+        };
         self.watch(cx, write)
     }
 
@@ -272,7 +286,11 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let write = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        let this = &mut *self;
+        let write = match &this.zero_copy {
+            Some(zero_copy) => zero_copy.poll_write_vectored(&mut this.stream, cx, bufs),
+            None => Pin::new(&mut this.stream).poll_write_vectored(cx, bufs),
+        };
         self.watch(cx, write)
     }
 

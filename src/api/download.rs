@@ -1,5 +1,5 @@
-//! `GET`/`HEAD /api/export/{id}/download`: the stored file, streamed from disk, with `Range`
-//! (one range), `ETag`, `If-None-Match` and `If-Range`.
+//! `GET`/`HEAD /api/export/{id}/download`: the stored file, sent from disk (zero-copy where the
+//! connection can), with `Range` (one range), `ETag`, `If-None-Match` and `If-Range`.
 
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ use crate::{
     },
     error::Error,
     export::fault::PauseAt,
+    http::ZeroCopy,
     model::{ExportRecord, ExportStatus, spec},
     storage::StoredFile,
 };
@@ -167,9 +168,8 @@ impl DownloadApi {
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
         #[oai(name = "If-Range")] if_range: Header<Option<String>>,
     ) -> Result<DownloadResponse, DownloadErrors> {
-        let accept = req.header("accept");
         let record = crate::api::export::find_visible(&self.state, &caller, id.0).await?;
-        Ok(self.respond(record, range.0, if_none_match.0, if_range.0, accept, true).await?)
+        Ok(self.respond(req, record, range.0, if_none_match.0, if_range.0, true).await?)
     }
 
     /// File headers only
@@ -185,24 +185,26 @@ impl DownloadApi {
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
         #[oai(name = "If-Range")] if_range: Header<Option<String>>,
     ) -> Result<HeadResponse, DownloadErrors<false>> {
-        let accept = req.header("accept");
         let record = crate::api::export::find_visible(&self.state, &caller, id.0).await?;
-        Ok(HeadResponse(self.respond(record, range.0, if_none_match.0, if_range.0, accept, false).await?))
+        Ok(HeadResponse(self.respond(req, record, range.0, if_none_match.0, if_range.0, false).await?))
     }
 }
 
 impl DownloadApi {
-    /// The answer to a download of `record` (a link's or a key's): the file, a range, 304, 416,
-    /// or why there is no file.
+    /// The answer to a download of `record` (a link's or a key's) asked for by `req`: the file,
+    /// a range, 304, 416, or why there is no file.
     pub(crate) async fn respond(
         &self,
+        req: &poem::Request,
         record: ExportRecord,
         range: Option<String>,
         if_none_match: Option<String>,
         if_range: Option<String>,
-        accept: Option<&str>,
         with_body: bool,
     ) -> Result<DownloadResponse, Error> {
+        let accept = req.header("accept");
+        // The connection can send files without copying them (HTTP/1 on Linux).
+        let zero_copy = req.extensions().get::<ZeroCopy>();
         let name = finished_file(&record)?;
         let len = record.bytes_written as u64;
         let etag = format!("\"{}-{len}\"", record.id.simple());
@@ -242,14 +244,14 @@ impl DownloadApi {
             )),
             Some(Some(Ok((start, end)))) => {
                 let count = end - start + 1;
-                let body = body(file, start, count, with_body, permit).await?;
+                let body = body(file, start, count, with_body.then_some(zero_copy), permit).await?;
                 let file = ExportFile { body, content_type };
                 let content_range = format!("bytes {start}-{end}/{len}");
                 Ok(DownloadResponse::Partial(file, count, content_range, disposition, etag, accept))
             }
             // No Range, or one we do not serve (malformed, several ranges): the whole file.
             _ => {
-                let body = body(file, 0, len, with_body, permit).await?;
+                let body = body(file, 0, len, with_body.then_some(zero_copy), permit).await?;
                 Ok(DownloadResponse::Ok(ExportFile { body, content_type }, len, disposition, etag, accept))
             }
         }
@@ -289,22 +291,30 @@ impl DownloadApi {
     }
 }
 
-/// `count` bytes of the file from `start`, read in pieces as the client takes them; the
-/// download's permit is held until the last piece is sent or the body is dropped.
+/// `count` bytes of the file from `start` (`send`: None for no body at all), sent from the page
+/// cache without copying when the file is local and the connection can (`send` holds its
+/// [`ZeroCopy`]), else read in pieces as the client takes them; the download's permit is held
+/// until the last byte is sent or the body is dropped.
 async fn body(
     file: Box<dyn StoredFile>,
     start: u64,
     count: u64,
-    with_body: bool,
+    send: Option<Option<&ZeroCopy>>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Body, Error> {
     use futures::StreamExt as _;
-    if !with_body {
-        return Ok(Body::empty());
+    let Some(zero_copy) = send else { return Ok(Body::empty()) };
+    if let Some(zero_copy) = zero_copy
+        && let Some(spans) = file.spans(start, count)
+    {
+        return Ok(zero_copy.body(spans, permit));
     }
     let pieces = file.read(start, count).await?;
     Ok(Body::from_bytes_stream(pieces.map(move |piece| {
         let _held = &permit;
+        if let Ok(bytes) = &piece {
+            crate::telemetry::metrics::download_bytes("read", bytes.len());
+        }
         piece
     })))
 }

@@ -71,7 +71,7 @@ impl LinkApi {
     ) -> Result<DownloadResponse, LinkErrors> {
         let record = self.check(id.0, expires.0, kid.0, sig.0).await?;
         let files = DownloadApi { state: self.state.clone() };
-        Ok(files.respond(record, range.0, if_none_match.0, if_range.0, req.header("accept"), true).await?)
+        Ok(files.respond(req, record, range.0, if_none_match.0, if_range.0, true).await?)
     }
 
     /// File headers through a signed link
@@ -92,7 +92,7 @@ impl LinkApi {
     ) -> Result<HeadResponse, LinkErrors<false>> {
         let record = self.check(id.0, expires.0, kid.0, sig.0).await?;
         let files = DownloadApi { state: self.state.clone() };
-        let answer = files.respond(record, range.0, if_none_match.0, if_range.0, req.header("accept"), false).await?;
+        let answer = files.respond(req, record, range.0, if_none_match.0, if_range.0, false).await?;
         Ok(HeadResponse(answer))
     }
 }

@@ -12,7 +12,9 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use super::{Durable, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile};
+use super::{
+    Durable, FileSpan, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile,
+};
 
 /// A storage directory.
 #[derive(Debug, Clone)]
@@ -47,7 +49,7 @@ impl RunWriter for LocalRunFile {
 
 /// A finished file, open (so it reads to its end even if deleted meanwhile).
 struct LocalStoredFile {
-    file: File,
+    file: std::sync::Arc<std::fs::File>,
     size: u64,
 }
 
@@ -58,11 +60,16 @@ impl StoredFile for LocalStoredFile {
     }
 
     async fn read(self: Box<Self>, start: u64, count: u64) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
-        let mut file = self.file;
+        let file = std::sync::Arc::try_unwrap(self.file).or_else(|shared| shared.try_clone())?;
+        let mut file = File::from_std(file);
         if start > 0 {
             file.seek(io::SeekFrom::Start(start)).await?;
         }
         Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(count), READ_BYTES)))
+    }
+
+    fn spans(&self, start: u64, count: u64) -> Option<Vec<FileSpan>> {
+        Some(vec![FileSpan { file: self.file.clone(), offset: start, len: count }])
     }
 }
 
@@ -211,9 +218,9 @@ impl Storage for LocalDir {
     }
 
     async fn open(&self, name: &str) -> io::Result<Box<dyn StoredFile>> {
-        let file = File::open(self.path(name)).await?;
-        let size = file.metadata().await?.len();
-        Ok(Box::new(LocalStoredFile { file, size }))
+        let file = File::open(self.path(name)).await?.into_std().await;
+        let size = file.metadata()?.len();
+        Ok(Box::new(LocalStoredFile { file: std::sync::Arc::new(file), size }))
     }
 
     async fn remove_other_runs(&self, export_id: Uuid, keep: &[&str]) {

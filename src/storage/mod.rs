@@ -196,6 +196,22 @@ pub trait StoredFile: Send {
     fn size(&self) -> u64;
     /// `count` bytes from `start`, read as the consumer takes them.
     async fn read(self: Box<Self>, start: u64, count: u64) -> io::Result<BoxStream<'static, io::Result<Bytes>>>;
+    /// `count` bytes from `start` as spans of open local files, for a zero-copy send; None when
+    /// the file is not held in local files (object storage).
+    fn spans(&self, _start: u64, _count: u64) -> Option<Vec<FileSpan>> {
+        None
+    }
+}
+
+/// A byte range of an open local file (kept open while the span is held).
+#[derive(Debug, Clone)]
+pub struct FileSpan {
+    /// The file.
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Where the span starts in it.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
 }
 
 /// Why a run's file could not be prepared.
@@ -253,5 +269,18 @@ impl StoredFile for Sequence {
             at += bytes;
         }
         Ok(futures::stream::iter(parts).flatten().boxed())
+    }
+
+    fn spans(&self, start: u64, count: u64) -> Option<Vec<FileSpan>> {
+        let (end, mut at) = (start + count, 0u64);
+        let mut spans = Vec::new();
+        for (file, bytes) in &self.0 {
+            let (from, to) = (start.max(at), end.min(at + bytes));
+            if from < to {
+                spans.extend(file.spans(from - at, to - from)?);
+            }
+            at += bytes;
+        }
+        Some(spans)
     }
 }

@@ -49,6 +49,15 @@ pub const HTTP_REQUESTS: &str = "exportd_http_requests_total";
 /// Time to answer an HTTP request (until the response head; a download's body streams after).
 pub const HTTP_DURATION: &str = "exportd_http_request_duration_seconds";
 
+/// Bytes of downloads sent, by path: `sendfile` (zero-copy, from the page cache to the
+/// socket) or `read` (read into this process and written, as from object storage).
+pub const DOWNLOAD_BYTES: &str = "exportd_download_bytes_total";
+
+/// Counts `bytes` of a download sent by `path` (`sendfile` or `read`).
+pub fn download_bytes(path: &'static str, bytes: usize) {
+    counter!(DOWNLOAD_BYTES, "path" => path).increment(bytes as u64);
+}
+
 /// Buckets of the latency histograms: 1 ms to 60 s.
 const SECONDS_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -106,6 +115,11 @@ fn spawn_upkeep(shutdown: crate::shutdown::Shutdown) {
 fn describe() {
     describe_counter!(ROWS_WRITTEN, "Rows written to export files (checkpointed), by dataset.");
     describe_counter!(BYTES_WRITTEN, Unit::Bytes, "Bytes written to export files (checkpointed), by dataset.");
+    describe_counter!(
+        DOWNLOAD_BYTES,
+        Unit::Bytes,
+        "Bytes of downloads sent, by path: sendfile (zero-copy) or read (through this process)."
+    );
     describe_histogram!(CHUNK_READ, Unit::Seconds, "Time to read one chunk of rows from PostgreSQL.");
     describe_histogram!(CHECKPOINT, Unit::Seconds, "Time to save one fenced checkpoint.");
     describe_counter!(EXPORTS_CREATED, "Exports created through the API, by dataset.");

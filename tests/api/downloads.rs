@@ -123,3 +123,43 @@ async fn a_download_under_way_when_its_file_is_deleted_completes() {
     }
     assert_same_bytes(&body, &reference);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_sent_with_sendfile_and_are_the_files_bytes() {
+    use crate::support::process::{Exportd, exportd_env, free_port};
+    // The real binary, so its /metrics count only this test's downloads.
+    let db = test_db().await;
+    seed_nasty(&db.pool, 20_000).await;
+    let reference = copy_reference(&db.pool).await;
+    let storage = tempfile::tempdir().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let env = exportd_env(&db.url, storage.path(), &[("RUST_LOG", "warn"), ("EXPORTD_METRICS_LISTEN", &metrics_addr)]);
+    let mut p = Exportd::serve(env).await;
+    let api = p.api();
+    // Two ranges: the file is two pieces, sent one after the other.
+    let id = api.create_export(Some(serde_json::json!({"chunkSize": 1000, "parallelism": 2}))).await;
+    api.wait_finished(id, Duration::from_secs(60)).await;
+
+    // One client: its connection is kept alive across the downloads and the requests after them.
+    let url = api.url(&format!("/api/export/{id}/download"));
+    let full = api.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_same_bytes(&full, &reference);
+    let len = reference.len();
+    // A range from inside the first piece to the end of the second.
+    let tail = api.client.get(&url).header("range", "bytes=1000-").send().await.unwrap();
+    assert_eq!(tail.status(), 206);
+    assert_same_bytes(&tail.bytes().await.unwrap(), &reference[1000..]);
+    let middle = api.client.get(&url).header("range", format!("bytes=17-{}", len / 2)).send().await.unwrap();
+    assert_same_bytes(&middle.bytes().await.unwrap(), &reference[17..=len / 2]);
+    // A request after the downloads on the same connection is answered as usual.
+    assert_eq!(api.status(id).await["status"], "completed");
+    let head = api.client.head(&url).send().await.unwrap();
+    assert_eq!(head.headers()["content-length"].to_str().unwrap(), len.to_string());
+
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    let sample = |name| crate::operability::metric(&metrics, name);
+    let sent = (len + (len - 1000) + (len / 2 - 16)) as f64;
+    assert_eq!(sample("exportd_download_bytes_total{path=\"sendfile\"}"), Some(sent), "{metrics}");
+    assert_eq!(sample("exportd_download_bytes_total{path=\"read\"}"), None, "nothing read through user space");
+    p.terminate();
+}

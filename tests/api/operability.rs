@@ -18,7 +18,7 @@ use crate::{
 
 /// The value of a sample (`name` with its labels exactly as rendered, e.g.
 /// `exportd_exports{status="running",dataset="orders"}`), None when absent.
-fn metric(text: &str, sample: &str) -> Option<f64> {
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
