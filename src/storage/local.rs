@@ -1,5 +1,6 @@
-//! The local directory backend: one file per run under `<root>/<export>/`, appends synced
-//! with `fdatasync`, prefix copies with `copy_file_range`, downloads streamed from an open file.
+//! The local directory backend: one file per run under `<root>/<export>/`, appended past the
+//! page cache ([`super::direct`]) and synced with `fdatasync`, prefix copies with
+//! `copy_file_range`, downloads sent from an open file.
 
 use std::{io, path::PathBuf, time::SystemTime};
 
@@ -8,12 +9,13 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::{
     fs::{self, File, OpenOptions},
-    io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncSeekExt},
 };
 use uuid::Uuid;
 
 use super::{
-    Durable, FileSpan, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile,
+    FileSpan, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile,
+    direct::Appender,
 };
 
 /// A storage directory.
@@ -27,24 +29,11 @@ const COPY_SLICE: u64 = 8 * 1024 * 1024;
 /// Read size when streaming a file: large enough for loopback speeds, small enough for flat memory.
 const READ_BYTES: usize = 256 * 1024;
 
-/// A run's file on disk.
-struct LocalRunFile(File);
-
-#[async_trait]
-impl RunWriter for LocalRunFile {
-    async fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes).await
-    }
-
-    async fn sync(&mut self) -> io::Result<Option<Durable>> {
-        self.finish().await.map(Some)
-    }
-
-    async fn finish(&mut self) -> io::Result<Durable> {
-        self.0.flush().await?;
-        self.0.sync_data().await?;
-        Ok(Durable::default())
-    }
+/// A run's file on disk, appended to from byte `at` (past the page cache where the filesystem
+/// allows).
+async fn run_writer(file: std::fs::File, at: u64) -> io::Result<Box<dyn RunWriter>> {
+    let appender = tokio::task::spawn_blocking(move || Appender::open(file, at)).await.map_err(io::Error::other)??;
+    Ok(Box::new(appender))
 }
 
 /// A finished file, open (so it reads to its end even if deleted meanwhile).
@@ -115,9 +104,8 @@ impl PrefixCopy for LocalPrefixCopy {
     async fn finish(mut self: Box<Self>) -> Result<RunFile, PrepareError> {
         let dst = self.dst.take().expect("the copy owns its file until finished");
         dst.sync_data()?;
-        let mut file = File::from_std(dst);
-        file.seek(io::SeekFrom::Start(self.bytes)).await?;
-        Ok(RunFile { out: Box::new(LocalRunFile(file)), name: std::mem::take(&mut self.name), state: None })
+        let out = run_writer(dst, self.bytes).await?;
+        Ok(RunFile { out, name: std::mem::take(&mut self.name), state: None })
     }
 
     async fn abandon(mut self: Box<Self>) {
@@ -151,7 +139,7 @@ impl LocalDir {
         let dir = self.root.join(run.export_id.to_string());
         fs::create_dir_all(&dir).await?;
         let name = run.file_name();
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(self.path(&name)).await?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(self.path(&name)).await?;
         // Make the new directory entry durable too.
         File::open(dir).await?.sync_all().await?;
         Ok((file, name))
@@ -190,12 +178,11 @@ impl Storage for LocalDir {
             return Err(lost());
         }
         if adopt {
-            let mut file = OpenOptions::new().write(true).open(&old_path).await?;
+            let file = OpenOptions::new().read(true).write(true).open(&old_path).await?;
             file.set_len(bytes).await?; // drop a torn or uncheckpointed tail
             file.sync_data().await?;
-            file.seek(io::SeekFrom::Start(bytes)).await?;
             return Ok(Prepared::Ready(RunFile {
-                out: Box::new(LocalRunFile(file)),
+                out: run_writer(file.into_std().await, bytes).await?,
                 name: previous.to_owned(),
                 state: None,
             }));
@@ -214,7 +201,7 @@ impl Storage for LocalDir {
 
     async fn create_run(&self, run: RunId<'_>) -> io::Result<RunFile> {
         let (file, name) = self.create_file(run).await?;
-        Ok(RunFile { out: Box::new(LocalRunFile(file)), name, state: None })
+        Ok(RunFile { out: run_writer(file.into_std().await, 0).await?, name, state: None })
     }
 
     async fn open(&self, name: &str) -> io::Result<Box<dyn StoredFile>> {

@@ -19,6 +19,7 @@
 //! backend ([`ObjectStorage`]) maps a run file to a multipart upload (append = buffer, sync =
 //! upload a part) and a prefix copy to server-side part copies.
 
+mod direct;
 mod local;
 mod s3;
 
