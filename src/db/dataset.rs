@@ -147,9 +147,13 @@ pub fn filter_values(spec: &ExportSpec) -> Vec<&str> {
 /// values in parameter order), so the chunk queries can read them with `current_setting`.
 /// One target whatever the number of values (a target per value hit PostgreSQL's limit of
 /// 1664 entries in a select list, and failed every run of an export with many values).
+/// Returns the connection's two ends as the server sees them (`client_addr`, `client_port`,
+/// `server_addr`, `server_port`; null over a Unix socket).
 pub fn session_setup() -> &'static str {
-    "select set_config('TimeZone', $1, false), \
-     (select count(set_config('exportd.p' || n, v, false)) from unnest($2::text[]) with ordinality as u(v, n))"
+    "select set_config('TimeZone', $1, false) as time_zone, \
+     (select count(set_config('exportd.p' || n, v, false)) from unnest($2::text[]) with ordinality as u(v, n)) \
+     as filter_values, host(inet_client_addr()) as client_addr, inet_client_port() as client_port, \
+     host(inet_server_addr()) as server_addr, inet_server_port() as server_port"
 }
 
 /// Whether the server has replayed WAL past `$1` (a `pg_lsn` as text): a standby's replay

@@ -15,6 +15,7 @@ pub mod csv;
 pub mod engine;
 pub mod fault;
 pub mod jsonl;
+mod low_water;
 mod output;
 pub mod parquet;
 pub mod queue;

@@ -70,7 +70,7 @@ impl Engine {
             return Ok(Some(saved));
         }
         let spec = export.spec.get()?;
-        let mut conn = reading_session(self, spec, export.created_lsn.as_deref()).await?;
+        let (mut conn, _) = reading_session(self, spec, export.created_lsn.as_deref()).await?;
         let wait = self.settings.db_statement_wait;
         let uppers = db::within(wait, "splitting the export into key ranges", async {
             db::ranges::split_points(&mut conn, ds, spec, upper, n).await

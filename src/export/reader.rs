@@ -17,6 +17,7 @@ use crate::{
         csv::{self, RowShaper},
         engine::{Engine, Outcome},
         jsonl::JsonLines,
+        low_water::{self, Ends, LowWater},
         parquet::{self, EncodedRowGroup, Layout, RowGroup},
     },
     model::{
@@ -125,23 +126,25 @@ impl Engine {
 /// A connection for reading an export's rows (closed, never pooled, once dropped), its session
 /// set up: the time zone and the filter values bound once, and on a read replica, WAL replayed
 /// up to the export's creation (`created_lsn`).
+/// Returns the connection and its two ends (to find its socket: see [`LowWater`]).
 pub(super) async fn reading_session(
     engine: &Engine,
     spec: &ExportSpec,
     created_lsn: Option<&str>,
-) -> anyhow::Result<PoolConnection<Postgres>> {
+) -> anyhow::Result<(PoolConnection<Postgres>, Ends)> {
     let mut conn = db::acquire(&engine.reads).await?;
     conn.close_on_drop();
     let values: Vec<&str> = db::dataset::filter_values(spec);
-    let setup = sqlx::query(db::dataset::session_setup()).bind(&spec.format.time_zone).bind(values);
+    let setup = sqlx::query_as::<_, Ends>(db::dataset::session_setup()).bind(&spec.format.time_zone).bind(values);
     let wait = engine.settings.db_statement_wait;
-    db::within(wait, "setting up the run's session", async { Ok(setup.execute(&mut *conn).await?) }).await?;
+    let ends =
+        db::within(wait, "setting up the run's session", async { Ok(setup.fetch_one(&mut *conn).await?) }).await?;
     if engine.replica
         && let Some(lsn) = created_lsn
     {
         wait_for_replay(&mut conn, lsn, engine.settings.db_io_timeout).await?;
     }
-    Ok(conn)
+    Ok((conn, ends))
 }
 
 /// Waits until the read replica on `conn` has replayed the primary's WAL up to `lsn` (the
@@ -186,6 +189,8 @@ struct ChunkReader<'a> {
     limit: i64,
     /// The header line is still to be written (asked of the next COPY).
     header: bool,
+    /// The connection's socket, to wake the reader less often (None: not found).
+    low_water: Option<LowWater>,
     /// The piece being filled (a pooled buffer).
     buf: Vec<u8>,
     tx: mpsc::Sender<Piece>,
@@ -227,7 +232,8 @@ impl<'a> ChunkReader<'a> {
             Some(r) => spec.chunk_size.min(r),
             None => spec.chunk_size,
         });
-        let conn = reading_session(engine, spec, created_lsn).await?;
+        let (conn, ends) = reading_session(engine, spec, created_lsn).await?;
+        let low_water = LowWater::find(&ends);
         let mut buf = engine.buffers.take();
         if head && csv && format.bom {
             buf.extend_from_slice(b"\xEF\xBB\xBF");
@@ -247,6 +253,7 @@ impl<'a> ChunkReader<'a> {
             delimiter,
             limit,
             header: head && csv && format.header,
+            low_water,
             buf,
             tx,
             t_start: Duration::ZERO,
@@ -280,7 +287,20 @@ impl<'a> ChunkReader<'a> {
         // ones `db_io_timeout` each. A connection that goes silent (half-open, a stuck proxy,
         // a frozen server) fails the run, and the run's connection is closed, never pooled.
         let mut silence = Silence::new(first_wait, next_wait);
-        while let Some(message) = silence.next(&mut stream).await? {
+        // The chunk's bytes so far: with its rows, an estimate of what is still to come.
+        let mut bytes = 0usize;
+        while let Some(message) = silence.next(&mut stream, self.low_water.as_mut()).await? {
+            bytes += message.len();
+            if let Some(low) = self.low_water.as_mut() {
+                // Rows flow: raise the mark, and lower it once the rows the chunk may still hold
+                // fit under it (estimated at this chunk's mean row so far).
+                let left = (self.limit as usize).saturating_sub(count as usize + 1);
+                if left.saturating_mul(bytes / (count as usize + 1)) < low_water::MARK {
+                    low.lower();
+                } else {
+                    low.raise();
+                }
+            }
             // Rows usually come out of sqlx's buffer without touching the socket, so this
             // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
             // in whenever the task's cooperative budget runs out.
@@ -329,6 +349,9 @@ impl<'a> ChunkReader<'a> {
             }
         }
         drop(stream);
+        if let Some(low) = self.low_water.as_mut() {
+            low.lower(); // the next chunk's first bytes are few (its CopyOutResponse)
+        }
         self.t_stream += streaming.elapsed();
         // The read alone: time spent waiting for the writer (backpressure) is not PostgreSQL's.
         let read = t.elapsed().saturating_sub(self.t_send - sent_before);
@@ -366,7 +389,7 @@ impl<'a> ChunkReader<'a> {
             let conn = &mut self.conn;
             let mut stream = db::within(wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
             let mut silence = Silence::new(wait, wait);
-            while let Some(message) = silence.next(&mut stream).await? {
+            while let Some(message) = silence.next(&mut stream, None).await? {
                 self.shaper.shape(&message, true, &mut self.buf);
             }
         }
@@ -413,35 +436,53 @@ fn writer_gone() -> anyhow::Error {
 
 /// A deadline on a COPY stream's silence that costs nothing while rows come out of the
 /// connection's buffer (most of them): the timer is armed only when the stream has to wait
-/// for the socket, once per wait, to `first` for the first message and `next` after it.
+/// for the socket, once per wait, to `first` for the first message and `next` after it. A wait
+/// with the socket's low-water mark up lowers it after [`low_water::LOWER_AFTER`].
 pub(super) struct Silence {
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
     limit: Duration,
     next: Duration,
+    lower: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Silence {
     fn new(first: Duration, next: Duration) -> Self {
-        Self { sleep: Box::pin(tokio::time::sleep(first)), limit: first, next }
+        let lower = Box::pin(tokio::time::sleep(low_water::LOWER_AFTER));
+        Self { sleep: Box::pin(tokio::time::sleep(first)), limit: first, next, lower }
     }
 
     /// The next message, or an error when the stream stays silent for the limit.
-    async fn next<S>(&mut self, stream: &mut S) -> anyhow::Result<Option<bytes::Bytes>>
+    async fn next<S>(&mut self, stream: &mut S, mut low: Option<&mut LowWater>) -> anyhow::Result<Option<bytes::Bytes>>
     where
         S: futures::Stream<Item = Result<bytes::Bytes, sqlx::Error>> + Unpin,
     {
         use futures::StreamExt;
         use std::{future::Future, task::Poll};
         let mut waiting = false;
-        let item = std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
-            Poll::Ready(item) => Poll::Ready(Some(item)),
-            Poll::Pending => {
-                if !std::mem::replace(&mut waiting, true) {
-                    self.sleep.as_mut().reset(Instant::now() + self.limit);
-                }
-                match self.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
+        let item = std::future::poll_fn(|cx| {
+            loop {
+                match stream.poll_next_unpin(cx) {
+                    Poll::Ready(item) => return Poll::Ready(Some(item)),
+                    Poll::Pending => {
+                        if !std::mem::replace(&mut waiting, true) {
+                            metrics::counter!(telemetry::metrics::COPY_WAITS).increment(1);
+                            let now = Instant::now();
+                            self.sleep.as_mut().reset(now + self.limit);
+                            self.lower.as_mut().reset(now + low_water::LOWER_AFTER);
+                        }
+                        // Bytes below the mark may be all there is: lower it (which wakes the
+                        // stream if any are there) and poll again.
+                        if let Some(low) = low.as_deref_mut().filter(|l| l.is_raised())
+                            && self.lower.as_mut().poll(cx).is_ready()
+                        {
+                            low.lower();
+                            continue;
+                        }
+                        return match self.sleep.as_mut().poll(cx) {
+                            Poll::Ready(()) => Poll::Ready(None),
+                            Poll::Pending => Poll::Pending,
+                        };
+                    }
                 }
             }
         })

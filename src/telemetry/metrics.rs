@@ -18,6 +18,9 @@ pub const ROWS_WRITTEN: &str = "exportd_rows_written_total";
 pub const BYTES_WRITTEN: &str = "exportd_bytes_written_total";
 /// Time to read one chunk from PostgreSQL (its COPY, first byte to last).
 pub const CHUNK_READ: &str = "exportd_chunk_read_seconds";
+/// Times a chunk reader waited on its connection's socket for more of a COPY (about once per
+/// 128 KiB with the socket's low-water mark; once per 8 KiB the server writes without it).
+pub const COPY_WAITS: &str = "exportd_copy_socket_waits_total";
 /// Time to save one checkpoint (the fenced update).
 pub const CHECKPOINT: &str = "exportd_checkpoint_seconds";
 /// Exports created through the API, by dataset.
@@ -115,6 +118,7 @@ fn spawn_upkeep(shutdown: crate::shutdown::Shutdown) {
 fn describe() {
     describe_counter!(ROWS_WRITTEN, "Rows written to export files (checkpointed), by dataset.");
     describe_counter!(BYTES_WRITTEN, Unit::Bytes, "Bytes written to export files (checkpointed), by dataset.");
+    describe_counter!(COPY_WAITS, "Times a chunk reader waited on its connection's socket for more of a COPY.");
     describe_counter!(
         DOWNLOAD_BYTES,
         Unit::Bytes,

@@ -65,3 +65,31 @@ async fn rows_inserted_during_an_export_stop_at_the_high_water_mark() {
     assert_eq!(s["upperBoundId"], 9_000_009);
     assert_same_bytes(&app.download(id).await, &reference);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_reader_is_woken_once_per_128_kib_not_per_server_write_and_gets_every_byte() {
+    use crate::support::process::{Exportd, exportd_env, free_port};
+    // The real binary, so its /metrics count only this test's reads. PostgreSQL writes a
+    // COPY 8 KiB at a time; a reader faster than the server waited once per write before the
+    // socket's low-water mark. Each chunk's last bytes (fewer than the mark) and the last,
+    // short chunk still arrive: the mark is lowered as a chunk ends and after a moment's silence.
+    let db = test_db().await;
+    seed_nasty(&db.pool, 30_001).await;
+    let reference = copy_reference(&db.pool).await;
+    let storage = tempfile::tempdir().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let env = exportd_env(&db.url, storage.path(), &[("RUST_LOG", "warn"), ("EXPORTD_METRICS_LISTEN", &metrics_addr)]);
+    let mut p = Exportd::serve(env).await;
+    let api = p.api();
+    let id = api.create_export(Some(json!({"chunkSize": 7_000}))).await;
+    let s = api.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_same_bytes(&api.download(id).await, &reference);
+
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    let waits = crate::operability::metric(&metrics, "exportd_copy_socket_waits_total").unwrap();
+    let per_wait = reference.len() as f64 / waits;
+    println!("{waits} waits for {} bytes", reference.len());
+    assert!(per_wait > 32.0 * 1024.0, "{waits} waits for {} bytes: {per_wait:.0} bytes per wait", reference.len());
+    p.terminate();
+}
