@@ -126,15 +126,13 @@ async fn a_download_under_way_when_its_file_is_deleted_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_are_sent_with_sendfile_and_are_the_files_bytes() {
-    use crate::support::process::{Exportd, exportd_env, free_port};
+    use crate::support::process::{Exportd, scrape_metrics};
     // The real binary, so its /metrics count only this test's downloads.
     let db = test_db().await;
     seed_nasty(&db.pool, 20_000).await;
     let reference = copy_reference(&db.pool).await;
     let storage = tempfile::tempdir().unwrap();
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let env = exportd_env(&db.url, storage.path(), &[("RUST_LOG", "warn"), ("EXPORTD_METRICS_LISTEN", &metrics_addr)]);
-    let mut p = Exportd::serve(env).await;
+    let (mut p, metrics_addr) = Exportd::serve_measured(&db.url, storage.path()).await;
     let api = p.api();
     // Two ranges: the file is two pieces, sent one after the other.
     let id = api.create_export(Some(serde_json::json!({"chunkSize": 1000, "parallelism": 2}))).await;
@@ -156,7 +154,7 @@ async fn downloads_are_sent_with_sendfile_and_are_the_files_bytes() {
     let head = api.client.head(&url).send().await.unwrap();
     assert_eq!(head.headers()["content-length"].to_str().unwrap(), len.to_string());
 
-    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = scrape_metrics(&metrics_addr).await;
     let sample = |name| crate::operability::metric(&metrics, name);
     let sent = (len + (len - 1000) + (len / 2 - 16)) as f64;
     assert_eq!(sample("exportd_download_bytes_total{path=\"sendfile\"}"), Some(sent), "{metrics}");

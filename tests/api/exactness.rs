@@ -68,7 +68,7 @@ async fn rows_inserted_during_an_export_stop_at_the_high_water_mark() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_reader_is_woken_once_per_128_kib_not_per_server_write_and_gets_every_byte() {
-    use crate::support::process::{Exportd, exportd_env, free_port};
+    use crate::support::process::{Exportd, scrape_metrics};
     // The real binary, so its /metrics count only this test's reads. PostgreSQL writes a
     // COPY 8 KiB at a time; a reader faster than the server waited once per write before the
     // socket's low-water mark. Each chunk's last bytes (fewer than the mark) and the last,
@@ -77,16 +77,14 @@ async fn a_chunk_reader_is_woken_once_per_128_kib_not_per_server_write_and_gets_
     seed_nasty(&db.pool, 30_001).await;
     let reference = copy_reference(&db.pool).await;
     let storage = tempfile::tempdir().unwrap();
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let env = exportd_env(&db.url, storage.path(), &[("RUST_LOG", "warn"), ("EXPORTD_METRICS_LISTEN", &metrics_addr)]);
-    let mut p = Exportd::serve(env).await;
+    let (mut p, metrics_addr) = Exportd::serve_measured(&db.url, storage.path()).await;
     let api = p.api();
     let id = api.create_export(Some(json!({"chunkSize": 7_000}))).await;
     let s = api.wait_finished(id, Duration::from_secs(60)).await;
     assert_eq!(s["status"], "completed", "{s}");
     assert_same_bytes(&api.download(id).await, &reference);
 
-    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = scrape_metrics(&metrics_addr).await;
     let waits = crate::operability::metric(&metrics, "exportd_copy_socket_waits_total").unwrap();
     let per_wait = reference.len() as f64 / waits;
     println!("{waits} waits for {} bytes", reference.len());

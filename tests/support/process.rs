@@ -28,6 +28,11 @@ pub fn exportd_env(db_url: &str, storage: &Path, extra: &[(&str, &str)]) -> Vec<
     base.into_iter().chain(extra.iter().map(|(k, v)| (*k, (*v).to_owned()))).map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
+/// The Prometheus text a process's metrics listener at `addr` serves.
+pub async fn scrape_metrics(addr: &str) -> String {
+    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+}
+
 /// A free TCP port on the loopback interface.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -49,6 +54,14 @@ impl Exportd {
     /// `exportd serve` on a free port, once `/healthz` answers.
     pub async fn serve(env: Vec<(String, String)>) -> Self {
         Self::http("serve", env, None).await
+    }
+
+    /// `exportd serve` on `db_url`, writing to `storage`, with its own `/metrics` listener (so
+    /// what it counts is this test's alone); returns it and the listener's address.
+    pub async fn serve_measured(db_url: &str, storage: &Path) -> (Self, String) {
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let env = exportd_env(db_url, storage, &[("RUST_LOG", "warn"), ("EXPORTD_METRICS_LISTEN", &metrics_addr)]);
+        (Self::serve(env).await, metrics_addr)
     }
 
     /// `exportd api` (HTTP only) on a free port, its logs appended to `log`.
