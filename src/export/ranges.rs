@@ -214,7 +214,9 @@ impl Engine {
     }
 
     /// Every range is done: completes the export (fenced) with its pieces as its file, in key
-    /// order: nothing is copied; downloads serve them one after the other as one file.
+    /// order. Where the storage joins them without reading them back (object storage, copying
+    /// server-side), the file is the one object they make (so it can be redirected to);
+    /// otherwise nothing is copied and downloads serve the pieces one after the other.
     async fn complete_pieces(
         &self,
         export: &ExportRecord,
@@ -226,12 +228,22 @@ impl Engine {
             .iter()
             .map(|r| PieceFile { name: r.file_name.clone().unwrap_or_default(), bytes: r.bytes_written as u64 })
             .collect();
+        let spec = export.spec.get()?;
+        let joined = RunId { export_id: export.id, token, extension: spec.extension(), piece: None }.file_name();
+        let (file_name, file_state) = match self.storage.join(&joined, &pieces).await {
+            Ok(true) => (joined, None),
+            Ok(false) => (pieces[0].name.clone(), Some(serde_json::json!({ "pieces": pieces }))),
+            Err(e) => {
+                tracing::warn!(export_id = %export.id, error = %e, "could not join the pieces; serving them in turn");
+                (pieces[0].name.clone(), Some(serde_json::json!({ "pieces": pieces })))
+            }
+        };
         let cp = Checkpoint {
             last: ranges.last().and_then(|r| r.last_processed_key.clone()),
             rows: ranges.iter().map(|r| r.rows_written).sum(),
             bytes: ranges.iter().map(|r| r.bytes_written).sum(),
-            file_name: pieces[0].name.clone(),
-            file_state: Some(serde_json::json!({ "pieces": pieces })),
+            file_name,
+            file_state,
         };
         if !engine_db!(self, "completing the export", |c| {
             db::runs::complete_export(c, fence, &cp, self.settings.retention)
@@ -241,7 +253,10 @@ impl Engine {
             metrics::fenced_refused("complete");
             return Ok(Outcome::Lost);
         }
-        let keep: Vec<&str> = pieces.iter().map(|p| p.name.as_str()).collect();
+        let keep: Vec<&str> = match cp.file_state {
+            None => vec![cp.file_name.as_str()],
+            Some(_) => pieces.iter().map(|p| p.name.as_str()).collect(),
+        };
         self.storage.remove_other_runs(export.id, &keep).await;
         Ok(Outcome::Completed)
     }

@@ -74,6 +74,13 @@ pub trait Storage: fmt::Debug + Send + Sync {
         Ok(None)
     }
 
+    /// Joins `pieces` (in order, each up to its checkpointed bytes) into one stored file `name`,
+    /// without their bytes passing through this process, when the backend can (object storage:
+    /// `UploadPartCopy`, server-side); false when it cannot, and the pieces stay the file.
+    async fn join(&self, _name: &str, _pieces: &[PieceFile]) -> io::Result<bool> {
+        Ok(false)
+    }
+
     /// Bytes still free for files (None: unknown, or no such limit for this backend).
     fn free_bytes(&self) -> Option<u64>;
 

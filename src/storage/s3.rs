@@ -35,7 +35,9 @@ use serde::{Deserialize, Serialize};
 use std::{io, time::SystemTime};
 use uuid::Uuid;
 
-use super::{Durable, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile};
+use super::{
+    Durable, PieceFile, PrefixCopy, PrepareError, Prepared, Resume, RunFile, RunId, RunWriter, Storage, StoredFile,
+};
 
 /// The smallest part S3 takes (all but the last part of an upload).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -385,6 +387,26 @@ impl RunWriter for S3RunWriter {
     }
 }
 
+/// The most one `UploadPartCopy` copies (S3's limit).
+const MAX_COPY_PART: u64 = 5 * 1024 * 1024 * 1024;
+
+/// The parts joining `pieces` into one object: each piece's checkpointed bytes as one part, or
+/// as equal parts of at most 5 GiB; None when S3 would refuse them (a part before the last
+/// under 5 MiB, an empty piece, more than 10,000 parts).
+fn join_parts(pieces: &[PieceFile]) -> Option<Vec<(usize, (u64, u64))>> {
+    let mut parts = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let last = i + 1 == pieces.len();
+        if piece.bytes == 0 || (!last && piece.bytes < MIN_PART_SIZE) {
+            return None;
+        }
+        let n = piece.bytes.div_ceil(MAX_COPY_PART);
+        let size = piece.bytes.div_ceil(n);
+        parts.extend((0..n).map(|k| (i, (k * size, ((k + 1) * size).min(piece.bytes)))));
+    }
+    (parts.len() <= 10_000).then_some(parts)
+}
+
 /// A finished object, read by ranged GETs pinned to the version opened (`If-Match`).
 struct S3StoredFile {
     store: Arc<AmazonS3>,
@@ -507,6 +529,26 @@ impl Storage for ObjectStorage {
         Ok(Some(url.to_string()))
     }
 
+    async fn join(&self, name: &str, pieces: &[PieceFile]) -> io::Result<bool> {
+        let Some(parts) = join_parts(pieces) else { return Ok(false) };
+        let to = self.path(name);
+        let upload = self.store.create_multipart(&to).await?;
+        let mut ids = Vec::with_capacity(parts.len());
+        for (n, (piece, range)) in parts.into_iter().enumerate() {
+            match self.copy_part(&self.path(&pieces[piece].name), &to, &upload, n + 1, range).await {
+                Ok(etag) => ids.push(PartId { content_id: etag }),
+                Err(e) => {
+                    if let Err(abort) = self.store.abort_multipart(&to, &upload).await {
+                        tracing::warn!(error = %abort, key = %to, "could not abort a failed join");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.store.complete_multipart(&to, &upload, ids).await?;
+        Ok(true)
+    }
+
     async fn remove_other_runs(&self, export_id: Uuid, keep: &[&str]) {
         let keep: Vec<Path> = keep.iter().map(|k| self.path(k)).collect();
         self.abort_uploads(self.export_prefix(export_id).as_ref(), |_| true).await;
@@ -558,5 +600,25 @@ impl Storage for ObjectStorage {
         {
             tracing::warn!(name, error = %e, "could not delete a stray object");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_parts_follow_s3s_limits() {
+        let piece = |bytes| PieceFile { name: String::new(), bytes };
+        let mib = 1024 * 1024;
+        assert_eq!(join_parts(&[piece(6 * mib), piece(1)]), Some(vec![(0, (0, 6 * mib)), (1, (0, 1))]));
+        assert_eq!(join_parts(&[piece(4 * mib), piece(6 * mib)]), None, "a part before the last under 5 MiB");
+        assert_eq!(join_parts(&[piece(6 * mib), piece(0)]), None, "an empty piece");
+        let big = 2 * MAX_COPY_PART + 3;
+        let parts = join_parts(&[piece(big)]).unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.iter().map(|(_, (a, b))| b - a).sum::<u64>(), big);
+        assert!(parts.iter().all(|(_, (a, b))| b - a <= MAX_COPY_PART && b - a >= MIN_PART_SIZE));
+        assert!(parts.windows(2).all(|w| w[0].1.1 == w[1].1.0), "contiguous");
     }
 }

@@ -291,9 +291,9 @@ async fn a_parquet_export_to_object_storage_resumes_after_kill_9_at_its_checkpoi
 
 /// A parallel export to object storage: each key range is an upload of its own, checkpointed a
 /// part at a time; a range that crashes resumes from its own checkpointed parts (the others
-/// from theirs), and the completed export's objects are served one after the other as one file.
+/// from theirs), and the completed export's pieces are joined server-side into one object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parallel_export_to_object_storage_resumes_each_range_and_serves_its_pieces_as_one_file() {
+async fn a_parallel_export_to_object_storage_resumes_each_range_and_joins_its_pieces_into_one_object() {
     let db = test_db().await;
     seed_nasty(&db.pool, 100_000).await; // ~30 MB: three ranges of ~10 MB, two parts each
     let reference = copy_reference(&db.pool).await;
@@ -317,9 +317,38 @@ async fn a_parallel_export_to_object_storage_resumes_each_range_and_serves_its_p
 
     assert_eq!(app.engine.execute(id, "w2").await, Outcome::Completed);
     assert_same_bytes(&app.download(id).await, &reference);
-    let ranges = exportd::db::ranges::ranges(&app.db.pool, id).await.unwrap();
-    let mut pieces: Vec<String> = ranges.iter().map(|r| r.file_name.clone().unwrap()).collect();
-    pieces.sort();
+    // The pieces (each over 5 MiB) were joined server-side into one object (UploadPartCopy):
+    // the file is that object alone, so downloads can be redirected to it.
+    let row = export_row(&app.db.pool, id).await;
+    assert_eq!(row.pieces(), None, "one object, not pieces: {row:?}");
+    let file = row.file_name.clone().unwrap();
     let bucket = garage.storage("parallel", PART);
-    assert_eq!(stored(&bucket, id).await, pieces, "the pieces are the file: nothing else is left");
+    assert_eq!(stored(&bucket, id).await, vec![file.clone()], "the pieces are deleted once joined");
+    let mut object = Vec::new();
+    let mut parts = bucket.open(&file).await.unwrap().read(0, reference.len() as u64).await.unwrap();
+    while let Some(part) = futures::StreamExt::next(&mut parts).await {
+        object.extend_from_slice(&part.unwrap());
+    }
+    assert_same_bytes(&object, &reference);
+}
+
+/// Pieces too small to be parts of one upload (S3 wants 5 MiB before the last) stay the file,
+/// served one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_pieces_under_5_mib_stay_pieces() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 10_000).await; // ~3 MB: two pieces of ~1.5 MB
+    let reference = copy_reference(&db.pool).await;
+    let garage = Garage::start();
+    let opts = AppOptions { workers: 0, object_storage: garage.for_app("small", PART), ..Default::default() };
+    let app = spawn_app(db, opts).await;
+    let id = app.create_export(Some(json!({"parallelism": 2}))).await;
+    assert_eq!(app.engine.execute(id, "w1").await, Outcome::Completed);
+    assert_same_bytes(&app.download(id).await, &reference);
+    let row = export_row(&app.db.pool, id).await;
+    let pieces: Vec<String> = row.pieces().expect("pieces").into_iter().map(|p| p.name).collect();
+    assert_eq!(pieces.len(), 2);
+    let mut sorted = pieces.clone();
+    sorted.sort();
+    assert_eq!(stored(&garage.storage("small", PART), id).await, sorted, "nothing else is left");
 }
