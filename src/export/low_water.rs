@@ -163,3 +163,53 @@ mod sys {
         Err(io::Error::new(io::ErrorKind::Unsupported, "the low-water mark is used on Linux only"))
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The socket's receive low-water mark, as the kernel reports it.
+    fn mark(socket: &std::net::TcpStream) -> usize {
+        use std::os::fd::AsRawFd as _;
+        let (mut value, mut len) = (0 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+        // SAFETY: getsockopt writes at most `len` bytes into `value`.
+        let done = unsafe {
+            libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, (&raw mut value).cast(), &mut len)
+        };
+        assert_eq!(done, 0);
+        value as usize
+    }
+
+    /// Among every descriptor of this process, exactly the socket with the given four-tuple is
+    /// found (IPv4 and IPv6), and a tuple no socket has finds none.
+    #[test]
+    fn finds_exactly_the_socket_of_a_four_tuple() {
+        for host in ["127.0.0.1", "::1"] {
+            let Ok(listener) = std::net::TcpListener::bind((host, 0)) else { continue }; // no IPv6 here
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+            let ends = Ends {
+                client_addr: Some(local.ip().to_string()),
+                client_port: Some(local.port().into()),
+                server_addr: Some(peer.ip().to_string()),
+                server_port: Some(peer.port().into()),
+            };
+            let mut low = LowWater::find(&ends).expect("the client socket");
+            let found = std::net::TcpStream::from(low.socket.try_clone().unwrap());
+            assert_eq!((found.local_addr().unwrap(), found.peer_addr().unwrap()), (local, peer), "{host}");
+            // The accepted end has the same two addresses the other way round: not it.
+            assert_eq!(server.peer_addr().unwrap(), local);
+            low.raise();
+            assert!(low.is_raised());
+            assert_eq!(mark(&found), MARK, "set on the connection's own socket");
+            low.lower();
+            assert!(!low.is_raised());
+            assert_eq!(mark(&found), 1);
+            let elsewhere = Ends { server_port: Some(i32::from(peer.port()) ^ 1), ..ends.clone() };
+            assert!(LowWater::find(&elsewhere).is_none(), "{host}: no socket has that tuple");
+            let unix = Ends { client_addr: None, client_port: None, ..ends };
+            assert!(LowWater::find(&unix).is_none(), "no address: a Unix socket");
+        }
+    }
+}
