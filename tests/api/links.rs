@@ -32,13 +32,22 @@ fn param<'a>(link: &'a str, name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_exports_link_downloads_without_a_key_with_range_and_etag() {
+    use exportd::export::engine::{Faults, Pause, PauseAt};
     let db = test_db().await;
     seed_nasty(&db.pool, 3_000).await;
-    let app = spawn_app(db, AppOptions { retention: Duration::from_secs(600), ..Default::default() }).await;
-    let queued = app.create_export(None).await;
-    let early = app.status(queued).await;
+    // The first run is held before its first chunk, so its export is not completed when asked
+    // (a 3,000-row export otherwise completes before the status request: seen once).
+    let pause = Pause::new();
+    let faults = Faults { pause: Some((PauseAt::FilePrepared, pause.clone())), ..Default::default() };
+    let opts = AppOptions { retention: Duration::from_secs(600), faults: Some(faults), ..Default::default() };
+    let app = spawn_app(db, opts).await;
+    let running = app.create_export(None).await;
+    pause.reached().await;
+    let early = app.status(running).await;
     assert!(early["downloadUrl"].as_str().unwrap().starts_with("/api/export/"), "no link before completion");
     assert!(early["downloadUrlExpiresAt"].is_null());
+    pause.resume();
+    app.wait_finished(running, Duration::from_secs(30)).await;
     let (id, status) = completed(&app).await;
     let link = status["downloadUrl"].as_str().unwrap();
     assert!(link.starts_with(&format!("{}/download/{id}?expires=", app.base)), "absolute: {link}");
