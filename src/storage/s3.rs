@@ -387,6 +387,8 @@ impl RunWriter for S3RunWriter {
     }
 }
 
+/// `UploadPartCopy` requests of one join in flight at once.
+const JOIN_COPIES_AT_ONCE: usize = 8;
 /// The most one `UploadPartCopy` copies (S3's limit).
 const MAX_COPY_PART: u64 = 5 * 1024 * 1024 * 1024;
 
@@ -531,20 +533,28 @@ impl Storage for ObjectStorage {
 
     async fn join(&self, name: &str, pieces: &[PieceFile]) -> io::Result<bool> {
         let Some(parts) = join_parts(pieces) else { return Ok(false) };
+        use futures::{StreamExt as _, TryStreamExt as _};
         let to = self.path(name);
         let upload = self.store.create_multipart(&to).await?;
-        let mut ids = Vec::with_capacity(parts.len());
-        for (n, (piece, range)) in parts.into_iter().enumerate() {
-            match self.copy_part(&self.path(&pieces[piece].name), &to, &upload, n + 1, range).await {
-                Ok(etag) => ids.push(PartId { content_id: etag }),
-                Err(e) => {
-                    if let Err(abort) = self.store.abort_multipart(&to, &upload).await {
-                        tracing::warn!(error = %abort, key = %to, "could not abort a failed join");
-                    }
-                    return Err(e);
+        // The store copies each part at its own pace: several at once, completed in order.
+        let copies = futures::stream::iter(parts.into_iter().enumerate())
+            .map(|(n, (piece, range))| {
+                let (from, to, upload) = (self.path(&pieces[piece].name), &to, &upload);
+                async move { self.copy_part(&from, to, upload, n + 1, range).await }
+            })
+            .buffered(JOIN_COPIES_AT_ONCE)
+            .map_ok(|etag| PartId { content_id: etag })
+            .try_collect::<Vec<_>>()
+            .await;
+        let ids = match copies {
+            Ok(ids) => ids,
+            Err(e) => {
+                if let Err(abort) = self.store.abort_multipart(&to, &upload).await {
+                    tracing::warn!(error = %abort, key = %to, "could not abort a failed join");
                 }
+                return Err(e);
             }
-        }
+        };
         self.store.complete_multipart(&to, &upload, ids).await?;
         Ok(true)
     }
