@@ -244,14 +244,14 @@ impl DownloadApi {
             )),
             Some(Some(Ok((start, end)))) => {
                 let count = end - start + 1;
-                let body = body(file, start, count, with_body.then_some(zero_copy), permit).await?;
+                let body = body(file, start, count, with_body, zero_copy, permit).await?;
                 let file = ExportFile { body, content_type };
                 let content_range = format!("bytes {start}-{end}/{len}");
                 Ok(DownloadResponse::Partial(file, count, content_range, disposition, etag, accept))
             }
             // No Range, or one we do not serve (malformed, several ranges): the whole file.
             _ => {
-                let body = body(file, 0, len, with_body.then_some(zero_copy), permit).await?;
+                let body = body(file, 0, len, with_body, zero_copy, permit).await?;
                 Ok(DownloadResponse::Ok(ExportFile { body, content_type }, len, disposition, etag, accept))
             }
         }
@@ -291,19 +291,21 @@ impl DownloadApi {
     }
 }
 
-/// `count` bytes of the file from `start` (`send`: None for no body at all), sent from the page
-/// cache without copying when the file is local and the connection can (`send` holds its
-/// [`ZeroCopy`]), else read in pieces as the client takes them; the download's permit is held
-/// until the last byte is sent or the body is dropped.
+/// `count` bytes of the file from `start` (none without `with_body`), sent without copying when
+/// the file is local and the connection can (`zero_copy`), else read in pieces as the client
+/// takes them; the download's permit is held until the last byte is sent or the body is dropped.
 async fn body(
     file: Box<dyn StoredFile>,
     start: u64,
     count: u64,
-    send: Option<Option<&ZeroCopy>>,
+    with_body: bool,
+    zero_copy: Option<&ZeroCopy>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Body, Error> {
     use futures::StreamExt as _;
-    let Some(zero_copy) = send else { return Ok(Body::empty()) };
+    if !with_body {
+        return Ok(Body::empty());
+    }
     if let Some(zero_copy) = zero_copy
         && let Some(spans) = file.spans(start, count)
     {

@@ -23,7 +23,7 @@
 use std::{net::IpAddr, os::fd::OwnedFd, time::Duration};
 
 /// The low-water mark while rows flow.
-pub(super) const MARK: usize = 128 * 1024;
+const MARK: usize = 128 * 1024;
 /// How long a wait for the mark lasts before the mark is lowered.
 pub(super) const LOWER_AFTER: Duration = Duration::from_millis(2);
 
@@ -53,6 +53,12 @@ impl LowWater {
             tracing::debug!(?ends, "the reading connection's socket was not found; reads wake on every write");
         }
         found.map(|socket| Self { socket, raised: false })
+    }
+
+    /// A message of a chunk arrived: `rows_left` more rows may follow, of `mean_row` bytes each
+    /// so far. Raises the mark while they fill it, and lowers it once they would not.
+    pub(super) fn follow(&mut self, rows_left: usize, mean_row: usize) {
+        if rows_left.saturating_mul(mean_row) < MARK { self.lower() } else { self.raise() }
     }
 
     /// Raises the mark (rows are flowing).

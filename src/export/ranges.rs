@@ -230,13 +230,13 @@ impl Engine {
             .collect();
         let spec = export.spec.get()?;
         let joined = RunId { export_id: export.id, token, extension: spec.extension(), piece: None }.file_name();
-        let (file_name, file_state) = match self.storage.join(&joined, &pieces).await {
-            Ok(true) => (joined, None),
-            Ok(false) => (pieces[0].name.clone(), Some(serde_json::json!({ "pieces": pieces }))),
-            Err(e) => {
-                tracing::warn!(export_id = %export.id, error = %e, "could not join the pieces; serving them in turn");
-                (pieces[0].name.clone(), Some(serde_json::json!({ "pieces": pieces })))
-            }
+        let joined_up = self.storage.join(&joined, &pieces).await.unwrap_or_else(|e| {
+            tracing::warn!(export_id = %export.id, error = %e, "could not join the pieces; serving them in turn");
+            false
+        });
+        let (file_name, file_state) = match joined_up {
+            true => (joined, None),
+            false => (pieces[0].name.clone(), Some(serde_json::json!({ "pieces": pieces }))),
         };
         let cp = Checkpoint {
             last: ranges.last().and_then(|r| r.last_processed_key.clone()),
@@ -253,9 +253,9 @@ impl Engine {
             metrics::fenced_refused("complete");
             return Ok(Outcome::Lost);
         }
-        let keep: Vec<&str> = match cp.file_state {
-            None => vec![cp.file_name.as_str()],
-            Some(_) => pieces.iter().map(|p| p.name.as_str()).collect(),
+        let keep: Vec<&str> = match joined_up {
+            true => vec![cp.file_name.as_str()],
+            false => pieces.iter().map(|p| p.name.as_str()).collect(),
         };
         self.storage.remove_other_runs(export.id, &keep).await;
         Ok(Outcome::Completed)

@@ -292,14 +292,8 @@ impl<'a> ChunkReader<'a> {
         while let Some(message) = silence.next(&mut stream, self.low_water.as_mut()).await? {
             bytes += message.len();
             if let Some(low) = self.low_water.as_mut() {
-                // Rows flow: raise the mark, and lower it once the rows the chunk may still hold
-                // fit under it (estimated at this chunk's mean row so far).
-                let left = (self.limit as usize).saturating_sub(count as usize + 1);
-                if left.saturating_mul(bytes / (count as usize + 1)) < low_water::MARK {
-                    low.lower();
-                } else {
-                    low.raise();
-                }
+                let seen = count as usize + 1;
+                low.follow((self.limit as usize).saturating_sub(seen), bytes / seen);
             }
             // Rows usually come out of sqlx's buffer without touching the socket, so this
             // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)

@@ -267,28 +267,38 @@ impl StoredFile for Sequence {
 
     async fn read(self: Box<Self>, start: u64, count: u64) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
         use futures::StreamExt as _;
-        let (end, mut at) = (start + count, 0u64);
-        let mut parts = Vec::new();
-        for (file, bytes) in self.0 {
-            let (from, to) = (start.max(at), end.min(at + bytes));
-            if from < to {
-                parts.push(file.read(from - at, to - from).await?);
+        let slices = self.slices(start, count);
+        let mut parts = Vec::with_capacity(slices.len());
+        for ((file, _), (from, len)) in self.0.into_iter().zip(slices) {
+            if len > 0 {
+                parts.push(file.read(from, len).await?);
             }
-            at += bytes;
         }
         Ok(futures::stream::iter(parts).flatten().boxed())
     }
 
     fn spans(&self, start: u64, count: u64) -> Option<Vec<FileSpan>> {
-        let (end, mut at) = (start + count, 0u64);
         let mut spans = Vec::new();
-        for (file, bytes) in &self.0 {
-            let (from, to) = (start.max(at), end.min(at + bytes));
-            if from < to {
-                spans.extend(file.spans(from - at, to - from)?);
+        for ((file, _), (from, len)) in self.0.iter().zip(self.slices(start, count)) {
+            if len > 0 {
+                spans.extend(file.spans(from, len)?);
             }
-            at += bytes;
         }
         Some(spans)
+    }
+}
+
+impl Sequence {
+    /// For each piece, where its part of the bytes `start..start + count` of the whole begins
+    /// in it and how long it is (0: none of them).
+    fn slices(&self, start: u64, count: u64) -> Vec<(u64, u64)> {
+        let (end, mut at) = (start + count, 0u64);
+        let mut slices = Vec::with_capacity(self.0.len());
+        for (_, bytes) in &self.0 {
+            let (from, to) = (start.max(at), end.min(at + bytes));
+            slices.push(if from < to { (from - at, to - from) } else { (0, 0) });
+            at += bytes;
+        }
+        slices
     }
 }
