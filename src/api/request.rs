@@ -46,8 +46,8 @@ pub struct CreateExportRequest {
     /// Key ranges read at the same time, each on its own database connection (1 to the
     /// server's maximum, `EXPORTD_MAX_PARALLELISM`, default 4). The file is the same whatever
     /// it is: one file in key order, header once. Omit to let the server choose from the
-    /// export's size (one range per 500,000 rows, up to the maximum; 1 when throttled). CSV and
-    /// JSON Lines; Parquet is written by one range.
+    /// export's size (one range per 500,000 rows, up to the maximum; 1 when throttled). Every
+    /// format: a Parquet file's ranges write row groups, and one footer lists them all.
     #[oai(validator(minimum(value = "1"), maximum(value = "64")))]
     pub parallelism: Option<u32>,
     /// Where to announce the end of the export (completed, failed or cancelled): an http(s)

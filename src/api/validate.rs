@@ -98,9 +98,6 @@ impl CreateExportRequest {
             Some(CompressionName::Gzip) => Compression::Gzip,
             _ => Compression::None,
         };
-        if spec.format.kind == FileType::Parquet && spec.parallelism.is_some_and(|p| p > 1) {
-            return Err(bad("parallelism: parquet files are written by one range (omit parallelism or give 1)".into()));
-        }
         if spec.format.kind == FileType::Parquet && spec.compression == Compression::Gzip {
             return Err(bad(
                 "compression: gzip does not apply to parquet, which compresses its pages itself (format.codec: \

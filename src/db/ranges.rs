@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::{
     db::runs::Fence,
     error::Result,
-    model::{Checkpoint, Key, KeyRange},
+    model::{Checkpoint, Key, KeyRange, types::SavedRowGroup},
 };
 
 /// The export's ranges in key order (none: a serial export, or one not split yet).
@@ -63,16 +63,17 @@ async fn owns(conn: &mut PgConnection, run: Fence) -> Result<bool> {
     Ok(owned.is_some())
 }
 
-/// Saves range `position`'s checkpoint (`done`: its last), fenced, and adds the rows and bytes
-/// since its previous one (`before`) to the export's progress; progress resets the export's
+/// Saves range `position`'s checkpoint (`done`: its last), fenced, with the Parquet row groups it
+/// covers since its previous one (`before`; the first at `first_row_group` in the range), and
+/// adds the rows and bytes since then to the export's progress; progress resets the export's
 /// stalled-run count. False when the run no longer owns the export.
 pub async fn save_checkpoint(
     db: &mut PgConnection,
     run: Fence,
     position: i32,
-    before: &Checkpoint,
-    cp: &Checkpoint,
+    (before, cp): (&Checkpoint, &Checkpoint),
     done: bool,
+    (first_row_group, row_groups): (usize, &[SavedRowGroup]),
 ) -> Result<bool> {
     let mut tx = db.begin().await?;
     // As the export's own checkpoints: a lost one only sends the range back to its previous.
@@ -105,6 +106,7 @@ pub async fn save_checkpoint(
     .bind(cp.file_state.as_ref().map(sqlx::types::Json))
     .execute(&mut *tx)
     .await?;
+    crate::db::runs::save_row_groups(&mut tx, run.export_id, position, first_row_group, row_groups).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -168,6 +170,11 @@ pub async fn reset(db: &mut PgConnection, run: Fence, position: i32) -> Result<b
     .bind(position)
     .execute(&mut *tx)
     .await?;
+    sqlx::query("delete from export_row_groups where export_id = $1 and range_position = $2")
+        .bind(run.export_id)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -179,39 +179,64 @@ pub async fn save_checkpoint(
     )
     .execute(&mut *tx)
     .await?;
-    if done.rows_affected() == 1 && !row_groups.is_empty() {
-        // Parquet: the row groups the checkpoint covers since the last one, in the same
-        // transaction (so the table never holds one a checkpoint does not cover). Any left from
-        // a run whose checkpoint was reset are replaced.
-        sqlx::query("delete from export_row_groups where export_id = $1 and position >= $2")
-            .bind(run.export_id)
-            .bind(first_row_group as i32)
-            .execute(&mut *tx)
-            .await?;
-        let positions: Vec<i32> = (first_row_group..first_row_group + row_groups.len()).map(|p| p as i32).collect();
-        let bases: Vec<i64> = row_groups.iter().map(|g| g.base).collect();
-        let footers: Vec<&[u8]> = row_groups.iter().map(|g| g.footer.as_slice()).collect();
-        sqlx::query(
-            "insert into export_row_groups (export_id, position, base, footer) \
-             select $1, * from unnest($2::int4[], $3::int8[], $4::bytea[])",
-        )
-        .bind(run.export_id)
-        .bind(positions)
-        .bind(bases)
-        .bind(footers)
-        .execute(&mut *tx)
-        .await?;
+    if done.rows_affected() == 1 {
+        save_row_groups(&mut tx, run.export_id, 0, first_row_group, row_groups).await?;
     }
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// A Parquet export's row groups within its first `bytes` (the checkpoint's), in file order.
-pub async fn row_groups(db: impl PgExecutor<'_>, export_id: Uuid, bytes: i64) -> Result<Vec<SavedRowGroup>> {
-    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "select base, footer from export_row_groups where export_id = $1 and base < $2 order by position",
+/// Parquet: the row groups a checkpoint of range `range` (0: a serial export) covers since its
+/// previous one, the first at `first` in the range's order, in the checkpoint's transaction (so
+/// the table never holds one a checkpoint does not cover). Any left from a run whose checkpoint
+/// was reset are replaced.
+pub(crate) async fn save_row_groups(
+    tx: &mut PgConnection,
+    export_id: Uuid,
+    range: i32,
+    first: usize,
+    row_groups: &[SavedRowGroup],
+) -> Result<()> {
+    if row_groups.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("delete from export_row_groups where export_id = $1 and range_position = $2 and position >= $3")
+        .bind(export_id)
+        .bind(range)
+        .bind(first as i32)
+        .execute(&mut *tx)
+        .await?;
+    let positions: Vec<i32> = (first..first + row_groups.len()).map(|p| p as i32).collect();
+    let bases: Vec<i64> = row_groups.iter().map(|g| g.base).collect();
+    let footers: Vec<&[u8]> = row_groups.iter().map(|g| g.footer.as_slice()).collect();
+    sqlx::query(
+        "insert into export_row_groups (export_id, range_position, position, base, footer) \
+         select $1, $2, * from unnest($3::int4[], $4::int8[], $5::bytea[])",
     )
     .bind(export_id)
+    .bind(range)
+    .bind(positions)
+    .bind(bases)
+    .bind(footers)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A Parquet export's row groups of range `range` (0: a serial export) within its first `bytes`
+/// (the checkpoint's), in file order.
+pub async fn row_groups(
+    db: impl PgExecutor<'_>,
+    export_id: Uuid,
+    range: i32,
+    bytes: i64,
+) -> Result<Vec<SavedRowGroup>> {
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "select base, footer from export_row_groups where export_id = $1 and range_position = $2 and base < $3 \
+         order by position",
+    )
+    .bind(export_id)
+    .bind(range)
     .bind(bytes)
     .fetch_all(db)
     .await?;

@@ -366,7 +366,7 @@ impl Engine {
         // writer's turn on this one; it is aborted (closing its connection) if the writer stops.
         let producer = tokio::spawn({
             let span = ReadSpan { after: cp.last.clone(), upper: export.upper_bound_key.clone(), head: cp.bytes == 0 };
-            let (engine, export, pace) = (self.clone(), export.clone(), Pace::new(spec.max_rows_per_second));
+            let (engine, export, pace) = (self.clone(), export.clone(), Pace::new(spec.max_rows_per_second, 1));
             async move { engine.produce(&ds, &export, span, pace, tx).await }
         });
         let written = self.write(run_file.out, rx, cp, export, token, Slot::Export).await;

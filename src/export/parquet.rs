@@ -39,6 +39,9 @@ pub const MAGIC: &[u8; 4] = b"PAR1";
 /// memory stays flat whatever the chunk size and row width.
 pub const ROW_GROUP_BYTES: usize = 16 << 20;
 
+/// Key ranges read at once share [`ROW_GROUP_BYTES`], each down to this much.
+pub const MIN_ROW_GROUP_BYTES: usize = 4 << 20;
+
 /// Days from 1970-01-01 (Parquet's epoch) to 2000-01-01 (PostgreSQL's).
 const PG_EPOCH_DAYS: i32 = 10_957;
 /// Microseconds from 1970-01-01 to 2000-01-01.

@@ -14,6 +14,7 @@ use crate::{
     db::{self, runs::Fence},
     export::{
         engine::{Adopt, Engine, Outcome, PIECES_IN_FLIGHT},
+        parquet::{Layout, SavedRowGroup},
         reader::{Pace, ReadSpan, reading_session},
         writer::{Slot, Written},
     },
@@ -35,15 +36,11 @@ enum RangeEnd {
 
 impl Engine {
     /// How many ranges a new export is split into: as many as it asks (up to this worker's
-    /// maximum), else one per [`ROWS_PER_RANGE`] rows the planner estimated. One for Parquet
-    /// (its row groups are written by one writer), for throttled exports that do not ask (the
-    /// throttle, not the reading, sets their pace).
+    /// maximum), else one per [`ROWS_PER_RANGE`] rows the planner estimated. One for throttled
+    /// exports that do not ask (the throttle, not the reading, sets their pace).
     fn parallelism(&self, export: &ExportRecord) -> anyhow::Result<u32> {
         let spec = export.spec.get()?;
         let max = self.settings.max_parallelism.max(1);
-        if spec.format.kind == FileType::Parquet {
-            return Ok(1);
-        }
         Ok(match spec.parallelism {
             Some(p) => p.clamp(1, max),
             None if spec.max_rows_per_second.is_some() => 1,
@@ -98,7 +95,7 @@ impl Engine {
         adopt: Adopt,
     ) -> anyhow::Result<Outcome> {
         let spec = export.spec.get()?;
-        let pace = Pace::new(spec.max_rows_per_second);
+        let pace = Pace::new(spec.max_rows_per_second, ranges.iter().filter(|r| !r.done).count());
         let mut tasks = JoinSet::new();
         for range in ranges.iter().filter(|r| !r.done).cloned() {
             let (engine, ds, export, pace) = (self.clone(), ds.clone(), export.clone(), pace.clone());
@@ -179,7 +176,7 @@ impl Engine {
             async move { engine.produce(&ds, &export, span, pace, tx).await }
         });
         let written = self.write(file.out, rx, cp, export, token, Slot::Range(position)).await;
-        let Written { saved, last, end } = match written {
+        let Written { saved, last, end, unsaved } = match written {
             Ok(w) => w,
             Err(e) => {
                 producer.abort();
@@ -194,7 +191,7 @@ impl Engine {
             return Ok(RangeEnd::Stopped(end));
         }
         if !engine_db!(self, "finishing a key range", |c| {
-            db::ranges::save_checkpoint(c, fence, position, &saved, &last, true)
+            db::ranges::save_checkpoint(c, fence, position, (&saved, &last), true, (unsaved.0, &unsaved.1))
         })
         .await?
         {
@@ -224,11 +221,14 @@ impl Engine {
         ranges: &[KeyRange],
     ) -> anyhow::Result<Outcome> {
         let fence = Fence { export_id: export.id, token };
-        let pieces: Vec<PieceFile> = ranges
+        let mut pieces: Vec<PieceFile> = ranges
             .iter()
             .map(|r| PieceFile { name: r.file_name.clone().unwrap_or_default(), bytes: r.bytes_written as u64 })
             .collect();
         let spec = export.spec.get()?;
+        if spec.format.kind == FileType::Parquet {
+            pieces.push(self.parquet_footer(export, token, ranges).await?);
+        }
         let joined = RunId { export_id: export.id, token, extension: spec.extension(), piece: None }.file_name();
         let joined_up = self.storage.join(&joined, &pieces).await.unwrap_or_else(|e| {
             tracing::warn!(export_id = %export.id, error = %e, "could not join the pieces; serving them in turn");
@@ -241,7 +241,7 @@ impl Engine {
         let cp = Checkpoint {
             last: ranges.last().and_then(|r| r.last_processed_key.clone()),
             rows: ranges.iter().map(|r| r.rows_written).sum(),
-            bytes: ranges.iter().map(|r| r.bytes_written).sum(),
+            bytes: pieces.iter().map(|p| p.bytes as i64).sum(),
             file_name,
             file_state,
         };
@@ -259,5 +259,33 @@ impl Engine {
         };
         self.storage.remove_other_runs(export.id, &keep).await;
         Ok(Outcome::Completed)
+    }
+
+    /// A parallel Parquet export's footer: every range's row groups in key order, their offsets
+    /// moved by the bytes of the pieces before (range 0's begins with the magic), written as one
+    /// more piece after the ranges' (a run that dies before completing writes it again).
+    async fn parquet_footer(
+        &self,
+        export: &ExportRecord,
+        token: Uuid,
+        ranges: &[KeyRange],
+    ) -> anyhow::Result<PieceFile> {
+        let spec = export.spec.get()?;
+        let layout = Layout::new(&*self.dataset(export)?, spec)?;
+        let (mut groups, mut before) = (Vec::new(), 0);
+        for r in ranges {
+            let saved = engine_db!(self, "reading a range's row groups", |c| {
+                db::runs::row_groups(c, export.id, r.position, r.bytes_written)
+            })
+            .await?;
+            groups.extend(saved.into_iter().map(|g| SavedRowGroup { base: g.base + before, ..g }));
+            before += r.bytes_written;
+        }
+        let footer = layout.footer(&groups)?;
+        let run = RunId { export_id: export.id, token, extension: spec.extension(), piece: Some(ranges.len() as i32) };
+        let mut file = self.storage.create_run(run).await?;
+        file.out.append(&footer).await?;
+        file.out.finish().await?;
+        Ok(PieceFile { name: file.name, bytes: footer.len() as u64 })
     }
 }

@@ -54,18 +54,28 @@ pub(super) struct ReadSpan {
     pub head: bool,
 }
 
-/// The throttle (`maxRowsPerSecond`) of one run, shared by its readers (one per key range), so
-/// the export as a whole keeps the rate.
+/// What the readers of one run (one per key range) share: the throttle (`maxRowsPerSecond`), so
+/// the export as a whole keeps the rate, and the memory for Parquet row groups.
 #[derive(Debug)]
 pub(super) struct Pace {
     rate: Option<u32>,
     started: Instant,
     rows: std::sync::atomic::AtomicU64,
+    /// Bytes of values a reader holds before it cuts a Parquet row group: [`parquet::ROW_GROUP_BYTES`]
+    /// shared by the readers running at once (at least [`parquet::MIN_ROW_GROUP_BYTES`] each).
+    row_group_bytes: usize,
 }
 
 impl Pace {
-    pub(super) fn new(rate: Option<u32>) -> Arc<Self> {
-        Arc::new(Self { rate: rate.filter(|r| *r > 0), started: Instant::now(), rows: Default::default() })
+    /// `readers` read at once.
+    pub(super) fn new(rate: Option<u32>, readers: usize) -> Arc<Self> {
+        let row_group_bytes = (parquet::ROW_GROUP_BYTES / readers.max(1)).max(parquet::MIN_ROW_GROUP_BYTES);
+        Arc::new(Self {
+            rate: rate.filter(|r| *r > 0),
+            started: Instant::now(),
+            rows: Default::default(),
+            row_group_bytes,
+        })
     }
 
     /// Counts `rows` read; the instant the run may read on at the rate (None: no throttle).
@@ -90,6 +100,7 @@ impl Engine {
     ) -> anyhow::Result<Option<Outcome>> {
         let spec = export.spec.get()?;
         let mut reader = ChunkReader::open(self, ds, spec, span.head, export.created_lsn.as_deref(), tx).await?;
+        reader.row_group_bytes = pace.row_group_bytes;
         let mut last = span.after.clone();
         let started = Instant::now();
         // No upper bound: the table was empty when the export was created (header only). Keys
@@ -187,6 +198,8 @@ struct ChunkReader<'a> {
     delimiter: u8,
     /// Rows per chunk.
     limit: i64,
+    /// Parquet: bytes of values held before a row group is cut (see [`Pace`]).
+    row_group_bytes: usize,
     /// The header line is still to be written (asked of the next COPY).
     header: bool,
     /// The connection's socket, to wake the reader less often (None: not found).
@@ -252,6 +265,7 @@ impl<'a> ChunkReader<'a> {
             key_fields,
             delimiter,
             limit,
+            row_group_bytes: parquet::ROW_GROUP_BYTES,
             header: head && csv && format.header,
             low_water,
             buf,
@@ -316,7 +330,7 @@ impl<'a> ChunkReader<'a> {
                     (count, last_row) = (count + 1, Some(message));
                 }
                 // A chunk too big to hold is cut into several row groups (one checkpoint still).
-                if g.held_bytes() >= parquet::ROW_GROUP_BYTES {
+                if g.held_bytes() >= self.row_group_bytes {
                     let layout = self.parquet.clone().expect("a Parquet export");
                     let full = std::mem::replace(g, RowGroup::new(layout));
                     groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, full).await?);

@@ -51,6 +51,9 @@ pub(super) struct Written {
     /// Every byte written, synced and whole (when `end` is None).
     pub last: Checkpoint,
     pub end: Option<Outcome>,
+    /// A key range's Parquet row groups in `last` but not `saved`, and the first one's position
+    /// in the range (saved with its last checkpoint; a serial export's are in its footer).
+    pub unsaved: (usize, Vec<SavedRowGroup>),
 }
 
 impl Engine {
@@ -66,7 +69,9 @@ impl Engine {
         token: Uuid,
         slot: Slot,
     ) -> anyhow::Result<Written> {
-        let stop = |cp: &Checkpoint, end| Ok(Written { saved: cp.clone(), last: cp.clone(), end: Some(end) });
+        let stop = |cp: &Checkpoint, end| {
+            Ok(Written { saved: cp.clone(), last: cp.clone(), end: Some(end), unsaved: (0, Vec::new()) })
+        };
         let export_id = export.id;
         let spec = export.spec.get()?;
         let compression = spec.compression;
@@ -78,7 +83,10 @@ impl Engine {
         let mut saved: Vec<SavedRowGroup> = match layout {
             Some(_) if cp.bytes > 0 => {
                 engine_db!(self, "reading the checkpoint's row groups", |c| db::runs::row_groups(
-                    c, export_id, cp.bytes
+                    c,
+                    export_id,
+                    slot.position(),
+                    cp.bytes
                 ))
                 .await?
             }
@@ -168,7 +176,7 @@ impl Engine {
                         }
                         Slot::Range(position) => {
                             engine_db!(self, "saving a range's checkpoint", |c| {
-                                db::ranges::save_checkpoint(c, fence, position, &cp, &next, false)
+                                db::ranges::save_checkpoint(c, fence, position, (&cp, &next), false, (first, &pending))
                             })
                             .await?
                         }
@@ -197,9 +205,9 @@ impl Engine {
         }
         // Producer done: whatever follows the last checkpoint (the header of an export without
         // rows; chunks not yet durable in an object store) is made durable, the file whole, and
-        // it all becomes the final checkpoint. A Parquet file ends with the footer over every
-        // row group.
-        if let Some(layout) = &layout {
+        // it all becomes the final checkpoint. A serial Parquet file ends with the footer over
+        // every row group (a parallel one's is written when every range is done).
+        if let Some(layout) = layout.as_ref().filter(|_| slot == Slot::Export) {
             saved.append(&mut pending);
             let footer = layout.footer(&saved)?;
             out.write(footer).await?;
@@ -220,7 +228,7 @@ impl Engine {
             self.buffers.give(buf);
         }
         tracing::debug!(%export_id, chunks, total = ?started.elapsed(), idle = ?t_idle, write = ?t_write, sync = ?t_sync, checkpoint = ?t_checkpoint, "writer timings");
-        Ok(Written { saved: cp, last, end: None })
+        Ok(Written { saved: cp, last, end: None, unsaved: (saved.len(), pending) })
     }
 
     /// After a chunk: when the storage is below its free-space floor, the export fails now

@@ -352,3 +352,49 @@ async fn parallel_pieces_under_5_mib_stay_pieces() {
     sorted.sort();
     assert_eq!(stored(&garage.storage("small", PART), id).await, sorted, "nothing else is left");
 }
+
+/// A Parquet export in two key ranges to object storage: each range's row groups are saved with
+/// its checkpointed parts (the rows buffered past them are read again after a crash), the
+/// footer over both is written as a last small piece, and the three are joined into one object
+/// that independent readers read back with COPY's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_parquet_export_to_object_storage_resumes_a_range_and_ends_as_one_object() {
+    let db = test_db().await;
+    seed_nasty(&db.pool, 150_000).await; // uncompressed Parquet: two ranges of a few parts each
+    sqlx::query("analyze orders").execute(&db.pool).await.unwrap();
+    let garage = Garage::start();
+    let opts = AppOptions { workers: 0, object_storage: garage.for_app("parquet-ranges", PART), ..Default::default() };
+    let app = spawn_app(db, opts).await;
+    let body = json!({"format": {"type": "parquet", "codec": "none"}, "chunkSize": 2000, "parallelism": 2});
+    let id = app.create_export(Some(body)).await;
+    // Range 1 (~38 chunks of ~270 kB) dies at its 25th chunk end: a part checkpointed, row
+    // groups buffered past it.
+    let crash = Faults { crash_before_checkpoint: Some(25), crash_in_range: Some(1), ..Default::default() };
+    assert_eq!((*app.engine).clone().with_faults(crash).execute(id, "w1").await, Outcome::Crashed);
+    let ranges = exportd::db::ranges::ranges(&app.db.pool, id).await.unwrap();
+    let crashed = &ranges[1];
+    assert!(crashed.rows_written > 0 && crashed.rows_written < 25 * 2000, "{crashed:?}");
+    let bases: Vec<i64> = sqlx::query_scalar(
+        "select base from export_row_groups where export_id = $1 and range_position = 1 order by position",
+    )
+    .bind(id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(bases.len() as i64, crashed.rows_written / 2000, "a row group per checkpointed chunk: {bases:?}");
+    assert_eq!(bases[0], 0, "range 1's piece holds no magic");
+    assert!(bases.iter().all(|b| *b < crashed.bytes_written), "{bases:?} {crashed:?}");
+
+    assert_eq!(app.engine.execute(id, "w2").await, Outcome::Completed);
+    let row = export_row(&app.db.pool, id).await;
+    assert_eq!(row.pieces(), None, "one object, not pieces: {row:?}");
+    let file = row.file_name.clone().unwrap();
+    assert_eq!(stored(&garage.storage("parquet-ranges", PART), id).await, vec![file], "pieces deleted once joined");
+    let file = app.download(id).await;
+    assert_eq!(file.len() as i64, row.bytes_written);
+    let columns = exportd::datasets::default_config_columns("orders").unwrap();
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let types = crate::support::formats::sql_types(&app.db.pool, "orders", &columns).await;
+    let reference = crate::support::formats::reference(&app.db.pool, "orders", &columns).await;
+    crate::support::formats::check("parquet", &file, "parquet", &reference, &types, "string");
+}

@@ -254,7 +254,6 @@ async fn parallelism_out_of_bounds_is_refused_naming_the_field() {
         (json!({"parallelism": 0}), "parallelism"),
         (json!({"parallelism": 65}), "parallelism"),
         (json!({"parallelism": 5}), "at most 4"),
-        (json!({"parallelism": 2, "format": {"type": "parquet"}}), "parallelism: parquet"),
     ] {
         let resp = app.client.post(app.url("/api/export")).json(&body).send().await.unwrap();
         expect_error(resp, 400, mentions).await;
