@@ -351,6 +351,23 @@ async fn a_chunk_bigger_than_a_row_group_is_cut_into_several_and_resumes() {
     assert_eq!(saved[0], 4, "the first starts after the magic");
     assert_eq!(app.engine.execute(id, "w2").await, Outcome::Completed);
     check("parquet", &app.download(id).await, "parquet", &reference, &types, "string");
+
+    // Two ranges read at once share the 16 MiB: each cuts its row groups at 8 MiB of values,
+    // so each range's one ~65,000-row chunk (~16 MB of values; one row group serially) becomes
+    // three.
+    sqlx::query("analyze orders").execute(&app.db.pool).await.unwrap();
+    let body = json!({"format": {"type": "parquet"}, "chunkSize": 100000, "parallelism": 2});
+    let id = app.create_export(Some(body)).await;
+    assert_eq!(app.engine.execute(id, "w3").await, Outcome::Completed);
+    let per_range: Vec<i64> = sqlx::query_scalar(
+        "select count(*) from export_row_groups where export_id = $1 group by range_position order by range_position",
+    )
+    .bind(id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_range, vec![3, 3], "three row groups in each of two ranges");
+    check("parquet", &app.download(id).await, "parquet", &reference, &types, "string");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
