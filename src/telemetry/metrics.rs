@@ -19,7 +19,8 @@ pub const BYTES_WRITTEN: &str = "exportd_bytes_written_total";
 /// Time to read one chunk from PostgreSQL (its COPY, first byte to last).
 pub const CHUNK_READ: &str = "exportd_chunk_read_seconds";
 /// Times a chunk reader waited on its connection's socket for more of a COPY (about once per
-/// 128 KiB with the socket's low-water mark; once per 8 KiB the server writes without it).
+/// 512 KiB with the socket's low-water mark, a few times over each chunk's tail; once per 8 KiB
+/// the server writes without it).
 pub const COPY_WAITS: &str = "exportd_copy_socket_waits_total";
 /// Time to save one checkpoint (the fenced update).
 pub const CHECKPOINT: &str = "exportd_checkpoint_seconds";
