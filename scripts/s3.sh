@@ -46,7 +46,9 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "$ADDR:$((PORT + 2))"
 EOF
     g() { "$GARAGE" -c "$DIR/garage.toml" "$@"; }
-    g server > "$DIR/garage.log" 2>&1 &
+    # Garage itself in the background (through the function it would be a subshell's child,
+    # and `stop` would end the subshell and leave the node running).
+    "$GARAGE" -c "$DIR/garage.toml" server > "$DIR/garage.log" 2>&1 &
     echo $! > "$DIR/garage.pid"
     node=""
     for _ in $(seq 1 100); do
