@@ -299,19 +299,20 @@ pub(crate) fn rng() -> impl FnMut(u64, u64) -> u64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_at_random_moments_leaves_a_valid_parquet_file_with_copys_values() {
+/// The Parquet export of `body` (throttled, so kills land mid-export) in a process of its own,
+/// killed with -9 three times, each after a random number of further rows (the throttle makes
+/// rows advance at ~5000/s, so a kill lands at a random point in a chunk), then completed: every
+/// value read back equals COPY's. Returns the database, the export and its storage directory.
+async fn parquet_killed_three_times(body: Value) -> (TestDb, Uuid, tempfile::TempDir) {
     let db = test_db().await;
     seed_nasty(&db.pool, 20_000).await;
+    sqlx::query("analyze orders").execute(&db.pool).await.unwrap();
     let types = sql_types(&db.pool, "orders", &ORDERS).await;
     let reference = reference(&db.pool, "orders", &ORDERS).await;
     let storage = tempfile::tempdir().unwrap();
     let env = exportd_env(&db.url, storage.path(), &[("EXPORTD_WORKER_CONCURRENCY", "1"), ("RUST_LOG", "warn")]);
     let mut p = Exportd::serve(env).await;
     let api = p.api();
-    // Throttled, so three kills land mid-export; each after a random number of further rows
-    // (the throttle makes rows advance at ~5000/s, so a kill lands at a random point in a chunk).
-    let body = json!({"format": {"type": "parquet", "codec": "snappy"}, "chunkSize": 1000, "maxRowsPerSecond": 5000});
     let id = api.create_export(Some(body)).await;
     let mut random = rng();
     let mut seen = 0;
@@ -327,6 +328,26 @@ async fn kill_9_at_random_moments_leaves_a_valid_parquet_file_with_copys_values(
     assert!(s["attempts"].as_i64().unwrap() >= 2, "{s}");
     check("parquet", &api.download(id).await, "parquet", &reference, &types, "string");
     p.terminate();
+    (db, id, storage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_leaves_a_valid_parquet_file_with_copys_values() {
+    let body = json!({"format": {"type": "parquet", "codec": "snappy"}, "chunkSize": 1000, "maxRowsPerSecond": 5000});
+    parquet_killed_three_times(body).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_of_a_parquet_export_in_key_ranges_leaves_copys_values() {
+    // Three ranges sharing the throttle: kills land mid-chunk, between a range's row group and
+    // its checkpoint, or as the footer piece is written.
+    let body = json!({"format": {"type": "parquet"}, "chunkSize": 500, "maxRowsPerSecond": 5000, "parallelism": 3});
+    let (db, id, storage) = parquet_killed_three_times(body).await;
+    assert_eq!(exportd::db::ranges::ranges(&db.pool, id).await.unwrap().len(), 3);
+    // Nothing left but the file's pieces (the ranges' and the footer's).
+    let pieces = export_row(&db.pool, id).await.pieces().expect("pieces").len();
+    let files = std::fs::read_dir(storage.path().join(id.to_string())).unwrap().count();
+    assert_eq!((pieces, files), (4, 4), "three ranges and the footer, nothing else");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
