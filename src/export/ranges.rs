@@ -18,7 +18,7 @@ use crate::{
         reader::{Pace, ReadSpan, reading_session},
         writer::{Slot, Written},
     },
-    model::{Checkpoint, Dataset, ExportRecord, KeyRange, spec::FileType},
+    model::{Checkpoint, Dataset, ExportRecord, ExportSpec, KeyRange, spec::FileType},
     storage::{PieceFile, PrepareError, Resume, RunId},
     telemetry::metrics,
 };
@@ -227,7 +227,7 @@ impl Engine {
             .collect();
         let spec = export.spec.get()?;
         if spec.format.kind == FileType::Parquet {
-            pieces.push(self.parquet_footer(export, token, ranges).await?);
+            pieces.push(self.parquet_footer(export, spec, token, ranges).await?);
         }
         let joined = RunId { export_id: export.id, token, extension: spec.extension(), piece: None }.file_name();
         let joined_up = self.storage.join(&joined, &pieces).await.unwrap_or_else(|e| {
@@ -267,10 +267,10 @@ impl Engine {
     async fn parquet_footer(
         &self,
         export: &ExportRecord,
+        spec: &ExportSpec,
         token: Uuid,
         ranges: &[KeyRange],
     ) -> anyhow::Result<PieceFile> {
-        let spec = export.spec.get()?;
         let layout = Layout::new(&*self.dataset(export)?, spec)?;
         let (mut groups, mut before) = (Vec::new(), 0);
         for r in ranges {

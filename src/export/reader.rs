@@ -99,8 +99,8 @@ impl Engine {
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Option<Outcome>> {
         let spec = export.spec.get()?;
-        let mut reader = ChunkReader::open(self, ds, spec, span.head, export.created_lsn.as_deref(), tx).await?;
-        reader.row_group_bytes = pace.row_group_bytes;
+        let lsn = export.created_lsn.as_deref();
+        let mut reader = ChunkReader::open(self, ds, spec, span.head, lsn, pace.row_group_bytes, tx).await?;
         let mut last = span.after.clone();
         let started = Instant::now();
         // No upper bound: the table was empty when the export was created (header only). Keys
@@ -214,13 +214,15 @@ struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     /// Takes the run's connection and binds the time zone and the filter values on it once.
-    /// `head`: the reader's bytes begin the file (BOM and header, or the magic, first).
+    /// `head`: the reader's bytes begin the file (BOM and header, or the magic, first);
+    /// `row_group_bytes`: Parquet values held before a row group is cut (see [`Pace`]).
     async fn open(
         engine: &'a Engine,
         ds: &'a Dataset,
         spec: &'a ExportSpec,
         head: bool,
         created_lsn: Option<&str>,
+        row_group_bytes: usize,
         tx: mpsc::Sender<Piece>,
     ) -> anyhow::Result<Self> {
         let format = &spec.format;
@@ -265,7 +267,7 @@ impl<'a> ChunkReader<'a> {
             key_fields,
             delimiter,
             limit,
-            row_group_bytes: parquet::ROW_GROUP_BYTES,
+            row_group_bytes,
             header: head && csv && format.header,
             low_water,
             buf,
