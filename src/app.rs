@@ -48,7 +48,7 @@ impl App {
     pub async fn build(mut args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
         let pool_size = db::pool_size(args.db.db_pool_size, args.worker.slots(), args.worker.max_parallelism)?;
         args.db.db_pool_size = Some(pool_size);
-        let pool = connect_and_migrate(&args.db).await?;
+        let pool = connect_and_migrate(&main_pool(&args.db, &args.worker)).await?;
         crate::telemetry::metrics::start(args.worker.metrics_listen, &pool, args.db.db_io_timeout, &shutdown).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
         let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone()).await?;
@@ -158,7 +158,7 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
     let mut db_args = db_args.clone();
     db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.slots(), settings.max_parallelism)?);
     let db_args = &db_args;
-    let pool = connect_and_migrate(db_args).await?;
+    let pool = connect_and_migrate(&main_pool(db_args, settings)).await?;
     crate::telemetry::metrics::start(settings.metrics_listen, &pool, db_args.db_io_timeout, &shutdown).await?;
     let datasets = load_datasets(&pool, settings).await?;
     tracing::info!(
@@ -228,6 +228,14 @@ async fn link_keys(pool: &PgPool, configured: &[String]) -> anyhow::Result<crate
     crate::model::link::LinkKeys::parse(configured).map_err(|e| anyhow::anyhow!("EXPORTD_LINK_SECRETS: {e}"))
 }
 
+/// The main pool's settings: `db` (whose `db_pool_size` is the process's total) less the
+/// chunk readers' share (see [`db::split_pool`]).
+fn main_pool(db: &DbArgs, settings: &WorkerSettings) -> DbArgs {
+    let total = db.db_pool_size.expect("the pool size is settled before connecting");
+    let (main, _) = db::split_pool(total, settings.slots(), settings.max_parallelism);
+    DbArgs { db_pool_size: Some(main), ..db.clone() }
+}
+
 /// Connects (waiting up to 30 s for the database) and applies migrations.
 pub async fn connect_and_migrate(args: &DbArgs) -> anyhow::Result<PgPool> {
     let pool = db::connect(args).await?;
@@ -253,8 +261,19 @@ impl Workers {
         settings: &WorkerSettings,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
+        // The chunk readers' pool (see `db::split_pool`): the read replica's, else the primary's.
+        let (_, readers) =
+            db::split_pool(db.db_pool_size.unwrap_or_default(), settings.slots(), settings.max_parallelism);
+        let url = settings.read_replica_url().unwrap_or(&db.database_url);
+        let reads = db::connect(&DbArgs { database_url: url.to_owned(), db_pool_size: Some(readers), ..db.clone() })
+            .await
+            .context(if settings.read_replica_url().is_some() {
+                "EXPORTD_READ_DATABASE_URL"
+            } else {
+                "DATABASE_URL"
+            })?;
         let mut engine = Engine::new(
-            pool.clone(),
+            (pool.clone(), reads),
             open_storage(settings)?,
             datasets,
             EngineSettings {
@@ -265,18 +284,13 @@ impl Workers {
                 db_io_timeout: db.db_io_timeout,
                 db_statement_wait: db.statement_timeout + db.db_io_timeout,
                 max_parallelism: settings.max_parallelism,
+                threads: settings.engine_threads(),
             },
             shutdown.clone(),
-        );
-        if let Some(url) = settings.read_replica_url() {
-            // One reader connection per slot, and a spare: nothing else is read there.
-            let args = DbArgs {
-                database_url: url.to_owned(),
-                db_pool_size: Some(settings.slots() * settings.max_parallelism + 1),
-                ..db.clone()
-            };
-            let reads = db::connect(&args).await.context("EXPORTD_READ_DATABASE_URL")?;
-            engine = engine.with_read_replica(reads);
+        )
+        .context("starting the engine's threads")?;
+        if settings.read_replica_url().is_some() {
+            engine = engine.on_read_replica();
         }
         let webhooks = crate::export::webhook::Webhooks::new(
             pool.clone(),

@@ -274,6 +274,12 @@ pub struct WorkerSettings {
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub max_parallelism: u32,
 
+    /// Threads the export engine runs exports on (each a single-threaded runtime of its own,
+    /// apart from the API's; an export's reads and writes stay on one). Default: half the
+    /// cores, at least 1 (the database formats the rows on the others).
+    #[arg(long, env = "EXPORTD_ENGINE_THREADS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub engine_threads: Option<u32>,
+
     /// Exports this process runs at the same time at full speed (0 = no workers, API only).
     #[arg(long, env = "EXPORTD_WORKER_CONCURRENCY", default_value_t = 2)]
     pub worker_concurrency: u32,
@@ -336,6 +342,14 @@ impl WorkerSettings {
     /// `EXPORTD_STORAGE` when it names something (set but empty: the directory).
     pub fn object_storage_url(&self) -> Option<&str> {
         self.storage.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// Threads of the export engine: `EXPORTD_ENGINE_THREADS`, else half the cores.
+    pub fn engine_threads(&self) -> usize {
+        self.engine_threads.map_or_else(
+            || crate::export::threads::default_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            |n| n as usize,
+        )
     }
 
     /// `EXPORTD_READ_DATABASE_URL` when it names something (set but empty: the primary).

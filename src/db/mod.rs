@@ -122,6 +122,19 @@ pub fn pool_size(requested: Option<u32>, worker_slots: u32, parallelism: u32) ->
     Ok(requested)
 }
 
+/// How a pool size (see [`pool_size`]) is shared between the two pools of a process: the main
+/// one (API, queue, claims and checkpoints) and the chunk readers' (one connection per key range
+/// a worker slot may read at once; a pool of its own, so readers connect from the engine's
+/// threads, see [`crate::export::threads`]). A process without worker slots never reads
+/// chunks (its readers' pool never connects): runs driven directly, as tests do, get two
+/// exports' worth of readers there, and the main pool keeps every connection.
+pub fn split_pool(total: u32, worker_slots: u32, parallelism: u32) -> (u32, u32) {
+    match worker_slots * parallelism {
+        0 => (total, 2 * parallelism.max(1)),
+        readers => (total.saturating_sub(readers).max(1), readers),
+    }
+}
+
 /// A round trip on `conn`, failing (so the pool closes the connection) when it takes longer than `limit`.
 async fn timed_ping(conn: &mut sqlx::PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
     use sqlx::Connection as _;
@@ -252,6 +265,9 @@ mod tests {
         assert_eq!(pool_size(None, 8, 1).unwrap(), 34);
         assert_eq!(pool_size(Some(28), 8, 1).unwrap(), 28);
         assert_eq!(pool_size(None, 2, 4).unwrap(), 2 * 9 + 10, "3 ranges more, 2 connections each");
+        assert_eq!(split_pool(16, 2, 1), (14, 2));
+        assert_eq!(split_pool(28, 2, 4), (20, 8), "the readers' share: a connection per range of every slot");
+        assert_eq!(split_pool(10, 0, 4), (10, 8), "no workers: the main pool keeps all, readers never connect");
         let e = pool_size(Some(16), 8, 1).unwrap_err().to_string();
         assert!(
             e.contains("EXPORTD_DB_POOL_SIZE=16") && e.contains("for 8 worker slots") && e.contains("28 or more"),

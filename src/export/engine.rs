@@ -22,6 +22,7 @@ use crate::{
     export::{
         buffers::BufferPool,
         reader::{Pace, ReadSpan},
+        threads::EngineThreads,
         writer::{Slot, Written},
     },
     model::{Checkpoint, Dataset, Datasets, ExportRecord, ExportStatus},
@@ -54,6 +55,8 @@ pub struct EngineSettings {
     pub db_statement_wait: Duration,
     /// Key ranges an export reads at once at most (1: serial only).
     pub max_parallelism: u32,
+    /// Threads runs execute on (see [`super::threads`]).
+    pub threads: usize,
 }
 
 #[cfg(feature = "faults")]
@@ -119,23 +122,27 @@ pub struct Engine {
     pub(super) faults: Arc<Faults>,
     pub(super) buffers: BufferPool,
     pub(super) datasets: Arc<Datasets>,
-    /// Where chunks are read: the primary's pool, or a read replica's (`replica`: wait for it
-    /// to replay up to the export's creation first).
+    /// Where chunks are read: a pool of the readers' own, on the primary or a read replica
+    /// (`replica`: wait for it to replay up to the export's creation first).
     pub(super) reads: PgPool,
     pub(super) replica: bool,
+    threads: EngineThreads,
 }
 
 impl Engine {
-    /// An engine over `pool`, writing to `storage`, stopping when `shutdown` fires.
+    /// An engine over `pool`, reading chunks from `reads` (the same database: a pool of its own
+    /// that keeps no idle connections, see [`super::threads`]), writing to `storage`, stopping
+    /// when `shutdown` fires; starts its threads.
     pub fn new(
-        pool: PgPool,
+        (pool, reads): (PgPool, PgPool),
         storage: SharedStorage,
         datasets: Arc<Datasets>,
         settings: EngineSettings,
         shutdown: Shutdown,
-    ) -> Self {
-        Self {
-            reads: pool.clone(),
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            threads: EngineThreads::start(settings.threads)?,
+            reads,
             replica: false,
             pool,
             storage,
@@ -144,12 +151,13 @@ impl Engine {
             faults: Arc::default(),
             buffers: BufferPool::default(),
             datasets,
-        }
+        })
     }
 
-    /// The same engine reading chunks from a read replica's pool.
-    pub fn with_read_replica(mut self, reads: PgPool) -> Self {
-        (self.reads, self.replica) = (reads, true);
+    /// The same engine, its readers' pool being a read replica's (each run waits for it to
+    /// replay up to the export's creation first).
+    pub fn on_read_replica(mut self) -> Self {
+        self.replica = true;
         self
     }
 
@@ -171,11 +179,14 @@ impl Engine {
     }
 
     /// One queue delivery: claims the export and runs it to the end, retrying failed runs with
-    /// exponential backoff until it completes, is taken over, or has stalled too often.
+    /// exponential backoff until it completes, is taken over, or has stalled too often. It runs
+    /// on one of the engine's threads; dropping the future stops it there.
     pub async fn execute(&self, export_id: Uuid, worker: &str) -> Outcome {
         let _running = metrics::RunningGuard::start();
         let span = tracing::info_span!("export", %export_id, %worker);
-        let outcome = self.deliver(export_id, worker).instrument(span).await;
+        let (engine, worker) = (self.clone(), worker.to_owned());
+        let delivery = async move { engine.deliver(export_id, &worker).await };
+        let outcome = self.threads.run(delivery.instrument(span)).await;
         ::metrics::counter!(metrics::DELIVERIES, "outcome" => outcome.label()).increment(1);
         outcome
     }

@@ -22,6 +22,7 @@ pub mod queue;
 mod ranges;
 mod reader;
 pub mod sweep;
+pub mod threads;
 pub mod webhook;
 mod writer;
 
