@@ -75,37 +75,40 @@ pub async fn save_checkpoint(
     done: bool,
     (first_row_group, row_groups): (usize, &[SavedRowGroup]),
 ) -> Result<bool> {
-    let mut tx = db.begin().await?;
-    // As the export's own checkpoints: a lost one only sends the range back to its previous.
-    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
-    let updated = sqlx::query(
-        "update exports set rows_written = rows_written + $3, bytes_written = bytes_written + $4, \
-         stalled_attempts = 0 where id = $1 and owner = $2 and status = 'running'",
+    // One statement: the fenced export row, then (only if it was) the range's own. As the
+    // export's own checkpoints, committed without waiting for the WAL flush (`set_config(..,
+    // true)` is `set local` for the statement's transaction): a lost one only sends the range
+    // back to its previous.
+    let save = sqlx::query_scalar::<_, i64>(
+        "with fenced as (\
+           update exports set rows_written = rows_written + $3, bytes_written = bytes_written + $4, \
+           stalled_attempts = 0 from (select set_config('synchronous_commit', 'off', true)) as without_flush \
+           where id = $1 and owner = $2 and status = 'running' returning id), \
+         range as (\
+           update export_ranges set last_processed_key = $6, rows_written = $7, bytes_written = $8, \
+           file_name = $9, file_writer = $2, done = $10, file_state = $11 \
+           where export_id = $1 and position = $5 and exists (select from fenced)) \
+         select count(*) from fenced",
     )
     .bind(run.export_id)
     .bind(run.token)
     .bind(cp.rows - before.rows)
     .bind(cp.bytes - before.bytes)
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() != 1 {
-        return Ok(false);
-    }
-    sqlx::query(
-        "update export_ranges set last_processed_key = $3, rows_written = $4, bytes_written = $5, \
-         file_name = $6, file_writer = $7, done = $8, file_state = $9 where export_id = $1 and position = $2",
-    )
-    .bind(run.export_id)
     .bind(position)
     .bind(&cp.last)
     .bind(cp.rows)
     .bind(cp.bytes)
     .bind(&cp.file_name)
-    .bind(run.token)
     .bind(done)
-    .bind(cp.file_state.as_ref().map(sqlx::types::Json))
-    .execute(&mut *tx)
-    .await?;
+    .bind(cp.file_state.as_ref().map(sqlx::types::Json));
+    if row_groups.is_empty() {
+        // CSV, JSON Lines (every chunk): one round trip.
+        return Ok(save.fetch_one(&mut *db).await? == 1);
+    }
+    let mut tx = db.begin().await?;
+    if save.fetch_one(&mut *tx).await? != 1 {
+        return Ok(false);
+    }
     crate::db::runs::save_row_groups(&mut tx, run.export_id, position, first_row_group, row_groups).await?;
     tx.commit().await?;
     Ok(true)

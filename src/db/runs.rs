@@ -166,19 +166,18 @@ pub async fn save_checkpoint(
     first_row_group: usize,
     row_groups: &[SavedRowGroup],
 ) -> Result<bool> {
+    const SAVE: &str = "update exports set last_processed_key = $3, rows_written = $4, bytes_written = $5, \
+         file_name = $6, file_state = $7, file_writer = $2, stalled_attempts = 0 \
+         from (select set_config('synchronous_commit', 'off', true)) as without_flush \
+         where id = $1 and owner = $2 and status = 'running'";
+    if row_groups.is_empty() {
+        // One statement, one round trip (CSV, JSON Lines: every chunk); `set_config(.., true)`
+        // is `set local` for the statement's own transaction.
+        let done = bind_checkpoint(sqlx::query(SAVE), run, cp).execute(&mut *db).await?;
+        return Ok(done.rows_affected() == 1);
+    }
     let mut tx = db.begin().await?;
-    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
-    let done = bind_checkpoint(
-        sqlx::query(
-            "update exports set last_processed_key = $3, rows_written = $4, bytes_written = $5, \
-             file_name = $6, file_state = $7, file_writer = $2, stalled_attempts = 0 \
-             where id = $1 and owner = $2 and status = 'running'",
-        ),
-        run,
-        cp,
-    )
-    .execute(&mut *tx)
-    .await?;
+    let done = bind_checkpoint(sqlx::query(SAVE), run, cp).execute(&mut *tx).await?;
     if done.rows_affected() == 1 {
         save_row_groups(&mut tx, run.export_id, 0, first_row_group, row_groups).await?;
     }

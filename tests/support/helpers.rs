@@ -322,6 +322,20 @@ pub async fn export_row(pool: &PgPool, id: Uuid) -> ExportRecord {
     db::exports::find_export(pool, id).await.unwrap().expect("export exists")
 }
 
+/// The export's `rows_written` and the sum of its key ranges', read in one statement (one
+/// snapshot). After a simulated crash the other ranges' last checkpoint statements, sent before
+/// it, may still commit while a test reads, as they may after a kill -9.
+pub async fn progress_and_ranges(pool: &PgPool, id: Uuid) -> (i64, i64) {
+    sqlx::query_as(
+        "select rows_written, (select sum(rows_written)::int8 from export_ranges where export_id = $1) \
+         from exports where id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// Bytes of a stored file.
 pub fn stored_file(app_storage: &std::path::Path, name: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(app_storage).join(name)).unwrap()
