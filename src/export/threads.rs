@@ -96,8 +96,10 @@ mod tests {
     #[tokio::test]
     async fn work_runs_on_an_engine_thread_and_is_cancelled_with_its_caller() {
         let threads = EngineThreads::start(2).unwrap();
-        let name = threads.run(async { std::thread::current().name().map(str::to_owned) }).await;
-        assert!(name.unwrap().starts_with("exportd-engine-"));
+        let name = || async { std::thread::current().name().map(str::to_owned) };
+        let mut names = vec![threads.run(name()).await.unwrap(), threads.run(name()).await.unwrap()];
+        names.sort();
+        assert_eq!(names, ["exportd-engine-0", "exportd-engine-1"], "runs take the threads in turn");
         // Dropping the caller's future drops the work: its sender goes, the receiver sees it.
         let (tx, rx) = oneshot::channel::<()>();
         let started = Arc::new(tokio::sync::Notify::new());
