@@ -130,9 +130,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine over `pool`, reading chunks from `reads` (the same database: a pool of its own
-    /// that keeps no idle connections, see [`super::threads`]), writing to `storage`, stopping
-    /// when `shutdown` fires; starts its threads.
+    /// An engine over `pool`, reading chunks from `reads` (a pool of the readers' own, on the
+    /// primary or a read replica, that keeps no idle connections: see [`super::threads`]),
+    /// writing to `storage`, stopping when `shutdown` fires; starts its threads.
     pub fn new(
         (pool, reads): (PgPool, PgPool),
         storage: SharedStorage,
