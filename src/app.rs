@@ -48,10 +48,11 @@ impl App {
     pub async fn build(mut args: ServeArgs, shutdown: Shutdown) -> anyhow::Result<Self> {
         let pool_size = db::pool_size(args.db.db_pool_size, args.worker.slots(), args.worker.max_parallelism)?;
         args.db.db_pool_size = Some(pool_size);
-        let pool = connect_and_migrate(&main_pool(&args.db, &args.worker)).await?;
+        let (main, reads) = pool_args(&args.db, &args.worker);
+        let pool = connect_and_migrate(&main).await?;
         crate::telemetry::metrics::start(args.worker.metrics_listen, &pool, args.db.db_io_timeout, &shutdown).await?;
         let datasets = load_datasets(&pool, &args.worker).await?;
-        let workers = Workers::new(&pool, datasets.clone(), &args.db, &args.worker, shutdown.clone()).await?;
+        let workers = Workers::new((&pool, &reads), datasets.clone(), &args.db, &args.worker, shutdown.clone()).await?;
         let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let port = listener.local_addr().context("listener has no address")?.port();
         // Descriptors kept for the rest of the service: the pool, files written and read, logs.
@@ -158,7 +159,8 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
     let mut db_args = db_args.clone();
     db_args.db_pool_size = Some(db::pool_size(db_args.db_pool_size, settings.slots(), settings.max_parallelism)?);
     let db_args = &db_args;
-    let pool = connect_and_migrate(&main_pool(db_args, settings)).await?;
+    let (main, reads) = pool_args(db_args, settings);
+    let pool = connect_and_migrate(&main).await?;
     crate::telemetry::metrics::start(settings.metrics_listen, &pool, db_args.db_io_timeout, &shutdown).await?;
     let datasets = load_datasets(&pool, settings).await?;
     tracing::info!(
@@ -169,7 +171,7 @@ pub async fn run_worker(db_args: &DbArgs, settings: &WorkerSettings, shutdown: S
         worker_slots = settings.slots(),
         "exportd worker: export workers only (no HTTP API)"
     );
-    Workers::new(&pool, datasets, db_args, settings, shutdown).await?.run().await
+    Workers::new((&pool, &reads), datasets, db_args, settings, shutdown).await?.run().await
 }
 
 /// Reads the datasets config and checks it against the catalog (start-up fails if it is wrong).
@@ -228,12 +230,17 @@ async fn link_keys(pool: &PgPool, configured: &[String]) -> anyhow::Result<crate
     crate::model::link::LinkKeys::parse(configured).map_err(|e| anyhow::anyhow!("EXPORTD_LINK_SECRETS: {e}"))
 }
 
-/// The main pool's settings: `db` (whose `db_pool_size` is the process's total) less the
-/// chunk readers' share (see [`db::split_pool`]).
-fn main_pool(db: &DbArgs, settings: &WorkerSettings) -> DbArgs {
+/// The two pools' settings, `db`'s `db_pool_size` (the process's total) shared between them
+/// (see [`db::split_pool`]): the main pool's, and the chunk readers' (on the read replica when
+/// there is one, else the primary).
+fn pool_args(db: &DbArgs, settings: &WorkerSettings) -> (DbArgs, DbArgs) {
     let total = db.db_pool_size.expect("the pool size is settled before connecting");
-    let (main, _) = db::split_pool(total, settings.slots(), settings.max_parallelism);
-    DbArgs { db_pool_size: Some(main), ..db.clone() }
+    let (main, readers) = db::split_pool(total, settings.slots(), settings.max_parallelism);
+    let url = settings.read_replica_url().unwrap_or(&db.database_url).to_owned();
+    (
+        DbArgs { db_pool_size: Some(main), ..db.clone() },
+        DbArgs { database_url: url, db_pool_size: Some(readers), ..db.clone() },
+    )
 }
 
 /// Connects (waiting up to 30 s for the database) and applies migrations.
@@ -254,24 +261,17 @@ struct Workers {
 }
 
 impl Workers {
+    /// `pool` the main pool; `reads` the chunk readers' pool's settings (see [`pool_args`]).
     async fn new(
-        pool: &PgPool,
+        (pool, reads): (&PgPool, &DbArgs),
         datasets: Arc<Datasets>,
         db: &DbArgs,
         settings: &WorkerSettings,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        // The chunk readers' pool (see `db::split_pool`): the read replica's, else the primary's.
-        let (_, readers) =
-            db::split_pool(db.db_pool_size.unwrap_or_default(), settings.slots(), settings.max_parallelism);
-        let url = settings.read_replica_url().unwrap_or(&db.database_url);
-        let reads = db::connect(&DbArgs { database_url: url.to_owned(), db_pool_size: Some(readers), ..db.clone() })
-            .await
-            .context(if settings.read_replica_url().is_some() {
-                "EXPORTD_READ_DATABASE_URL"
-            } else {
-                "DATABASE_URL"
-            })?;
+        let replica = settings.read_replica_url().is_some();
+        let reads =
+            db::connect(reads).await.context(if replica { "EXPORTD_READ_DATABASE_URL" } else { "DATABASE_URL" })?;
         let mut engine = Engine::new(
             (pool.clone(), reads),
             open_storage(settings)?,
@@ -289,7 +289,7 @@ impl Workers {
             shutdown.clone(),
         )
         .context("starting the engine's threads")?;
-        if settings.read_replica_url().is_some() {
+        if replica {
             engine = engine.on_read_replica();
         }
         let webhooks = crate::export::webhook::Webhooks::new(
