@@ -2,7 +2,6 @@
 //! each: the signature and header before the first row, a trailer after the last.
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
 
 use crate::model::{Dataset, ExportSpec, Key, KeyKind, spec::OutputColumn};
 
@@ -12,7 +11,7 @@ const HEADER_LEN: usize = 19;
 
 /// The fields of the row in `message` (None: the header alone or the trailer, no row), each
 /// None for NULL; fails unless the row has `expected` fields.
-pub fn row(message: &Bytes, expected: usize) -> anyhow::Result<Option<Fields<'_>>> {
+pub fn row(message: &[u8], expected: usize) -> anyhow::Result<Option<Fields<'_>>> {
     let at = if message.starts_with(SIGNATURE) { HEADER_LEN } else { 0 };
     let rest = &message[at..];
     if rest.is_empty() || rest == [0xff, 0xff] {
@@ -29,21 +28,20 @@ pub fn row(message: &Bytes, expected: usize) -> anyhow::Result<Option<Fields<'_>
 
 /// A row's fields, in order.
 pub struct Fields<'a> {
-    buf: &'a Bytes,
+    buf: &'a [u8],
     at: usize,
     left: usize,
 }
 
-impl Fields<'_> {
-    fn take(&mut self, n: usize) -> anyhow::Result<Bytes> {
-        anyhow::ensure!(self.at + n <= self.buf.len(), "a truncated row");
-        let b = self.buf.slice(self.at..self.at + n);
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> anyhow::Result<&'a [u8]> {
+        let b = self.buf.get(self.at..self.at + n).context("a truncated row")?;
         self.at += n;
         Ok(b)
     }
 
-    /// The next field (None: NULL).
-    pub fn next_field(&mut self) -> anyhow::Result<Option<Bytes>> {
+    /// The next field (None: NULL), a slice of the row.
+    pub fn next_field(&mut self) -> anyhow::Result<Option<&'a [u8]>> {
         anyhow::ensure!(self.left > 0, "no field left in the row");
         self.left -= 1;
         let len = self.take(4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
@@ -82,14 +80,14 @@ impl KeyFields {
     }
 
     /// The key of the row in `message` (None: no row in it).
-    pub fn key(&self, message: &Bytes) -> anyhow::Result<Option<Key>> {
+    pub fn key(&self, message: &[u8]) -> anyhow::Result<Option<Key>> {
         let Some(mut fields) = row(message, self.fields)? else { return Ok(None) };
         let mut values = vec![String::new(); self.at.len()];
         for i in 0..self.fields {
             let value = fields.next_field()?;
             for (j, (at, kind)) in self.at.iter().enumerate() {
                 if *at == i {
-                    values[j] = kind.text_of_binary(value.as_ref().context("a key column is NULL")?)?;
+                    values[j] = kind.text_of_binary(value.context("a key column is NULL")?)?;
                 }
             }
         }
@@ -98,7 +96,7 @@ impl KeyFields {
 }
 
 /// An integer (smallint, integer or bigint) in its binary form.
-pub fn integer(v: Option<&Bytes>) -> anyhow::Result<i64> {
+pub fn integer(v: Option<&[u8]>) -> anyhow::Result<i64> {
     let v = v.context("a NULL where an integer was expected")?;
     Ok(match v.len() {
         2 => i64::from(i16::from_be_bytes([v[0], v[1]])),

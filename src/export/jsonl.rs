@@ -3,7 +3,6 @@
 //! as PostgreSQL's own JSON text of it (see [`JsonKind`]) and is copied as it is.
 
 use anyhow::Context as _;
-use bytes::Bytes;
 
 use crate::{
     export::binary::{self, KeyFields},
@@ -42,7 +41,7 @@ impl JsonLines {
 
     /// Appends the row in `message` (one CopyData message) as a line; false when the message
     /// holds no row (header, trailer).
-    pub fn push(&self, message: &Bytes, out: &mut Vec<u8>) -> anyhow::Result<bool> {
+    pub fn push(&self, message: &[u8], out: &mut Vec<u8>) -> anyhow::Result<bool> {
         let Some(mut fields) = binary::row(message, self.fields)? else { return Ok(false) };
         for i in 0..self.fields {
             let value = fields.next_field()?;
@@ -55,10 +54,10 @@ impl JsonLines {
             match kind {
                 JsonKind::Int => {
                     let mut b = itoa::Buffer::new();
-                    out.extend_from_slice(b.format(binary::integer(Some(&v))?).as_bytes());
+                    out.extend_from_slice(b.format(binary::integer(Some(v))?).as_bytes());
                 }
                 JsonKind::Bool => out.extend_from_slice(if v.first() == Some(&1) { b"true" } else { b"false" }),
-                JsonKind::Text => string(&v, out),
+                JsonKind::Text => string(v, out),
                 // A json value keeps its text; line breaks in it can only be whitespace
                 // (strings escape them), and a line of JSON Lines must not hold one.
                 JsonKind::Json => out.extend(v.iter().map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { *b })),
@@ -66,7 +65,7 @@ impl JsonLines {
                     let text = v.strip_prefix(&[1]).context("jsonb in an unknown binary version")?;
                     out.extend_from_slice(text);
                 }
-                JsonKind::Raw => out.extend_from_slice(&v),
+                JsonKind::Raw => out.extend_from_slice(v),
             }
         }
         out.extend_from_slice(b"}\n");

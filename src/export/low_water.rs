@@ -51,10 +51,27 @@ pub(super) struct LowWater {
 const TAIL_MARK: usize = 16 * 1024;
 
 impl LowWater {
-    /// The socket of the connection whose ends are `ends`, when this process holds it.
-    pub(super) fn find(ends: &Ends) -> Option<Self> {
+    /// The socket of the connection whose ends are `ends`, when this process holds it and the
+    /// server end is the one dialed (`host`, `port`): through a proxy the server sees the
+    /// proxy's own connection, whose socket (a test's proxy runs in its process) is not ours.
+    pub(super) fn find(ends: &Ends, (host, port): (&str, u16)) -> Option<Self> {
         let local = (ends.client_addr.as_deref()?.parse::<IpAddr>().ok()?, u16::try_from(ends.client_port?).ok()?);
         let peer = (ends.server_addr.as_deref()?.parse::<IpAddr>().ok()?, u16::try_from(ends.server_port?).ok()?);
+        let dialed = peer.1 == port
+            && match host.trim_matches(['[', ']']).parse::<IpAddr>() {
+                Ok(ip) => ip.to_canonical() == peer.0.to_canonical(),
+                // A name: the port tells enough (a path would be a Unix socket: no addresses).
+                Err(_) => !host.starts_with('/'),
+            };
+        if !dialed {
+            tracing::debug!(
+                ?ends,
+                host,
+                port,
+                "the session's server end is not the one dialed (a proxy?); reads wake on every write"
+            );
+            return None;
+        }
         let found = sys::find(local, peer);
         if found.is_none() {
             tracing::debug!(?ends, "the reading connection's socket was not found; reads wake on every write");
@@ -99,6 +116,11 @@ impl LowWater {
             Err(e) if mark == 1 => tracing::warn!(error = %e, "could not lower the reading socket's low-water mark"),
             Err(_) => {}
         }
+    }
+
+    /// Another descriptor of the socket (for [`super::wire::WireCopy`]).
+    pub(super) fn duplicate(&self) -> std::io::Result<OwnedFd> {
+        self.socket.try_clone()
     }
 
     /// Whether the mark is up.
@@ -223,7 +245,8 @@ mod tests {
                 server_addr: Some(peer.ip().to_string()),
                 server_port: Some(peer.port().into()),
             };
-            let mut low = LowWater::find(&ends).expect("the client socket");
+            let dialed = (host, peer.port());
+            let mut low = LowWater::find(&ends, dialed).expect("the client socket");
             let found = std::net::TcpStream::from(low.socket.try_clone().unwrap());
             assert_eq!((found.local_addr().unwrap(), found.peer_addr().unwrap()), (local, peer), "{host}");
             // The accepted end has the same two addresses the other way round: not it.
@@ -243,9 +266,15 @@ mod tests {
             }
             assert_eq!(marks, [MARK, MARK, 250_000, 250_000, 100_000, 30_000, 1, MARK], "{host}");
             let elsewhere = Ends { server_port: Some(i32::from(peer.port()) ^ 1), ..ends.clone() };
-            assert!(LowWater::find(&elsewhere).is_none(), "{host}: no socket has that tuple");
+            assert!(LowWater::find(&elsewhere, (host, peer.port() ^ 1)).is_none(), "{host}: no socket has that tuple");
+            // The server end is not the one dialed (a proxy in between): not ours, though the
+            // four-tuple is this process's.
+            assert!(LowWater::find(&ends, (host, peer.port() ^ 1)).is_none(), "{host}: another port dialed");
+            let other = if host == "::1" { "127.0.0.1" } else { "127.0.0.2" };
+            assert!(LowWater::find(&ends, (other, peer.port())).is_none(), "{host}: another address dialed");
+            assert!(LowWater::find(&ends, ("localhost", peer.port())).is_some(), "{host}: a name, the same port");
             let unix = Ends { client_addr: None, client_port: None, ..ends };
-            assert!(LowWater::find(&unix).is_none(), "no address: a Unix socket");
+            assert!(LowWater::find(&unix, dialed).is_none(), "no address: a Unix socket");
         }
     }
 }

@@ -24,6 +24,7 @@ mod reader;
 pub mod sweep;
 pub mod threads;
 pub mod webhook;
+mod wire;
 mod writer;
 
 use crate::model::{Dataset, ExportRecord, ExportSpec};

@@ -268,7 +268,8 @@ impl RowGroup {
     pub fn push(&mut self, message: &Bytes) -> anyhow::Result<bool> {
         let Some(mut fields) = binary::row(message, self.layout.kinds.len())? else { return Ok(false) };
         for (i, kind) in self.layout.kinds.iter().enumerate() {
-            let value = fields.next_field()?;
+            // A value's bytes stay where they are: the row group holds slices of the message.
+            let value = fields.next_field()?.map(|v| message.slice_ref(v));
             if let Some(col) = self.columns.get_mut(i) {
                 push_value(col, *kind, value).with_context(|| format!("column {:?}", self.layout.names[i]))?;
             }

@@ -19,6 +19,7 @@ use crate::{
         jsonl::JsonLines,
         low_water::{self, Ends, LowWater},
         parquet::{self, EncodedRowGroup, Layout, RowGroup},
+        wire::{Next, WireCopy},
     },
     model::{
         Dataset, ExportRecord, ExportSpec, Key,
@@ -204,6 +205,8 @@ struct ChunkReader<'a> {
     header: bool,
     /// The connection's socket, to wake the reader less often (None: not found).
     low_water: Option<LowWater>,
+    /// The chunks' rows read off that socket (None: through sqlx; see [`Rows`]).
+    wire: Option<WireCopy>,
     /// The piece being filled (a pooled buffer).
     buf: Vec<u8>,
     tx: mpsc::Sender<Piece>,
@@ -248,7 +251,13 @@ impl<'a> ChunkReader<'a> {
             None => spec.chunk_size,
         });
         let (conn, ends) = reading_session(engine, spec, created_lsn).await?;
-        let low_water = LowWater::find(&ends);
+        let dialed = engine.reads.connect_options();
+        let low_water = LowWater::find(&ends, (dialed.get_host(), dialed.get_port()));
+        // Parquet row groups hold slices of sqlx's messages: read through sqlx.
+        let wire = match low_water.as_ref().filter(|_| parquet.is_none()) {
+            Some(low) => Some(WireCopy::new(low.duplicate()?)?),
+            None => None,
+        };
         let mut buf = engine.buffers.take();
         if head && csv && format.bom {
             buf.extend_from_slice(b"\xEF\xBB\xBF");
@@ -270,6 +279,7 @@ impl<'a> ChunkReader<'a> {
             row_group_bytes,
             header: head && csv && format.header,
             low_water,
+            wire,
             buf,
             tx,
             t_start: Duration::ZERO,
@@ -289,14 +299,24 @@ impl<'a> ChunkReader<'a> {
         let sql = db::dataset::chunk_copy(self.ds, self.spec, last, Some(upper), self.limit, self.header);
         let t = Instant::now();
         let sent_before = self.t_send;
-        let conn = &mut self.conn;
-        let mut stream =
-            db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
+        let mut rows = match self.wire.as_mut() {
+            Some(wire) => {
+                db::within(first_wait, "starting a chunk", async {
+                    Ok(wire.query(&sql).await.map_err(sqlx::Error::Io)?)
+                })
+                .await?;
+                Rows::Wire(wire)
+            }
+            None => {
+                let conn = &mut self.conn;
+                let stream =
+                    db::within(first_wait, "starting a chunk", async { Ok(conn.copy_out_raw(&sql).await?) }).await?;
+                Rows::Sqlx { stream, row: None, kept: None }
+            }
+        };
         self.t_start += t.elapsed();
         let streaming = Instant::now();
         let mut count = 0u64;
-        // The chunk's last row, its key read back at the end.
-        let mut last_row = None;
         let mut group = self.parquet.clone().map(RowGroup::new);
         let mut groups = Vec::new();
         // Every message of the chunk has a deadline: the first one the statement's, the next
@@ -305,19 +325,17 @@ impl<'a> ChunkReader<'a> {
         let mut silence = Silence::new(first_wait, next_wait);
         // The chunk's bytes so far: with its rows, an estimate of what is still to come.
         let mut bytes = 0usize;
-        while let Some(message) = silence.next(&mut stream, self.low_water.as_mut()).await? {
+        while rows.advance(&mut silence, self.low_water.as_mut()).await? {
+            let message = rows.row();
             bytes += message.len();
             if let Some(low) = self.low_water.as_mut() {
                 let seen = count as usize + 1;
                 low.follow((self.limit as usize).saturating_sub(seen), bytes / seen);
             }
-            // Rows usually come out of sqlx's buffer without touching the socket, so this
-            // loop would keep its thread for a whole chunk: let other tasks (HTTP requests)
-            // in whenever the task's cooperative budget runs out.
-            tokio::task::consume_budget().await;
             if let Some(jsonl) = &self.jsonl {
-                if jsonl.push(&message, &mut self.buf)? {
-                    (count, last_row) = (count + 1, Some(message));
+                if jsonl.push(message, &mut self.buf)? {
+                    count += 1;
+                    rows.keep();
                 }
                 if self.buf.len() >= PIECE_BYTES {
                     let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
@@ -328,8 +346,10 @@ impl<'a> ChunkReader<'a> {
                 continue;
             }
             if let Some(g) = group.as_mut() {
-                if g.push(&message)? {
-                    (count, last_row) = (count + 1, Some(message));
+                let message = rows.row_bytes().expect("Parquet rows are read through sqlx");
+                if g.push(message)? {
+                    count += 1;
+                    rows.keep();
                 }
                 // A chunk too big to hold is cut into several row groups (one checkpoint still).
                 if g.held_bytes() >= self.row_group_bytes {
@@ -342,15 +362,15 @@ impl<'a> ChunkReader<'a> {
             // PostgreSQL sends one CopyData message per row (the first one is the header
             // line when asked for).
             let is_header = std::mem::take(&mut self.header);
+            if self.shaper.is_identity() {
+                self.buf.extend_from_slice(message);
+            } else {
+                self.shaper.shape(message, is_header, &mut self.buf);
+            }
             if !is_header {
                 count += 1;
+                rows.keep();
             }
-            if self.shaper.is_identity() {
-                self.buf.extend_from_slice(&message);
-            } else {
-                self.shaper.shape(&message, is_header, &mut self.buf);
-            }
-            last_row = Some(message);
             if self.buf.len() >= PIECE_BYTES {
                 let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
                 let t = Instant::now();
@@ -358,7 +378,6 @@ impl<'a> ChunkReader<'a> {
                 self.t_send += t.elapsed();
             }
         }
-        drop(stream);
         if let Some(low) = self.low_water.as_mut() {
             low.lower(); // the next chunk's first bytes are few (its CopyOutResponse)
         }
@@ -369,20 +388,22 @@ impl<'a> ChunkReader<'a> {
         if count == 0 {
             return Ok(None);
         }
+        // The chunk's last row, its key read back.
+        let row = rows.kept();
+        let key = if self.spec.format.kind == FileType::Csv {
+            csv::key(row, self.key_fields.positions(), self.delimiter)
+        } else {
+            self.key_fields.key(row)?
+        };
+        let key = key.ok_or_else(|| {
+            anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(row))
+        })?;
+        drop(rows);
         if let Some(group) = group
             && !group.is_empty()
         {
             groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, group).await?);
         }
-        let row = last_row.expect("a row was read");
-        let key = if self.spec.format.kind == FileType::Csv {
-            csv::key(&row, self.key_fields.positions(), self.delimiter)
-        } else {
-            self.key_fields.key(&row)?
-        };
-        let key = key.ok_or_else(|| {
-            anyhow::anyhow!("cannot read the key of the chunk's last row: {:?}", String::from_utf8_lossy(&row))
-        })?;
         if !self.buf.is_empty() {
             let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
             send(&self.tx, Piece::Data(piece)).await?;
@@ -444,6 +465,80 @@ fn writer_gone() -> anyhow::Error {
     anyhow::anyhow!("the file writer stopped unexpectedly")
 }
 
+/// A chunk's rows as they come: parsed off the socket by [`WireCopy`], or sqlx's stream of
+/// CopyData messages (Parquet, whose row groups hold slices of the messages, or a connection
+/// whose socket was not found).
+enum Rows<'c> {
+    Wire(&'c mut WireCopy),
+    Sqlx {
+        stream: futures::stream::BoxStream<'c, Result<bytes::Bytes, sqlx::Error>>,
+        row: Option<bytes::Bytes>,
+        kept: Option<bytes::Bytes>,
+    },
+}
+
+impl Rows<'_> {
+    /// Moves to the next row (false: the COPY ended), waiting within `silence`.
+    async fn advance(&mut self, silence: &mut Silence, mut low: Option<&mut LowWater>) -> anyhow::Result<bool> {
+        match self {
+            Rows::Wire(wire) => loop {
+                match wire.next()? {
+                    Next::Row => return Ok(true),
+                    Next::Done => return Ok(false),
+                    Next::More => {
+                        silence.until(|cx| wire.poll_fill(cx), low.as_deref_mut()).await?.map_err(sqlx::Error::Io)?
+                    }
+                }
+            },
+            Rows::Sqlx { stream, row, .. } => {
+                // Rows usually come out of sqlx's buffer without touching the socket, so the
+                // loop would keep its thread for a whole chunk: let other tasks in whenever the
+                // task's cooperative budget runs out (the socket reads above count against it).
+                tokio::task::consume_budget().await;
+                use futures::StreamExt as _;
+                let next = silence.until(|cx| stream.poll_next_unpin(cx), low).await?.transpose()?;
+                let more = next.is_some();
+                if more {
+                    *row = next;
+                }
+                Ok(more)
+            }
+        }
+    }
+
+    /// The current row (a CopyData message).
+    fn row(&self) -> &[u8] {
+        match self {
+            Rows::Wire(wire) => wire.row(),
+            Rows::Sqlx { row, .. } => row.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// The current row as sqlx handed it (None when read off the socket).
+    fn row_bytes(&self) -> Option<&bytes::Bytes> {
+        match self {
+            Rows::Wire(_) => None,
+            Rows::Sqlx { row, .. } => row.as_ref(),
+        }
+    }
+
+    /// Keeps the current row as the chunk's last one so far.
+    fn keep(&mut self) {
+        match self {
+            Rows::Wire(wire) => wire.keep(),
+            Rows::Sqlx { row, kept, .. } => kept.clone_from(row),
+        }
+    }
+
+    /// The row last kept.
+    fn kept(&self) -> &[u8] {
+        match self {
+            Rows::Wire(wire) => wire.kept(),
+            Rows::Sqlx { kept, .. } => kept.as_deref().unwrap_or_default(),
+        }
+    }
+}
+
 /// A deadline on a COPY stream's silence that costs nothing while rows come out of the
 /// connection's buffer (most of them): the timer is armed only when the stream has to wait
 /// for the socket, once per wait, to `first` for the first message and `next` after it. A wait
@@ -461,17 +556,17 @@ impl Silence {
         Self { sleep: Box::pin(tokio::time::sleep(first)), limit: first, next, lower }
     }
 
-    /// The next message, or an error when the stream stays silent for the limit.
-    async fn next<S>(&mut self, stream: &mut S, mut low: Option<&mut LowWater>) -> anyhow::Result<Option<bytes::Bytes>>
-    where
-        S: futures::Stream<Item = Result<bytes::Bytes, sqlx::Error>> + Unpin,
-    {
-        use futures::StreamExt;
+    /// What `poll` gives once it is ready, or an error when it stays pending for the limit.
+    async fn until<T>(
+        &mut self,
+        mut poll: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<T>,
+        mut low: Option<&mut LowWater>,
+    ) -> anyhow::Result<T> {
         use std::{future::Future, task::Poll};
         let mut waiting = false;
         let item = std::future::poll_fn(|cx| {
             loop {
-                match stream.poll_next_unpin(cx) {
+                match poll(cx) {
                     Poll::Ready(item) => return Poll::Ready(Some(item)),
                     Poll::Pending => {
                         if !std::mem::replace(&mut waiting, true) {
@@ -481,7 +576,7 @@ impl Silence {
                             self.lower.as_mut().reset(now + low_water::LOWER_AFTER);
                         }
                         // Bytes below the mark may be all there is: lower it (which wakes the
-                        // stream if any are there) and poll again.
+                        // reader if any are there) and poll again.
                         if let Some(low) = low.as_deref_mut().filter(|l| l.is_raised())
                             && self.lower.as_mut().poll(cx).is_ready()
                         {
@@ -499,6 +594,15 @@ impl Silence {
         .await;
         let Some(item) = item else { return Err(db::timed_out(self.limit, "reading a chunk").into()) };
         self.limit = self.next;
-        Ok(item.transpose()?)
+        Ok(item)
+    }
+
+    /// The stream's next message, or an error when it stays silent for the limit.
+    async fn next<S>(&mut self, stream: &mut S, low: Option<&mut LowWater>) -> anyhow::Result<Option<bytes::Bytes>>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, sqlx::Error>> + Unpin,
+    {
+        use futures::StreamExt as _;
+        Ok(self.until(|cx| stream.poll_next_unpin(cx), low).await?.transpose()?)
     }
 }
