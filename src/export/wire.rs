@@ -4,7 +4,7 @@
 //! Through sqlx every CopyData message (PostgreSQL sends one per row) is an item of a stream: a
 //! boxed future polled, a mutex taken twice, a shared buffer's count moved up and down, and the
 //! socket read 8 KiB at a time (sqlx's buffer size): about a sixth of the engine's CPU. Here a
-//! read takes up to [`READ_BYTES`] (the low-water mark's size) and a row costs a header parsed.
+//! read takes up to [`READ_BYTES`] and a row costs a header parsed.
 //!
 //! sqlx does not hand out its socket: the run's own descriptor for it is found by the session's
 //! two ends (see `low_water`), over plain TCP only (sqlx is built without TLS here; through NAT,
@@ -26,8 +26,9 @@ use std::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// Bytes asked of the socket per read: the buffer's usual size (a message longer than that
-/// grows it for as long as it is read).
-const READ_BYTES: usize = 512 * 1024;
+/// grows it for as long as it is read). Half the low-water mark: a wake-up finds at least two
+/// reads' worth, and a run holds 256 KiB fewer (memory per range counts at 4 ranges).
+const READ_BYTES: usize = 256 * 1024;
 /// Below this much room at the buffer's end, what is left unread moves to its start first.
 const MIN_ROOM: usize = 64 * 1024;
 
