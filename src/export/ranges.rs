@@ -165,7 +165,7 @@ impl Engine {
             Err(PrepareError::Io(e)) => return Err(e.into()),
         };
         (cp.file_name, cp.file_state) = (file.name, file.state);
-        let (tx, rx) = mpsc::channel(PIECES_IN_FLIGHT);
+        let (tx, rx) = mpsc::channel(pace.pieces_in_flight(PIECES_IN_FLIGHT));
         let span = ReadSpan {
             after: cp.last.clone(),
             upper: Some(range.upper_key.clone()),

@@ -13,7 +13,7 @@ use crate::{
     db,
     export::{
         binary::KeyFields,
-        buffers::PIECE_BYTES,
+        buffers::{BufferPool, PIECE_BYTES},
         csv::{self, RowShaper},
         engine::{Engine, Outcome},
         jsonl::JsonLines,
@@ -65,6 +65,8 @@ pub(super) struct Pace {
     /// Bytes of values a reader holds before it cuts a Parquet row group: [`parquet::ROW_GROUP_BYTES`]
     /// shared by the readers running at once (at least [`parquet::MIN_ROW_GROUP_BYTES`] each).
     row_group_bytes: usize,
+    /// Readers running at once.
+    readers: usize,
 }
 
 impl Pace {
@@ -76,7 +78,15 @@ impl Pace {
             started: Instant::now(),
             rows: Default::default(),
             row_group_bytes,
+            readers: readers.max(1),
         })
+    }
+
+    /// Pieces each reader may have on their way to its writer: `in_flight` shared by the readers
+    /// running at once (at least one each), so a run's memory does not grow with its ranges
+    /// (4 ranges with 4 each held 21 MiB of pieces at once).
+    pub(super) fn pieces_in_flight(&self, in_flight: usize) -> usize {
+        (in_flight / self.readers).max(1)
     }
 
     /// Counts `rows` read; the instant the run may read on at the rate (None: no throttle).
@@ -338,10 +348,7 @@ impl<'a> ChunkReader<'a> {
                     rows.keep();
                 }
                 if self.buf.len() >= PIECE_BYTES {
-                    let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
-                    let t = Instant::now();
-                    send(&self.tx, Piece::Data(piece)).await?;
-                    self.t_send += t.elapsed();
+                    send_piece(&self.tx, &mut self.buf, &self.engine.buffers, &mut self.t_send).await?;
                 }
                 continue;
             }
@@ -372,10 +379,7 @@ impl<'a> ChunkReader<'a> {
                 rows.keep();
             }
             if self.buf.len() >= PIECE_BYTES {
-                let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
-                let t = Instant::now();
-                send(&self.tx, Piece::Data(piece)).await?;
-                self.t_send += t.elapsed();
+                send_piece(&self.tx, &mut self.buf, &self.engine.buffers, &mut self.t_send).await?;
             }
         }
         if let Some(low) = self.low_water.as_mut() {
@@ -405,8 +409,7 @@ impl<'a> ChunkReader<'a> {
             groups.push(send_row_group(&self.tx, &mut self.buf, self.engine, group).await?);
         }
         if !self.buf.is_empty() {
-            let piece = std::mem::replace(&mut self.buf, self.engine.buffers.take());
-            send(&self.tx, Piece::Data(piece)).await?;
+            send_piece(&self.tx, &mut self.buf, &self.engine.buffers, &mut self.t_send).await?;
         }
         Ok(Some((count, key, groups)))
     }
@@ -455,6 +458,24 @@ async fn send_row_group(
     Ok(RowGroupEnd { len, footer })
 }
 
+/// Hands the piece filled (`buf`) to the writer, then takes a buffer for the next one: while
+/// the writer is behind, the reader waits holding no second buffer (a run's memory is its
+/// pieces in flight, and a reader faster than its writer keeps the channel full). Adds the wait
+/// to `waited`.
+async fn send_piece(
+    tx: &mpsc::Sender<Piece>,
+    buf: &mut Vec<u8>,
+    buffers: &BufferPool,
+    waited: &mut Duration,
+) -> anyhow::Result<()> {
+    let piece = std::mem::take(buf);
+    let t = Instant::now();
+    send(tx, Piece::Data(piece)).await?;
+    *waited += t.elapsed();
+    *buf = buffers.take();
+    Ok(())
+}
+
 /// Hands a piece to the writer.
 async fn send(tx: &mpsc::Sender<Piece>, piece: Piece) -> anyhow::Result<()> {
     tx.send(piece).await.map_err(|_| writer_gone())
@@ -485,9 +506,7 @@ impl Rows<'_> {
                 match wire.next()? {
                     Next::Row => return Ok(true),
                     Next::Done => return Ok(false),
-                    Next::More => {
-                        silence.until(|cx| wire.poll_fill(cx), low.as_deref_mut()).await?.map_err(sqlx::Error::Io)?
-                    }
+                    Next::More => silence.until(|cx| wire.poll_fill(cx), low.as_deref_mut()).await??,
                 }
             },
             Rows::Sqlx { stream, row, .. } => {

@@ -29,6 +29,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 /// grows it for as long as it is read). Half the low-water mark: a wake-up finds at least two
 /// reads' worth, and a run holds 256 KiB fewer (memory per range counts at 4 ranges).
 const READ_BYTES: usize = 256 * 1024;
+/// The longest message taken (PostgreSQL allocates at most 1 GiB for one), so a corrupt
+/// length fails the read instead of growing the buffer without bound.
+const MAX_MESSAGE: usize = 1 << 30;
 /// Below this much room at the buffer's end, what is left unread moves to its start first.
 const MIN_ROOM: usize = 64 * 1024;
 
@@ -135,7 +138,7 @@ impl WireCopy {
             let head = &self.buf[self.at..self.at + 5];
             let kind = head[0];
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            if len < 4 {
+            if !(4..=MAX_MESSAGE).contains(&len) {
                 return Err(protocol(format!("a message of length {len}")));
             }
             let total = 1 + len;
@@ -188,8 +191,10 @@ impl WireCopy {
         &self.buf[self.kept.clone()]
     }
 
-    /// Reads what the socket has (at least one byte; waits until then).
-    pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Reads what the socket has (at least one byte; waits until then). The server closing the
+    /// connection ends it with an error: the one it sent first (a FATAL, such as 57P01 when an
+    /// administrator ends the backend), else an unexpected end of file.
+    pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), sqlx::Error>> {
         self.make_room();
         loop {
             let mut ready = ready!(self.socket.poll_read_ready(cx))?;
@@ -199,17 +204,21 @@ impl WireCopy {
                 ready.try_io(|fd| cvt(unsafe { libc::read(fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len()) }));
             match read {
                 Ok(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the database closed the connection during a COPY",
-                    )));
+                    return Poll::Ready(Err(match self.error.take() {
+                        Some(e) => sqlx::Error::Database(Box::new(e)),
+                        None => io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the database closed the connection during a COPY",
+                        )
+                        .into(),
+                    }));
                 }
                 Ok(Ok(n)) => {
                     self.end += n;
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Ok(Err(e)) => return Poll::Ready(Err(e.into())),
                 Err(_would_block) => {} // readiness cleared: poll again
             }
         }
@@ -392,6 +401,17 @@ mod tests {
         assert!(again == through_sqlx);
         let n: i32 = sqlx::query_scalar("select 41 + 1").fetch_one(&mut conn).await.unwrap();
         assert_eq!(n, 42);
+    }
+
+    /// A backend ended mid-COPY (it terminates itself here, so no timing is involved) sends its
+    /// FATAL and closes the connection: the FATAL's SQLSTATE comes back, not a bare end of file.
+    #[tokio::test]
+    async fn a_backend_ended_mid_copy_reports_its_fatal_error() {
+        let (_conn, mut wire) = connect().await;
+        let sql = "copy (select i, case when i = 5000 then pg_terminate_backend(pg_backend_pid()) end \
+                   from generate_series(1, 100000) i) to stdout";
+        let err = read_all(&mut wire, sql).await.unwrap_err();
+        assert!(matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("57P01")), "{err:?}");
     }
 
     /// An error in the middle of a COPY (rows already sent) comes back with its SQLSTATE, once

@@ -20,7 +20,7 @@ use super::{Durable, RunWriter};
 /// The block size writes are aligned to: a multiple of every logical block size in use (512
 /// and 4096 bytes), and of the page size, so the buffer's alignment suits every device.
 const BLOCK: usize = 4096;
-/// Bytes gathered before whole blocks are written (a run's pieces are 256 KiB).
+/// Bytes gathered before whole blocks are written (a run's pieces are 512 KiB).
 const WRITE_AT: usize = 1024 * 1024;
 
 /// A run's file on disk, appended to through an aligned buffer.
