@@ -340,13 +340,13 @@ mod tests {
     async fn connect() -> (PgConnection, WireCopy) {
         let url = std::env::var("DATABASE_URL").expect("DATABASE_URL: the tests run against PostgreSQL");
         let mut conn = PgConnection::connect(&url).await.unwrap();
-        let ends: Ends = sqlx::query_as(
-            "select host(inet_client_addr()) as client_addr, inet_client_port() as client_port, \
-             host(inet_server_addr()) as server_addr, inet_server_port() as server_port",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+        // The run's own session set-up, which reads back the connection's two ends.
+        let ends: Ends = sqlx::query_as(crate::db::dataset::session_setup())
+            .bind("UTC")
+            .bind(Vec::<String>::new())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
         let low = LowWater::find(&ends, (options.get_host(), options.get_port()))
             .expect("the tests' database is reached over TCP");
